@@ -1,0 +1,59 @@
+# The two set-up commands: `make demo` (the main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+DATA ?= data/demo
+CATEGORY ?= brick
+RUN ?= runs/demo
+REPO ?= model_repository
+BACKBONE ?= efficientnet_lite0
+IMAGE_SIZE ?= 256
+EPOCHS ?= 40
+SEED ?= 0
+
+.PHONY: install data train export serve stop validate demo test clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
+
+data: install  ## write the demo dataset (MVTec AD layout) from scikit-image's photos
+	$(VENV)/bin/kd-demo-data --root $(DATA) --category $(CATEGORY) --seed $(SEED)
+
+train: data  ## train RD4AD on the demo data; writes weights + stats JSON to $(RUN)
+	$(VENV)/bin/kd-train --data-root $(DATA) --category $(CATEGORY) --output $(RUN) \
+		--backbone $(BACKBONE) --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) --seed $(SEED)
+
+export: install  ## export $(RUN) into the Triton model repository $(REPO)
+	$(VENV)/bin/kd-export --run $(RUN) --repository $(REPO)
+
+serve: install  ## start the embedded Triton server on $(REPO) (127.0.0.1:8000/8001/8002)
+	./triton_startup_script.sh start --mode embedded --model-repository $(REPO)
+
+stop:  ## stop the server started by `make serve`
+	./triton_startup_script.sh stop
+
+validate: install  ## validate the served models end to end
+	$(PY) client/client.py --repository $(REPO)
+
+demo: train export  ## the main job: data, training, export, server, client PASS, server stopped
+	@./triton_startup_script.sh start --mode embedded --model-repository $(REPO) && \
+	rc=0; $(PY) client/client.py --repository $(REPO) || rc=$$?; \
+	./triton_startup_script.sh stop; exit $$rc
+
+test: install  ## run the test suite (starts real tritonserver instances on free ports)
+	$(PY) -m pytest
+
+clean:  ## remove outputs (data, runs, exported models), keep .venv
+	rm -rf $(DATA) $(RUN) .triton
+	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

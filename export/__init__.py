@@ -1,0 +1,1 @@
+"""Export trained detectors to ONNX and TorchScript inside a Triton model repository."""

@@ -1,0 +1,83 @@
+"""Triton Python-backend adapter for the scorer: raw network outputs in, calibrated outputs out.
+
+Shipped into ``<scorer model>/1/`` with ``scorer.py`` and ``stats.py``; the stats JSON sits in the model's own
+folder (``<scorer model>/stats.json``). A malformed stats JSON makes the model fail to load with a message that
+names the field; a bad request gets its own error response and the others in the batch are still answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from scorer import Scorer, ScorerInputError  # noqa: E402  (shipped beside this file)
+from stats import load_stats  # noqa: E402
+
+STATS_FILE = "stats.json"
+
+
+class TritonPythonModel:
+    """Calibrates every request that arrives in one ``execute`` call in one vectorised pass."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the stats JSON once; raising here keeps the model unloaded with the reason in the log."""
+        config = json.loads(args["model_config"])
+        path = os.path.join(args["model_repository"], STATS_FILE)
+        self.scorer = Scorer(load_stats(path))
+        self.output_dtypes = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
+        }
+
+    def execute(self, requests: list) -> list:
+        """One response per request, in order."""
+        responses: list = [None] * len(requests)
+        scores, maps, owners = [], [], []
+        for i, request in enumerate(requests):
+            raw_score = pb_utils.get_input_tensor_by_name(request, "pred_score").as_numpy()
+            raw_map = pb_utils.get_input_tensor_by_name(request, "anomaly_map").as_numpy()
+            if raw_score.shape[0] != raw_map.shape[0]:
+                responses[i] = _error(f"pred_score has {raw_score.shape[0]} rows, anomaly_map {raw_map.shape[0]}")
+                continue
+            scores.append(raw_score)
+            maps.append(raw_map)
+            owners.append(i)
+        if owners:
+            try:
+                batch = self.scorer(np.concatenate(scores), np.concatenate(maps))
+            except ScorerInputError:
+                batch = None  # find the offending request(s) below instead of failing them all
+            start = 0
+            for i, s, m in zip(owners, scores, maps):
+                n = s.shape[0]
+                if batch is not None:
+                    responses[i] = self._response(batch.score[start:start + n], batch.anomaly_map[start:start + n],
+                                                  batch.label[start:start + n])
+                else:
+                    try:
+                        one = self.scorer(s, m)
+                        responses[i] = self._response(one.score, one.anomaly_map, one.label)
+                    except ScorerInputError as e:
+                        responses[i] = _error(str(e))
+                start += n
+        return responses
+
+    def _response(self, score: np.ndarray, amap: np.ndarray, label: np.ndarray):
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("score", score.astype(self.output_dtypes["score"])),
+                pb_utils.Tensor("anomaly_map", amap.astype(self.output_dtypes["anomaly_map"])),
+                pb_utils.Tensor("label", label.astype(self.output_dtypes["label"])),
+            ]
+        )
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(f"scorer: {message}", pb_utils.TritonError.INVALID_ARG)
+    )

@@ -1,0 +1,1 @@
+"""Serving on Triton Inference Server: the embedded server and its Python-based stand-in backends."""

@@ -1,0 +1,425 @@
+"""Run the real Triton Inference Server (2.51, the one in the NGC 24.10 image) from the nvidia-pytriton wheel.
+
+The wheel ships the ``tritonserver`` binary, the python backend and its stubs, but neither the ``onnxruntime``
+nor the ``pytorch`` backend. :func:`prepare_backend_dir` builds a backend directory of our own with the python
+backend plus Python-based stand-ins for those two (``serving/backends/*/model.py``), so a model repository made
+for ``nvcr.io/nvidia/tritonserver:24.10-py3`` runs unchanged here, CPU-only.
+
+Example:
+    >>> with TritonServer(Path("model_repository"), http_port=free_port()) as server:
+    ...     print(server.http_url)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "SHM_DEFAULT_BYTES",
+    "ServerStartError",
+    "TritonServer",
+    "free_port",
+    "main",
+    "prepare_backend_dir",
+    "server_environment",
+    "tritonserver_root",
+]
+
+# A batch of 8 float32 256x256 maps is 2 MiB and its uint8 RGB input 1.5 MiB; the default region (1 MiB) would
+# make every such request grow the shared memory first. 16 MiB per model instance leaves room for both.
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+SHM_GROWTH_BYTES = 8 * 1024 * 1024
+
+_STANDIN_BACKENDS = ("onnxruntime", "pytorch")
+_SOURCE_BACKENDS = Path(__file__).resolve().parent / "backends"
+
+
+class ServerStartError(RuntimeError):
+    """The server exited, or did not become ready in time; the message carries the tail of its log."""
+
+
+def _site_packages() -> Path:
+    spec = importlib.util.find_spec("pytriton")  # Locating it does not import it (and its heavy imports).
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("nvidia-pytriton is not installed in this interpreter's environment")
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def tritonserver_root() -> Path:
+    """Returns the wheel's ``pytriton/tritonserver`` folder (``bin/``, ``backends/``, ``python_backend_stubs/``)."""
+    return _site_packages() / "pytriton" / "tritonserver"
+
+
+def _sync_file(source: Path, target: Path) -> None:
+    """Copies ``source`` to ``target`` unless an identical copy (size and mtime) is already there."""
+    if target.exists():
+        src, dst = source.stat(), target.stat()
+        if src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns:
+            return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Copy then rename, so a server starting from the same folder never sees a half-written file.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.copy2(source, partial)
+    os.replace(partial, target)
+
+
+def prepare_backend_dir(dest: Path) -> Path:
+    """Builds (or refreshes) a Triton backend directory: the python backend and the stand-in backends.
+
+    ``dest/python`` gets the wheel's python backend and the stub for this interpreter's Python version;
+    ``dest/onnxruntime`` and ``dest/pytorch`` get our ``model.py`` stand-ins. Files already up to date are
+    left alone, so calling it again is cheap. The wheel's own folders are never modified.
+
+    Args:
+        dest: The backend directory to build; created if missing.
+
+    Returns:
+        ``dest``, for ``--backend-directory``.
+
+    Raises:
+        ServerStartError: If the wheel has no stub for this Python version.
+    """
+    dest = Path(dest)
+    root = tritonserver_root()
+    for source in sorted((root / "backends" / "python").iterdir()):
+        if source.is_file():
+            _sync_file(source, dest / "python" / source.name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerStartError(f"nvidia-pytriton has no python backend stub for Python {version}: {stub}")
+    _sync_file(stub, dest / "python" / stub.name)
+    for name in _STANDIN_BACKENDS:
+        _sync_file(_SOURCE_BACKENDS / name / "model.py", dest / name / "model.py")
+    return dest
+
+
+def server_environment() -> dict[str, str]:
+    """Returns the environment for ``tritonserver`` and its python-backend stubs.
+
+    The stub embeds libpython: the venv interpreter's ``LIBDIR`` first on ``LD_LIBRARY_PATH`` and the venv's
+    ``bin/`` first on ``PATH`` make ``model.py`` run on this venv's Python and see its packages (otherwise it
+    silently picks the system's). ``nvidia_pytriton.libs`` holds the server's own shared libraries.
+    """
+    env = dict(os.environ)
+    libdirs = [sysconfig.get_config_var("LIBDIR"), str(_site_packages() / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + _split(env.get("LD_LIBRARY_PATH")))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent)] + _split(env.get("PATH")))
+    env.pop("PYTHONHOME", None)  # Would point the embedded interpreter somewhere else than the venv.
+    return env
+
+
+def _split(value: str | None) -> list[str]:
+    return [part for part in (value or "").split(os.pathsep) if part]
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that is free now (for tests; another process may take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """The wheel's ``tritonserver`` serving one model repository, as a child process in its own session.
+
+    Args:
+        model_repository: The model repository (``<model>/config.pbtxt``, ``<model>/<version>/...``).
+        http_port: HTTP/REST port.
+        grpc_port: gRPC port.
+        metrics_port: Prometheus metrics port.
+        host: Address the three endpoints bind to.
+        workdir: Folder for the backend directory (and the log by default); a temporary one, removed by
+            :meth:`stop`, when None.
+        log_path: File that receives the server's stdout and stderr (appended); ``<workdir>/server.log`` when
+            None.
+        extra_args: More ``tritonserver`` flags, appended last (so they win over the defaults).
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        host: str = "127.0.0.1",
+        workdir: Path | None = None,
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.host = host
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="kd-triton-")) if workdir is None else Path(workdir)
+        self.log_path = Path(log_path) if log_path is not None else self.workdir / "server.log"
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen | None = None
+        self._log_offset = 0  # Where this run's output starts in an appended log file.
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint, as ``tritonclient.http`` expects it."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` expects it."""
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        """Returns the ``tritonserver`` command line (the backend directory must exist to run it)."""
+        return [
+            str(tritonserver_root() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.workdir / 'backends'}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",
+            "--log-verbose=0",
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        """Starts the server in the background (without waiting for it to be ready).
+
+        Returns:
+            self.
+
+        Raises:
+            ServerStartError: If the model repository is missing or the server is already running.
+        """
+        if self.process is not None and self.process.poll() is None:
+            raise ServerStartError(f"tritonserver is already running (pid {self.process.pid})")
+        if not self.model_repository.is_dir():
+            raise ServerStartError(f"model repository not found: {self.model_repository}")
+        prepare_backend_dir(self.workdir / "backends")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            # A session of its own: a Ctrl-C in our terminal does not reach it, and stop() can end its stubs.
+            self.process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(),
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        return self
+
+    def is_ready(self) -> bool:
+        """Returns whether ``/v2/health/ready`` answers 200 (all models loaded, with ``--strict-readiness``)."""
+        try:
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (fixed http URL)
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Blocks until the server is ready.
+
+        Args:
+            timeout: Seconds to wait.
+
+        Raises:
+            ServerStartError: If the server exits first (e.g. a model failed to load) or is not ready in time;
+                the message ends with the tail of the server log.
+        """
+        if self.process is None:
+            raise ServerStartError("tritonserver was not started")
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"tritonserver not ready after {timeout:g} s; log tail:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Stops the server: SIGTERM, wait up to ``timeout`` s, then SIGKILL to its whole process group.
+
+        Args:
+            timeout: Seconds to wait for a clean shutdown.
+
+        Returns:
+            The server's exit code (negative for a signal), or None if it was never started.
+        """
+        process, code = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(process.pid)
+                    process.wait()
+            # Python-backend stubs outlive a server that crashed; its group is ours alone, so end what is left.
+            _kill_group(process.pid)
+            code = process.returncode
+        if self._own_workdir:
+            # The log would go with the workdir; a caller who wants it passes log_path or workdir.
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+    def log_tail(self, n: int = 40) -> str:
+        """Returns the last ``n`` lines that this run of the server wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                lines = log.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kd-server",
+        description=(
+            "Run Triton Inference Server 2.51 (from the nvidia-pytriton wheel) on a model repository, in the "
+            "foreground, CPU-only. Models with platform onnxruntime_onnx or pytorch_libtorch run on Python-based "
+            "stand-in backends, so the repository served by nvcr.io/nvidia/tritonserver:24.10-py3 works "
+            "unchanged. Prints 'READY http://HOST:PORT grpc://HOST:PORT' once every model is loaded; SIGTERM or "
+            "SIGINT is forwarded to the server and the exit code is the server's."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
+                        help="model repository folder (<model>/config.pbtxt, <model>/<version>/...)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address the HTTP, gRPC and metrics endpoints bind to; anything but loopback exposes "
+                             "an unauthenticated server (a warning is printed)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (KServe v2 protocol)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (KServe v2 protocol)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (/metrics)")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="file the server log is appended to (default: a temporary file removed on exit; "
+                             "its tail is printed if start-up fails)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the server to become ready before giving up (exit 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``kd-server`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The server's exit code (128 + signal number if a signal ended it), or 1 if it never became ready.
+    """
+    args = _parser().parse_args(argv)
+    if not _is_loopback(args.host):
+        print(f"WARNING: binding to {args.host}: the server has no authentication; anyone who can reach this "
+              "address can run and inspect models", file=sys.stderr)
+    server = TritonServer(
+        args.model_repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        log_path=args.log_file,
+    )
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signum)  # Triton shuts down cleanly on SIGTERM and SIGINT alike.
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server.start()
+            print(f"tritonserver pid {server.process.pid}, log {server.log_path}", flush=True)
+            server.wait_ready(args.timeout)
+            if not stopping:
+                print(f"READY http://{server.http_url} grpc://{server.grpc_url}", flush=True)
+        except ServerStartError as exc:
+            if not stopping or server.process is None:  # An exit we asked for is not a start-up failure.
+                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+                server.stop()
+                return 1
+        while server.process.poll() is None and not stopping:
+            time.sleep(0.2)
+        # stop() waits for the shutdown the signal began and kills what is left after 30 s, so that a
+        # supervisor waiting for this process never waits forever; it also ends stubs of a crashed server.
+        code = server.stop(timeout=30)
+        return 128 - code if code is not None and code < 0 else (code or 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

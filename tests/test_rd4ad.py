@@ -1,0 +1,112 @@
+"""RD4AD: shapes, loss and anomaly map."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, gaussian_kernel_1d
+from training.backbones import BackboneName, build_encoder
+from training.inference import OUTPUT_NAMES, DeployableDetector, InferenceOutput
+from training.rd4ad import RD4AD, reverse_distillation_loss
+
+
+def _random_encoder(name: BackboneName):
+    """The pretrained teacher where its weights are installed, otherwise a random one (shapes only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return build_encoder(name, None, allow_random_init=True)
+
+
+@pytest.mark.parametrize("name", list(BackboneName))
+def test_student_mirrors_teacher(name: BackboneName, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no cached weights: random teacher
+    model = RD4AD(_random_encoder(name), image_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        teacher, student = model(x)
+        score, amap = model.predict(x)
+    assert [t.shape for t in teacher] == [s.shape for s in student]
+    assert [t.shape[1] for t in teacher] == list(model.encoder.out_channels)
+    assert [t.shape[-1] for t in teacher] == [16, 8, 4]
+    assert score.shape == (2, 1) and amap.shape == (2, 1, 64, 64)
+    assert torch.allclose(score[:, 0], amap.flatten(1).amax(1))
+
+
+def test_wide_resnet_student_has_reference_width(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model = RD4AD(_random_encoder(BackboneName.WIDE_RESNET50_2), image_size=64)
+    # Deng & Li's OCBE: 3 x 1024 fused channels -> 2048-channel embedding; decoder blocks [3, 4, 6].
+    assert model.bottleneck.embed_channels == 2048
+    assert [len(s) for s in (model.decoder.stage3, model.decoder.stage2, model.decoder.stage1)] == [3, 4, 6]
+
+
+def test_image_size_must_be_multiple_of_32(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        RD4AD(_random_encoder(BackboneName.RESNET18), image_size=100)
+
+
+def test_loss_is_zero_for_perfect_reconstruction_and_scale_invariant() -> None:
+    teacher = [torch.randn(4, c, s, s) for c, s in ((8, 16), (16, 8), (32, 4))]
+    assert reverse_distillation_loss(teacher, [2.5 * t for t in teacher]).item() == pytest.approx(0, abs=1e-6)
+    assert reverse_distillation_loss(teacher, [-t for t in teacher]).item() == pytest.approx(6.0, abs=1e-5)
+    noisy = [t + torch.randn_like(t) for t in teacher]
+    assert 0 < reverse_distillation_loss(teacher, noisy).item() < 6
+
+
+def test_training_steps_reduce_loss() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
+    model = RD4AD(encoder, image_size=64)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=0.005, betas=(0.5, 0.999))
+    x = torch.randn(4, 3, 64, 64)
+    losses = []
+    for _ in range(8):
+        loss = reverse_distillation_loss(*model(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(p.grad is None for p in model.encoder.parameters())  # the teacher stays frozen
+
+
+def test_anomaly_map_follows_the_published_recipe() -> None:
+    gen = AnomalyMapGenerator((32, 32), sigma=4.0)
+    t = [torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)]
+    score, amap = gen(t, [x.clone() for x in t])
+    assert amap.abs().max() < 1e-5 and score.abs().max() < 1e-5
+    s = [x.clone() for x in t]
+    s[0][..., 2, 3] = -s[0][..., 2, 3]  # one opposite feature vector: distance 2 at that cell
+    _, amap = gen(t, s)
+    raw = 1 - torch.nn.functional.cosine_similarity(t[0], s[0], dim=1)
+    up = torch.nn.functional.interpolate(raw[:, None], size=(32, 32), mode="bilinear", align_corners=True)
+    expected = ndi.gaussian_filter(up[0, 0].double().numpy(), sigma=4)
+    np.testing.assert_allclose(amap[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_blur_equals_scipy_and_kernel_is_normalised() -> None:
+    assert gaussian_kernel_1d(4.0).numel() == 33
+    assert gaussian_kernel_1d(4.0).sum().item() == pytest.approx(1.0, abs=1e-6)
+    x = torch.rand(2, 1, 40, 48)
+    y = GaussianBlur2d(4.0, (40, 48))(x).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(y[i, 0], ndi.gaussian_filter(x[i, 0].double().numpy(), 4), atol=1e-5)
+
+
+def test_deployable_detector_takes_uint8_nhwc() -> None:
+    encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
+    model = DeployableDetector(RD4AD(encoder, 64), encoder.mean, encoder.std).eval()
+    image = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(image)
+        x = (image.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+        ref = model.detector.predict(x)
+    assert isinstance(out, InferenceOutput) and OUTPUT_NAMES == ("pred_score", "anomaly_map")
+    assert torch.allclose(out.pred_score, ref[0], atol=1e-5)
+    assert torch.allclose(out.anomaly_map, ref[1], atol=1e-5)

@@ -1,0 +1,81 @@
+"""``kd-train``: train a detector on an MVTec-AD-layout folder and write its run folder.
+
+Every option is a field of :class:`~training.config.TrainConfig`; the parser is built from the model, so the
+help text, the defaults and the validation cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from training.config import TrainConfig
+
+
+def _base_type(annotation: object) -> object:
+    """``Path | None`` -> ``Path``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one option per :class:`TrainConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="kd-train",
+        description="Train RD4AD (frozen pretrained teacher, one-class bottleneck, student decoder) on good "
+        "images of an MVTec AD-layout category; write weights, the stats JSON (score statistics, thresholds, "
+        "0..1 calibration, metrics) and plots to the run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _base_type(field.annotation)
+        help_text = field.description or name.replace("_", " ")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            parser.add_argument(flag, choices=[m.value for m in kind], default=field.default.value, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind if kind in (int, float, str) else Path, default=field.default,
+                                help=help_text)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = vars(build_parser().parse_args(argv))
+    quiet = args.pop("quiet")
+    try:
+        config = TrainConfig.model_validate(args)
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"kd-train: --{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}", file=sys.stderr)
+        return 2
+    from training.train import train  # heavy imports only once the arguments are valid
+
+    result = train(config, progress=not quiet)
+    m = result.stats.test_metrics
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"run folder: {result.paths.root}")
+    print(f"stats JSON: {result.paths.stats}")
+    print(
+        f"test ({m.num_good} good, {m.num_anomalous} anomalous): image AUROC {fmt(m.image_auroc)}, "
+        f"pixel AUROC {fmt(m.pixel_auroc)}, AUPRO {fmt(m.aupro)}, image F1 {fmt(m.image_f1)}"
+    )
+    print(f"image AUROC: {fmt(m.image_auroc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

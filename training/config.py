@@ -1,0 +1,40 @@
+"""Training configuration: one validated model, written into every run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from training.backbones import BackboneName
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Defaults are the demo's; the paper's are in the README."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_root: Path = Field(Path("data/demo"), description="folder holding <category>/ in the MVTec AD layout")
+    category: str = Field("brick", description="category folder under data_root")
+    output: Path = Field(Path("runs/demo"), description="run folder for weights, stats JSON and plots")
+    backbone: BackboneName = Field(BackboneName.EFFICIENTNET_LITE0, description="frozen teacher encoder")
+    teacher_weights: Path | None = Field(None, description="teacher weights file; default: the backbone's usual place")
+    allow_random_teacher: bool = Field(False, description="permit an untrained teacher (scores are meaningless)")
+    image_size: int = Field(256, ge=32, description="square input side, a multiple of 32")
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.005, gt=0, description="Adam learning rate (paper: 0.005, betas 0.5/0.999)")
+    seed: int = 0
+    sigma: float = Field(4.0, gt=0, description="Gaussian smoothing of the anomaly map in pixels")
+    holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
+    validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
+    eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs and tests)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32 (the bottleneck works at stride 32), got {v}")
+        return v

@@ -1,0 +1,290 @@
+"""The stats JSON: score statistics, thresholds, calibration and metrics of one trained detector.
+
+This module is the single definition of the schema *and* of the 0..1 calibration formula. Training writes
+the file with it; the exporter copies this very file next to the Triton scorer, which loads the JSON with it,
+so the two sides cannot drift. It must therefore import nothing but the standard library, numpy and pydantic.
+
+Calibration (see :class:`Calibration`)::
+
+    p = 1 / (1 + exp(-ln(9) * (s - t) / w))      computed as 0.5 * (1 + tanh(ln(9) * (s - t) / (2 w)))
+
+with ``s`` the raw score, ``t`` the decision threshold and ``w = t - median(held-out good scores)`` (the
+good images' standard deviation where that is not positive). So ``p(t) = 0.5`` exactly, the median good image
+maps to 0.1, a score as far above the threshold maps to 0.9, ``p`` is strictly increasing and stays in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+#: ``ln(9)``: a score one scale below the threshold maps to 0.1, one above to 0.9.
+DEFAULT_GAIN = math.log(9.0)
+#: Quantiles recorded for every score population, as ``{"q50": ...}``.
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class StatsError(ValueError):
+    """A stats JSON that is missing, malformed or does not match the model it is loaded for."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ScoreStatistics(_Strict):
+    """Summary of a population of scores (image scores, or all pixels of the maps)."""
+
+    count: int = Field(ge=1)
+    min: FiniteFloat
+    max: FiniteFloat
+    mean: FiniteFloat
+    std: FiniteFloat = Field(ge=0)
+    quantiles: dict[str, FiniteFloat]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreStatistics:
+        if not self.min <= self.mean <= self.max:
+            raise ValueError(f"expected min <= mean <= max, got {self.min}, {self.mean}, {self.max}")
+        return self
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ScoreStatistics:
+        """Statistics of ``values`` (any shape, flattened).
+
+        Raises:
+            ValueError: If ``values`` is empty or not finite.
+        """
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size == 0 or not np.all(np.isfinite(v)):
+            raise ValueError("score statistics need a non-empty array of finite values")
+        qs = np.quantile(v, QUANTILES)
+        return cls(
+            count=int(v.size),
+            min=float(v.min()),
+            max=float(v.max()),
+            mean=float(np.clip(v.mean(), v.min(), v.max())),
+            std=float(v.std()),
+            quantiles={quantile_key(q): float(x) for q, x in zip(QUANTILES, qs, strict=True)},
+        )
+
+    @property
+    def median(self) -> float:
+        """The 0.5 quantile."""
+        return self.quantiles[quantile_key(0.5)]
+
+
+def quantile_key(q: float) -> str:
+    """``0.5 -> "q50"``, ``0.995 -> "q99.5"``."""
+    return f"q{q * 100:g}"
+
+
+class ThresholdMethod(str, Enum):
+    """How a decision threshold was chosen (always on validation data, never on the test split)."""
+
+    F1_OPTIMAL = "f1_optimal"
+    """Maximises F1 over the validation split's labelled good and anomalous samples."""
+    GOOD_QUANTILE = "good_quantile"
+    """A quantile of held-out good scores, used when no anomalous validation samples exist."""
+
+
+class Threshold(_Strict):
+    """A decision threshold: ``raw >= value`` is anomalous."""
+
+    value: FiniteFloat
+    method: ThresholdMethod
+    quantile: float | None = Field(default=None, gt=0, lt=1)
+    validation_f1: float | None = Field(default=None, ge=0, le=1)
+    num_samples: int = Field(ge=1, description="validation samples (images or pixels) it was chosen on")
+
+
+class Calibration(_Strict):
+    """Monotonic map of raw scores to [0, 1] with the threshold at exactly 0.5 (formula in the module doc)."""
+
+    threshold: FiniteFloat
+    scale: FiniteFloat = Field(gt=0, description="raw-score distance from the threshold that maps to 0.1 / 0.9")
+    gain: FiniteFloat = Field(default=DEFAULT_GAIN, gt=0)
+    formula: Literal["0.5 * (1 + tanh(gain * (raw - threshold) / (2 * scale)))"] = (
+        "0.5 * (1 + tanh(gain * (raw - threshold) / (2 * scale)))"
+    )
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated float32 scores in [0, 1], same shape as ``raw``."""
+        x = np.asarray(raw, dtype=np.float32)
+        k = np.float32(self.gain / (2.0 * self.scale))
+        return np.float32(0.5) * (np.float32(1.0) + np.tanh(k * (x - np.float32(self.threshold))))
+
+
+class Normalization(_Strict):
+    """How the network turns its uint8 input into the teacher's input (done inside the exported graph)."""
+
+    input_format: Literal["uint8_rgb_nhwc"] = "uint8_rgb_nhwc"
+    mean: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+    std: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std must be positive")
+        return v
+
+
+class ModelInfo(_Strict):
+    """Which network produced the scores."""
+
+    method: str = Field(description="detector family, e.g. 'rd4ad'")
+    backbone: str
+    input_size: int = Field(gt=0, description="square input side in pixels")
+    parameters: int = Field(ge=0, description="parameter count of the deployed network")
+    trainable_parameters: int = Field(ge=0)
+
+
+class Metrics(_Strict):
+    """Metrics on one labelled split; ``None`` where a metric is undefined (e.g. no anomalous samples)."""
+
+    split: str
+    num_good: int = Field(ge=0)
+    num_anomalous: int = Field(ge=0)
+    image_auroc: float | None = None
+    pixel_auroc: float | None = None
+    aupro: float | None = Field(default=None, description="area under PRO up to FPR 0.3, normalised")
+    image_f1: float | None = Field(default=None, description="F1 at the stored image threshold")
+    pixel_f1: float | None = Field(default=None, description="F1 at the stored pixel threshold")
+
+
+class TrainingFacts(_Strict):
+    """How the weights were made, enough to reproduce them."""
+
+    epochs: int = Field(ge=0)
+    best_epoch: int = Field(ge=0, description="epoch whose weights were kept (best on validation)")
+    steps: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    seed: int
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    final_loss: FiniteFloat
+    dataset: str = Field(description="dataset root and category the model was trained on")
+    dataset_fingerprint: str = Field(min_length=16, description="sha256 of the data's paths and bytes")
+    num_train: int = Field(ge=1)
+    torch_version: str
+
+
+class Stats(_Strict):
+    """The whole stats JSON (version :data:`SCHEMA_VERSION`)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model: ModelInfo
+    normalization: Normalization
+    image_scores: ScoreStatistics = Field(description="raw image scores of held-out good images")
+    pixel_scores: ScoreStatistics = Field(description="raw map values of held-out good images")
+    image_threshold: Threshold
+    pixel_threshold: Threshold
+    image_calibration: Calibration
+    pixel_calibration: Calibration
+    validation_metrics: Metrics
+    test_metrics: Metrics
+    training: TrainingFacts
+    created_at: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Stats:
+        for name, thr, cal in (
+            ("image", self.image_threshold, self.image_calibration),
+            ("pixel", self.pixel_threshold, self.pixel_calibration),
+        ):
+            if not math.isclose(thr.value, cal.threshold, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(
+                    f"{name}_calibration.threshold ({cal.threshold}) differs from {name}_threshold.value ({thr.value})"
+                )
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid stats JSON ({error.error_count()} problem(s))"]
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  field '{field}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_stats(text: str, source: str = "stats JSON") -> Stats:
+    """Validate a stats document.
+
+    Args:
+        text: The JSON text.
+        source: Where it came from, for messages.
+
+    Returns:
+        The validated :class:`Stats`.
+
+    Raises:
+        StatsError: Not JSON, a field missing or out of range, or another schema version; the message names
+            every offending field.
+    """
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StatsError(f"{source}: not valid JSON ({e})") from e
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise StatsError(
+            f"{source}: field 'schema_version' is {raw.get('schema_version')!r}; this code reads version {SCHEMA_VERSION}"
+        )
+    try:
+        return Stats.model_validate(raw)
+    except ValidationError as e:
+        raise StatsError(_describe(e, source)) from e
+
+
+def load_stats(path: Path | str, *, input_size: int | None = None, backbone: str | None = None) -> Stats:
+    """Read and validate a stats JSON, optionally checking it belongs to the model at hand.
+
+    Args:
+        path: The file.
+        input_size: If given, ``model.input_size`` must equal it.
+        backbone: If given, ``model.backbone`` must equal it.
+
+    Returns:
+        The validated :class:`Stats`.
+
+    Raises:
+        StatsError: Missing, malformed or mismatched file; the message names the field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise StatsError(f"{path}: cannot read stats JSON ({e.strerror})") from e
+    stats = parse_stats(text, str(path))
+    if input_size is not None and stats.model.input_size != input_size:
+        raise StatsError(f"{path}: field 'model.input_size' is {stats.model.input_size}, the model takes {input_size}")
+    if backbone is not None and stats.model.backbone != backbone:
+        raise StatsError(f"{path}: field 'model.backbone' is {stats.model.backbone!r}, the model is {backbone!r}")
+    return stats
+
+
+def save_stats(stats: Stats, path: Path | str) -> Path:
+    """Write ``stats`` atomically (a temporary file renamed into place) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(stats.model_dump_json(indent=2))
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,227 @@
+"""Training RD4AD on good images, model selection on validation, then statistics, thresholds and metrics.
+
+Data discipline: the student trains on ``train`` only; ``holdout`` (good images from train/, never trained on)
+gives the good-score statistics and the calibration scale; ``validation`` picks the kept epoch and the
+thresholds; ``test`` is touched once, at the end, for the reported metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_threshold, fit_calibration
+from training.checkpoint import build_detector, save_checkpoint
+from training.config import TrainConfig
+from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
+from training.evaluate import Predictions, predict, split_metrics
+from training.inference import DeployableDetector
+from training.metrics import image_auroc, pixel_auroc
+from training.rd4ad import reverse_distillation_loss
+from training.runs import RunPaths
+from training.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    paths: RunPaths
+    stats: Stats
+    model: DeployableDetector
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; returns a generator for the data loader's shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _selection_score(val: Predictions) -> float:
+    """Validation criterion for keeping an epoch: image AUROC, pixel AUROC as tie-breaker."""
+    if val.labels.min() == val.labels.max():
+        return float("nan")
+    return image_auroc(val.labels, val.scores) + 1e-3 * np.nan_to_num(pixel_auroc(val.masks, val.maps))
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train, select, calibrate and evaluate one RD4AD model; write its run folder.
+
+    Args:
+        config: The run's configuration.
+        progress: Show progress bars.
+
+    Returns:
+        The run's paths, stats and the trained (best-on-validation) model.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    generator = seed_everything(config.seed)
+    paths = RunPaths(config.output)
+    splits: DatasetSplits = make_splits(
+        config.data_root,
+        config.category,
+        holdout_fraction=config.holdout_fraction,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+    )
+    log.info("splits: train %d, holdout %d, validation %d, test %d",
+             len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
+    model = build_detector(config)
+    rd4ad = model.detector
+    optimizer = torch.optim.Adam(rd4ad.trainable_parameters(), lr=config.lr, betas=(0.5, 0.999))
+    loader = DataLoader(
+        ImageDataset(splits.train, config.image_size),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(splits.train) > config.batch_size,
+        generator=generator,
+    )
+    steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -np.inf, 0, None
+    step = 0
+    started = time.perf_counter()
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        losses = []
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            teacher, student = rd4ad(model.normalize(batch["image"]))
+            loss = reverse_distillation_loss(teacher, student)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        record = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            val = predict(model, splits.validation)
+            score = _selection_score(val)
+            if not np.isfinite(score):  # no anomalies to validate against: fall back to the training loss
+                score = -record["loss"]
+            record["val_selection"] = float(score)
+            if score >= best_score:
+                best_score, best_epoch = score, epoch
+                best_state = copy.deepcopy(model.state_dict())
+        history.append(record)
+    bar.close()
+    seconds = time.perf_counter() - started
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.epochs, best_score)
+
+    stats = _calibrate_and_evaluate(model, config, splits, history, best_epoch, step, seconds, progress)
+    save_checkpoint(model, config, paths)
+    save_stats(stats, paths.stats)
+    save_validation_samples(splits.validation, config.image_size, paths.samples)
+    paths.history.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(paths, stats, model)
+
+
+def save_validation_samples(samples: list[Sample], image_size: int, path: Path, per_class: int = 3) -> Path:
+    """Store a few validation images for the exported repository: good ones and one per defect type first.
+
+    Args:
+        samples: The validation split.
+        image_size: Side the images are resized to (the model's input).
+        path: The ``.npz`` to write.
+        per_class: How many good and how many anomalous images.
+
+    Returns:
+        ``path``.
+    """
+    good = [s for s in samples if s.label == 0][:per_class]
+    by_defect: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.label == 1:
+            by_defect.setdefault(s.defect, []).append(s)
+    anomalous: list[Sample] = []
+    while len(anomalous) < per_class and any(by_defect.values()):
+        for queue in by_defect.values():
+            if queue and len(anomalous) < per_class:
+                anomalous.append(queue.pop(0))
+    chosen = good + anomalous
+    np.savez_compressed(
+        path,
+        images=np.stack([load_image(s.path, image_size) for s in chosen]),
+        labels=np.array([s.label for s in chosen], dtype=np.int64),
+        names=np.array([f"{s.defect}/{s.path.name}" for s in chosen]),
+    )
+    return path
+
+
+def _calibrate_and_evaluate(
+    model: DeployableDetector,
+    config: TrainConfig,
+    splits: DatasetSplits,
+    history: list[dict[str, float]],
+    best_epoch: int,
+    steps: int,
+    seconds: float,
+    progress: bool,
+) -> Stats:
+    holdout = predict(model, splits.holdout, desc="holdout" if progress else None)
+    val = predict(model, splits.validation, desc="validation" if progress else None)
+    test = predict(model, splits.test, desc="test" if progress else None)
+    image_good = ScoreStatistics.of(holdout.scores)
+    pixel_good = ScoreStatistics.of(holdout.maps)
+    image_threshold = choose_threshold(holdout.scores, val.labels, val.scores, good_quantile=IMAGE_GOOD_QUANTILE)
+    pixel_threshold = choose_threshold(holdout.maps, val.masks, val.maps, good_quantile=PIXEL_GOOD_QUANTILE)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.detector.trainable_parameters())
+    return Stats(
+        model=ModelInfo(
+            method="rd4ad",
+            backbone=config.backbone.value,
+            input_size=config.image_size,
+            parameters=n_params,
+            trainable_parameters=n_train,
+        ),
+        normalization=Normalization(mean=model.detector.encoder.mean, std=model.detector.encoder.std),
+        image_scores=image_good,
+        pixel_scores=pixel_good,
+        image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold,
+        image_calibration=fit_calibration(image_threshold.value, image_good),
+        pixel_calibration=fit_calibration(pixel_threshold.value, pixel_good),
+        validation_metrics=split_metrics(val, "validation", image_threshold.value, pixel_threshold.value),
+        test_metrics=split_metrics(test, "test", image_threshold.value, pixel_threshold.value),
+        training=TrainingFacts(
+            epochs=config.epochs,
+            best_epoch=best_epoch,
+            steps=steps,
+            seconds=round(seconds, 2),
+            seed=config.seed,
+            batch_size=config.batch_size,
+            learning_rate=config.lr,
+            final_loss=history[-1]["loss"],
+            dataset=f"{config.data_root}/{config.category}",
+            dataset_fingerprint=dataset_fingerprint(
+                splits.train + splits.holdout + splits.validation + splits.test
+            ),
+            num_train=len(splits.train),
+            torch_version=torch.__version__,
+        ),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
