@@ -109,7 +109,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")

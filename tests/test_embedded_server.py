@@ -1,0 +1,369 @@
+"""The embedded Triton server, its stand-in backends and the startup script, end to end.
+
+One real ``tritonserver`` (from the nvidia-pytriton wheel) serves a tiny model repository for the whole module:
+the same torch module as ONNX (``platform: "onnxruntime_onnx"``) and as TorchScript (``"pytorch_libtorch"``),
+with the configs the NGC image would serve unchanged. Answers must equal torch's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import sysconfig
+import time
+import types
+import urllib.request
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from serving.embedded import (
+    ServerStartError,
+    TritonServer,
+    free_port,
+    main,
+    prepare_backend_dir,
+    server_environment,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 8
+
+
+class Tiny(torch.nn.Module):
+    """uint8 images (N, H, W, 3) -> (score (N, 1): mean value, map (N, H, W): twice the channel mean)."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.float()
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1), x.mean(dim=3) * 2.0
+
+
+ONNX_CONFIG = """name: "tiny_onnx"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+# H and W are left open so that a wrong size reaches ONNX Runtime, which rejects it (the graph is 8x8).
+input [ { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] } ]
+output [
+  { name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "MAP" data_type: TYPE_FP32 dims: [ -1, -1 ] }
+]
+dynamic_batching {}
+instance_group [ { kind: KIND_CPU count: 1 } ]
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+"""
+
+TORCH_CONFIG = """name: "tiny_pt"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "IMAGE__0" data_type: TYPE_UINT8 dims: [ 8, 8, 3 ] } ]
+output [
+  { name: "SCORE__0" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "MAP__1" data_type: TYPE_FP32 dims: [ 8, 8 ] }
+]
+dynamic_batching {}
+instance_group [ { kind: KIND_CPU count: 1 } ]
+parameters { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "1" } }
+"""
+
+# model name -> (input name, output names in the order Tiny returns them)
+MODELS = {"tiny_onnx": ("IMAGE", ("SCORE", "MAP")), "tiny_pt": ("IMAGE__0", ("SCORE__0", "MAP__1"))}
+
+
+def _write_model(root: Path, name: str, config: str, filename: str | None) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(config)
+    example = torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8)
+    with warnings.catch_warnings():  # The legacy exporter and jit.trace warn that they are deprecated.
+        warnings.simplefilter("ignore")
+        if filename == "model.onnx":
+            torch.onnx.export(
+                Tiny().eval(), (example,), str(root / name / "1" / filename),
+                input_names=["IMAGE"], output_names=["SCORE", "MAP"],
+                dynamic_axes={"IMAGE": {0: "batch"}, "SCORE": {0: "batch"}, "MAP": {0: "batch"}},
+                opset_version=17, dynamo=False,
+            )
+        elif filename == "model.pt":
+            torch.jit.trace(Tiny().eval(), example).save(str(root / name / "1" / filename))
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model_repository")
+    _write_model(root, "tiny_onnx", ONNX_CONFIG, "model.onnx")
+    _write_model(root, "tiny_pt", TORCH_CONFIG, "model.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("triton")
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    started = time.monotonic()
+    with TritonServer(repository, workdir=workdir, **ports) as running:
+        print(f"tritonserver ready in {time.monotonic() - started:.1f} s")
+        yield running
+
+
+def _images(batch: int, seed: int, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def _expected(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        score, amap = Tiny()(torch.from_numpy(images))
+    return score.numpy(), amap.numpy()
+
+
+def _infer(client_module, client, model: str, images: np.ndarray, **kwargs):
+    input_name, output_names = MODELS[model]
+    tensor = client_module.InferInput(input_name, list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    outputs = [client_module.InferRequestedOutput(name) for name in output_names]
+    return client.infer(model, [tensor], outputs=outputs, **kwargs)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_infer_matches_torch(server: TritonServer, model: str, protocol: str) -> None:
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    images = _images(3, seed=1)
+    result = _infer(module, client, model, images)
+    for name, expected in zip(MODELS[model][1], _expected(images)):
+        assert result.as_numpy(name).dtype == np.float32
+        np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-5, atol=1e-4)
+
+
+def _collect(answers: queue.Queue, key: object, result: object, error: object) -> None:
+    """``async_infer`` callback (called with ``result=`` and ``error=`` keywords)."""
+    answers.put((key, result, error))
+
+
+def _metric(server: TritonServer, name: str, model: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    assert match, f"{name} for {model} not in /metrics"
+    return float(match.group(1))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", list(MODELS))
+def test_concurrent_requests_are_batched_and_answered_per_request(server: TritonServer, model: str) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = {m: _metric(server, m, model) for m in ("nv_inference_exec_count", "nv_inference_request_success")}
+    answers: queue.Queue = queue.Queue()
+    batches = {seed: _images(1 + seed % 3, seed=seed) for seed in range(40)}
+    input_name, output_names = MODELS[model]
+    for seed, images in batches.items():
+        tensor = grpcclient.InferInput(input_name, list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        client.async_infer(model, [tensor], callback=partial(_collect, answers, seed))
+    for _ in batches:
+        seed, result, error = answers.get(timeout=30)
+        assert error is None, error
+        for name, expected in zip(output_names, _expected(batches[seed])):
+            np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-5, atol=1e-4)
+    executions = _metric(server, "nv_inference_exec_count", model) - before["nv_inference_exec_count"]
+    requests = _metric(server, "nv_inference_request_success", model) - before["nv_inference_request_success"]
+    assert requests == len(batches)
+    assert executions < requests, "the dynamic batcher never grouped requests"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_wrong_dtype_is_rejected_and_server_stays_ready(server: TritonServer, protocol: str) -> None:
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    tensor = module.InferInput("IMAGE", [1, SIZE, SIZE, 3], "FP32")
+    tensor.set_data_from_numpy(_images(1, seed=2).astype(np.float32))
+    with pytest.raises(InferenceServerException, match="IMAGE"):
+        client.infer("tiny_onnx", [tensor])
+    assert server.is_ready()
+    _infer(module, client, "tiny_onnx", _images(1, seed=3))  # Still serving.
+
+
+@pytest.mark.server
+def test_input_the_model_rejects_fails_only_that_request(server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue = queue.Queue()
+    requests = {"bad": _images(1, seed=4, size=4), **{f"good{i}": _images(2, seed=10 + i) for i in range(4)}}
+    for key, images in requests.items():
+        tensor = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        client.async_infer("tiny_onnx", [tensor], callback=partial(_collect, answers, key))
+    results = {key: (result, error) for key, result, error in (answers.get(timeout=30) for _ in requests)}
+    assert results["bad"][0] is None and "IMAGE" in str(results["bad"][1]), results["bad"]
+    for key, images in requests.items():
+        if key != "bad":
+            assert results[key][1] is None, results[key][1]
+            np.testing.assert_allclose(results[key][0].as_numpy("MAP"), _expected(images)[1], rtol=1e-5)
+    assert server.is_ready()
+
+
+@pytest.mark.server
+def test_model_that_fails_to_load_raises_with_log_tail(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    _write_model(repository, "tiny_onnx", ONNX_CONFIG, None)  # config.pbtxt but no model.onnx
+    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          workdir=tmp_path / "triton")
+    server.start()
+    try:
+        with pytest.raises(ServerStartError, match="tiny_onnx") as failure:
+            server.wait_ready(timeout=60)
+        assert "model.onnx" in str(failure.value)
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+
+
+@pytest.mark.server
+def test_startup_script_start_status_stop(repository: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "TRITON_STATE_DIR": str(tmp_path / "state"), "PYTHON": sys.executable}
+    script = [str(ROOT / "triton_startup_script.sh")]
+    ports = ["--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*script, *args], env=env, capture_output=True, text=True, timeout=150)
+
+    started = run("start", "--mode", "embedded", "--model-repository", str(repository), *ports)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "ready" in started.stdout
+        assert (tmp_path / "state" / "server.pid").is_file()
+        assert run("status").returncode == 0
+        again = run("start", "--mode", "embedded", "--model-repository", str(repository), *ports)
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not (tmp_path / "state" / "server.pid").exists()
+    assert run("status").returncode == 3
+
+
+@pytest.mark.server
+def test_stop_terminates_within_seconds(server: TritonServer) -> None:
+    # Last of the module's server tests: the fixture's own stop() afterwards is a no-op.
+    started = time.monotonic()
+    code = server.stop(timeout=30)
+    elapsed = time.monotonic() - started
+    assert code == 0 and elapsed < 10, (code, elapsed)
+    assert not server.is_ready()
+
+
+# ---- Without a server --------------------------------------------------------------------------------------
+
+
+def test_prepare_backend_dir_is_complete_and_idempotent(tmp_path: Path) -> None:
+    backends = prepare_backend_dir(tmp_path / "backends")
+    expected = ["python/libtriton_python.so", "python/triton_python_backend_stub",
+                "python/triton_python_backend_utils.py", "onnxruntime/model.py", "pytorch/model.py"]
+    for relative in expected:
+        assert (backends / relative).is_file(), relative
+    assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
+    stamps = {p: p.stat().st_mtime_ns for p in backends.rglob("*") if p.is_file()}
+    time.sleep(0.01)
+    prepare_backend_dir(backends)
+    assert stamps == {p: p.stat().st_mtime_ns for p in backends.rglob("*") if p.is_file()}
+
+
+def test_server_environment_puts_the_venv_first() -> None:
+    env = server_environment()
+    libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libs[0] == sysconfig.get_config_var("LIBDIR")
+    assert libs[1].endswith("nvidia_pytriton.libs")
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_cli_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as leaving:
+        main(["--help"])
+    assert leaving.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model-repository", "--host", "--http-port", "--grpc-port", "--metrics-port",
+                   "--log-file", "--timeout"):
+        assert option in text
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors=(), error=None) -> None:
+        self.outputs = {t.name: t.array for t in output_tensors}
+        self.error = error
+
+
+class _TritonError(Exception):
+    INVALID_ARG = 3
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _load_backend(monkeypatch: pytest.MonkeyPatch, name: str):
+    """Imports serving/backends/<name>/model.py against a minimal stand-in for triton_python_backend_utils."""
+    fake = types.SimpleNamespace(
+        Tensor=_Tensor, InferenceResponse=_Response, TritonError=_TritonError, TritonModelException=RuntimeError,
+        get_input_tensor_by_name=lambda request, n: request.get(n),
+        triton_string_to_numpy=lambda t: {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32}[t],
+    )
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    spec = importlib.util.spec_from_file_location(f"{name}_standin", ROOT / "serving" / "backends" / name / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend, model", [("onnxruntime", "tiny_onnx"), ("pytorch", "tiny_pt")])
+def test_backend_batches_and_isolates_errors_without_triton(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, backend: str, model: str
+) -> None:
+    module = _load_backend(monkeypatch, backend)
+    instance = module.TritonPythonModel()
+    instance.initialize({"model_config": _config_json(repository / model / "config.pbtxt"), "model_repository": str(repository / model),
+                         "model_version": "1"})
+    input_name, output_names = MODELS[model]
+    good = [_images(n, seed=n) for n in (1, 3, 2)]
+    requests = [{input_name: good[0]}, {input_name: _images(1, seed=9, size=4)}, {input_name: good[1]},
+                {}, {input_name: good[2].astype(np.float32)}]
+    responses = instance.execute(requests)
+    assert len(responses) == len(requests)
+    assert responses[0].error is None and responses[2].error is None
+    for response, images in ((responses[0], good[0]), (responses[2], good[1])):
+        for name, expected in zip(output_names, _expected(images)):
+            np.testing.assert_allclose(response.outputs[name], expected, rtol=1e-5, atol=1e-4)
+    if backend == "onnxruntime":  # The graph is 8x8; TorchScript's mean accepts any size.
+        assert "IMAGE" in str(responses[1].error)
+    assert "missing input" in str(responses[3].error) and "expected" in str(responses[4].error)
+    # All-good requests run together in one call and are split back per request.
+    responses = instance.execute([{input_name: g} for g in good])
+    for response, images in zip(responses, good):
+        np.testing.assert_allclose(response.outputs[output_names[1]], _expected(images)[1], rtol=1e-5)
+
+
+def _config_json(path: Path) -> str:
+    """Reads a config.pbtxt into the JSON that Triton hands to ``initialize`` as ``args["model_config"]``."""
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))
