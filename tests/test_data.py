@@ -36,22 +36,22 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
+def small_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     write_demo_dataset(root, "brick", seed=0, **SMALL)
     return root
 
 
 @pytest.fixture()
-def demo_copy(demo_root, tmp_path) -> Path:
+def demo_copy(small_root, tmp_path) -> Path:
     """A private, modifiable copy of the demo dataset root."""
-    shutil.copytree(demo_root, tmp_path / "root")
+    shutil.copytree(small_root, tmp_path / "root")
     return tmp_path / "root"
 
 
 # --------------------------------------------------------------------------- demo data
-def test_demo_layout_and_counts(demo_root):
-    category = demo_root / "brick"
+def test_demo_layout_and_counts(small_root):
+    category = small_root / "brick"
     assert sorted(p.name for p in (category / "test").iterdir()) == sorted(("good",) + DEFECT_TYPES)
     assert len(list((category / "train" / "good").glob("*.png"))) == 6
     assert len(list((category / "test" / "good").glob("*.png"))) == 4
@@ -64,11 +64,11 @@ def test_demo_layout_and_counts(demo_root):
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     b, g, r = (float(image[..., c].mean()) for c in range(3))
     assert r > g > b  # brick is tinted reddish, i.e. a colour image, not grey
-    assert not list(demo_root.glob(".*"))  # no temporary folders left behind
+    assert not list(small_root.glob(".*"))  # no temporary folders left behind
 
 
-def test_demo_masks_are_exact_and_sized(demo_root):
-    category = demo_root / "brick"
+def test_demo_masks_are_exact_and_sized(small_root):
+    category = small_root / "brick"
     for d, defect in enumerate(DEFECT_TYPES):
         for i in range(3):
             image = cv2.imread(str(category / "test" / defect / f"{i:03d}.png"))[..., ::-1]
@@ -86,8 +86,8 @@ def test_demo_masks_are_exact_and_sized(demo_root):
             assert diff[inside].mean() > 20, f"{defect} {i}: defect too faint"
 
 
-def test_demo_good_images_are_similar_texture(demo_root):
-    category = demo_root / "brick"
+def test_demo_good_images_are_similar_texture(small_root):
+    category = small_root / "brick"
     means = [cv2.imread(str(p)).reshape(-1, 3).mean(axis=0) for p in sorted((category / "train" / "good").glob("*.png"))]
     means = np.array(means)
     assert means.std(axis=0).max() < 15  # mild nuisance variation only
@@ -166,19 +166,19 @@ def test_demo_module_help():
 
 
 # --------------------------------------------------------------------------- scanning / splits
-def test_scan_category(demo_root):
-    train, test = scan_category(demo_root, "brick")
+def test_scan_category(small_root):
+    train, test = scan_category(small_root, "brick")
     assert len(train) == 6 and all(s.label == 0 and s.defect == "good" and s.mask_path is None for s in train)
     assert [s.path for s in train] == sorted(s.path for s in train)
     assert Counter(s.defect for s in test) == {"good": 4, **{d: 3 for d in DEFECT_TYPES}}
     for s in test:
         assert s.label == (s.defect != "good")
         if s.label:
-            assert s.mask_path == demo_root / "brick" / "ground_truth" / s.defect / f"{s.path.stem}_mask.png"
+            assert s.mask_path == small_root / "brick" / "ground_truth" / s.defect / f"{s.path.stem}_mask.png"
 
 
-def test_make_splits_counts_disjoint_stratified(demo_root):
-    splits = make_splits(demo_root, "brick", holdout_fraction=0.34, validation_fraction=0.4, seed=0)
+def test_make_splits_counts_disjoint_stratified(small_root):
+    splits = make_splits(small_root, "brick", holdout_fraction=0.34, validation_fraction=0.4, seed=0)
     assert (len(splits.train), len(splits.holdout)) == (4, 2)
     paths = [s.path for part in (splits.train, splits.holdout, splits.validation, splits.test) for s in part]
     assert len(paths) == len(set(paths)) == 6 + 4 + 3 * len(DEFECT_TYPES)
@@ -188,14 +188,14 @@ def test_make_splits_counts_disjoint_stratified(demo_root):
     assert all(s.path.parent.parent.name == "train" for s in splits.train + splits.holdout)
 
 
-def test_make_splits_deterministic(demo_root):
-    a = make_splits(demo_root, "brick", seed=1)
-    b = make_splits(demo_root, "brick", seed=1)
+def test_make_splits_deterministic(small_root):
+    a = make_splits(small_root, "brick", seed=1)
+    b = make_splits(small_root, "brick", seed=1)
     assert a == b
-    others = [make_splits(demo_root, "brick", seed=s) for s in range(2, 7)]
+    others = [make_splits(small_root, "brick", seed=s) for s in range(2, 7)]
     assert any(o.validation != a.validation or o.holdout != a.holdout for o in others)
     with pytest.raises(ValueError):
-        make_splits(demo_root, "brick", validation_fraction=1.0)
+        make_splits(small_root, "brick", validation_fraction=1.0)
 
 
 def test_validation_folder_is_used(demo_copy):
@@ -220,6 +220,10 @@ def test_scan_errors(demo_copy):
     with pytest.raises(DatasetError, match="nosuch"):
         scan_category(demo_copy, "nosuch")
     category = demo_copy / "brick"
+    (category / "test" / ".ipynb_checkpoints").mkdir()  # hidden folders and files are ignored
+    (category / "test" / "good" / "._000.png").write_bytes(b"macOS resource fork")
+    _, test = scan_category(demo_copy, "brick")
+    assert len(test) == 4 + 3 * len(DEFECT_TYPES)
     (category / "ground_truth" / "scratch" / "001_mask.png").unlink()
     with pytest.raises(DatasetError, match=r"scratch/001\.png"):
         scan_category(demo_copy, "brick")
@@ -263,10 +267,16 @@ def test_load_image_formats(tmp_path):
     assert load_image(tmp_path / "blue.jpg", 16)[..., 2].mean() > 240
 
 
-def test_load_image_errors(tmp_path):
-    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+def test_load_image_errors(small_root, tmp_path):
+    # A truncated PNG (interrupted copy).  Note: a PNG header followed by junk that reads
+    # as a huge chunk length makes OpenCV 4.11 spend seconds before failing; avoid it here.
+    good = (small_root / "brick" / "train" / "good" / "000.png").read_bytes()
+    (tmp_path / "corrupt.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(DatasetError, match="corrupt.png"):
         load_image(tmp_path / "corrupt.png", 32)
+    (tmp_path / "text.jpg").write_bytes(b"this is not an image at all")
+    with pytest.raises(DatasetError, match="text.jpg"):
+        load_image(tmp_path / "text.jpg", 32)
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(DatasetError, match="empty.png"):
         load_image(tmp_path / "empty.png", 32)
@@ -282,12 +292,12 @@ def test_load_mask(tmp_path):
     for name in ("m255.png", "m1.png"):
         loaded = load_mask(tmp_path / name, 16)
         assert loaded.dtype == np.uint8 and set(np.unique(loaded)) == {0, 1}
-        assert loaded.sum() == 4 * 8 * 4  # nearest upscale by 2
+        assert loaded.sum() == 2 * 4 * 4  # 8 pixels, each becomes 2x2 with the nearest upscale
     assert not load_mask(None, 8).any() and load_mask(None, 8).shape == (8, 8)
 
 
-def test_image_dataset(demo_root, monkeypatch):
-    _, test = scan_category(demo_root, "brick")
+def test_image_dataset(small_root, monkeypatch):
+    _, test = scan_category(small_root, "brick")
     dataset = ImageDataset(test, 32)
     assert len(dataset) == len(test)
     anomalous = next(i for i, s in enumerate(test) if s.label == 1)
@@ -305,6 +315,7 @@ def test_image_dataset(demo_root, monkeypatch):
     assert torch.equal(again["image"], item["image"])
     item["image"].zero_()  # callers mutating items must not corrupt the cache
     assert torch.equal(dataset[anomalous]["image"], again["image"])
+    monkeypatch.undo()
 
     batch = next(iter(torch.utils.data.DataLoader(ImageDataset(test[:4], 32).preload(), batch_size=4)))
     assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].shape == (4,)
@@ -316,13 +327,13 @@ def test_image_dataset(demo_root, monkeypatch):
     assert len(outputs) > 1
 
 
-def test_dataset_fingerprint(demo_root, tmp_path):
-    train, test = scan_category(demo_root, "brick")
+def test_dataset_fingerprint(small_root, tmp_path):
+    train, test = scan_category(small_root, "brick")
     fingerprint = dataset_fingerprint(test)
     assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
     assert dataset_fingerprint(list(reversed(test))) == fingerprint  # order-independent
     assert dataset_fingerprint(train) != fingerprint
-    shutil.copytree(demo_root / "brick", tmp_path / "elsewhere" / "brick")
+    shutil.copytree(small_root / "brick", tmp_path / "elsewhere" / "brick")
     _, moved = scan_category(tmp_path / "elsewhere", "brick")
     assert dataset_fingerprint(moved) == fingerprint  # location-independent
     mask = next(s.mask_path for s in moved if s.mask_path is not None)

@@ -7,6 +7,7 @@ with the configs the NGC image would serve unchanged. Answers must equal torch's
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -128,6 +129,18 @@ def _expected(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return score.numpy(), amap.numpy()
 
 
+@contextlib.contextmanager
+def _connect(server: TritonServer, protocol: str):
+    """Yields (tritonclient module, client) and closes the client: Triton waits for open HTTP connections
+    (up to its 30 s exit timeout) before it shuts down."""
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    try:
+        yield module, client
+    finally:
+        client.close()
+
+
 def _infer(client_module, client, model: str, images: np.ndarray, **kwargs):
     input_name, output_names = MODELS[model]
     tensor = client_module.InferInput(input_name, list(images.shape), "UINT8")
@@ -140,10 +153,9 @@ def _infer(client_module, client, model: str, images: np.ndarray, **kwargs):
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_infer_matches_torch(server: TritonServer, model: str, protocol: str) -> None:
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
     images = _images(3, seed=1)
-    result = _infer(module, client, model, images)
+    with _connect(server, protocol) as (module, client):
+        result = _infer(module, client, model, images)
     for name, expected in zip(MODELS[model][1], _expected(images)):
         assert result.as_numpy(name).dtype == np.float32
         np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-5, atol=1e-4)
@@ -152,6 +164,19 @@ def test_infer_matches_torch(server: TritonServer, model: str, protocol: str) ->
 def _collect(answers: queue.Queue, key: object, result: object, error: object) -> None:
     """``async_infer`` callback (called with ``result=`` and ``error=`` keywords)."""
     answers.put((key, result, error))
+
+
+def _infer_concurrently(server: TritonServer, model: str, requests: dict) -> dict:
+    """Sends every request at once (gRPC ``async_infer``); returns {key: (result or None, error or None)}."""
+    answers: queue.Queue = queue.Queue()
+    input_name, output_names = MODELS[model]
+    with _connect(server, "grpc") as (module, client):
+        for key, images in requests.items():
+            tensor = module.InferInput(input_name, list(images.shape), "UINT8")
+            tensor.set_data_from_numpy(images)
+            client.async_infer(model, [tensor], callback=partial(_collect, answers, key))
+        collected = [answers.get(timeout=30) for _ in requests]
+    return {key: (result, error) for key, result, error in collected}
 
 
 def _metric(server: TritonServer, name: str, model: str) -> float:
@@ -165,19 +190,12 @@ def _metric(server: TritonServer, name: str, model: str) -> float:
 @pytest.mark.server
 @pytest.mark.parametrize("model", list(MODELS))
 def test_concurrent_requests_are_batched_and_answered_per_request(server: TritonServer, model: str) -> None:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
     before = {m: _metric(server, m, model) for m in ("nv_inference_exec_count", "nv_inference_request_success")}
-    answers: queue.Queue = queue.Queue()
     batches = {seed: _images(1 + seed % 3, seed=seed) for seed in range(40)}
-    input_name, output_names = MODELS[model]
-    for seed, images in batches.items():
-        tensor = grpcclient.InferInput(input_name, list(images.shape), "UINT8")
-        tensor.set_data_from_numpy(images)
-        client.async_infer(model, [tensor], callback=partial(_collect, answers, seed))
-    for _ in batches:
-        seed, result, error = answers.get(timeout=30)
+    results = _infer_concurrently(server, model, batches)
+    for seed, (result, error) in results.items():
         assert error is None, error
-        for name, expected in zip(output_names, _expected(batches[seed])):
+        for name, expected in zip(MODELS[model][1], _expected(batches[seed])):
             np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-5, atol=1e-4)
     executions = _metric(server, "nv_inference_exec_count", model) - before["nv_inference_exec_count"]
     requests = _metric(server, "nv_inference_request_success", model) - before["nv_inference_request_success"]
@@ -188,26 +206,19 @@ def test_concurrent_requests_are_batched_and_answered_per_request(server: Triton
 @pytest.mark.server
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_wrong_dtype_is_rejected_and_server_stays_ready(server: TritonServer, protocol: str) -> None:
-    module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
-    tensor = module.InferInput("IMAGE", [1, SIZE, SIZE, 3], "FP32")
-    tensor.set_data_from_numpy(_images(1, seed=2).astype(np.float32))
-    with pytest.raises(InferenceServerException, match="IMAGE"):
-        client.infer("tiny_onnx", [tensor])
-    assert server.is_ready()
-    _infer(module, client, "tiny_onnx", _images(1, seed=3))  # Still serving.
+    with _connect(server, protocol) as (module, client):
+        tensor = module.InferInput("IMAGE", [1, SIZE, SIZE, 3], "FP32")
+        tensor.set_data_from_numpy(_images(1, seed=2).astype(np.float32))
+        with pytest.raises(InferenceServerException, match="IMAGE"):
+            client.infer("tiny_onnx", [tensor])
+        assert server.is_ready()
+        _infer(module, client, "tiny_onnx", _images(1, seed=3))  # Still serving.
 
 
 @pytest.mark.server
 def test_input_the_model_rejects_fails_only_that_request(server: TritonServer) -> None:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    answers: queue.Queue = queue.Queue()
     requests = {"bad": _images(1, seed=4, size=4), **{f"good{i}": _images(2, seed=10 + i) for i in range(4)}}
-    for key, images in requests.items():
-        tensor = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
-        tensor.set_data_from_numpy(images)
-        client.async_infer("tiny_onnx", [tensor], callback=partial(_collect, answers, key))
-    results = {key: (result, error) for key, result, error in (answers.get(timeout=30) for _ in requests)}
+    results = _infer_concurrently(server, "tiny_onnx", requests)
     assert results["bad"][0] is None and "IMAGE" in str(results["bad"][1]), results["bad"]
     for key, images in requests.items():
         if key != "bad":
@@ -326,7 +337,7 @@ def _load_backend(monkeypatch: pytest.MonkeyPatch, name: str):
     """Imports serving/backends/<name>/model.py against a minimal stand-in for triton_python_backend_utils."""
     fake = types.SimpleNamespace(
         Tensor=_Tensor, InferenceResponse=_Response, TritonError=_TritonError, TritonModelException=RuntimeError,
-        get_input_tensor_by_name=lambda request, n: request.get(n),
+        get_input_tensor_by_name=lambda request, n: _Tensor(n, request[n]) if n in request else None,
         triton_string_to_numpy=lambda t: {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32}[t],
     )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
@@ -358,7 +369,10 @@ def test_backend_batches_and_isolates_errors_without_triton(
         assert "IMAGE" in str(responses[1].error)
     assert "missing input" in str(responses[3].error) and "expected" in str(responses[4].error)
     # All-good requests run together in one call and are split back per request.
+    calls, run = [], instance._run
+    instance._run = lambda inputs: calls.append(inputs) or run(inputs)
     responses = instance.execute([{input_name: g} for g in good])
+    assert len(calls) == 1
     for response, images in zip(responses, good):
         np.testing.assert_allclose(response.outputs[output_names[1]], _expected(images)[1], rtol=1e-5)
 

@@ -10,7 +10,8 @@ and the layout users arrange their own images in::
     <root>/<category>/validation/good|<defect>/*.png     optional, see :func:`make_splits`
 
 Image files may be ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif`` or ``.tiff`` (any
-case); files are always listed in sorted order, other files are ignored.
+case); files are always listed in sorted order; other files, and hidden files and
+folders (names starting with ``.``, e.g. ``.ipynb_checkpoints``), are ignored.
 
 Splits (:func:`make_splits`), all deterministic from a seed and never overlapping:
 
@@ -31,9 +32,9 @@ import hashlib
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -98,7 +99,11 @@ class DatasetSplits:
 
 # --------------------------------------------------------------------------- scanning
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def _require_dir(folder: Path, what: str) -> None:
@@ -124,7 +129,7 @@ def _scan_split(category_dir: Path, split: str) -> list[Sample]:
     """Scan ``<category>/<split>/`` (test or validation): good plus one folder per defect."""
     split_dir = category_dir / split
     _require_dir(split_dir, f"{split}/")
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"no sub-folders (good/, <defect>/) in {split_dir}")
     samples: list[Sample] = []
@@ -216,7 +221,8 @@ def scan_validation(root: Path, category: str) -> list[Sample] | None:
     for sample in samples:
         if sample.mask_path is None:
             continue
-        clashes = [p for p in (test_dir / sample.defect).glob(sample.path.stem + ".*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+        test_images = _list_images(test_dir / sample.defect) if (test_dir / sample.defect).is_dir() else []
+        clashes = [p for p in test_images if p.stem == sample.path.stem]
         if clashes:
             raise DatasetError(
                 f"validation image {sample.path} and test image {clashes[0]} share the stem "

@@ -313,7 +313,6 @@ def _apply_defect(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (uint8 RGB image with the defect, uint8 0/255 mask)."""
     base = good.astype(np.float32)
-    size = good.shape[0]
     low, high = _AREA_LIMITS[defect]
     alpha = target = None
     for _ in range(100):  # rejection sampling on the mask area; deterministic given rng
@@ -326,7 +325,7 @@ def _apply_defect(
     weight = (alpha * mask)[..., None]
     blended = base * (1.0 - weight) + np.clip(target, 0.0, 255.0) * weight
     out = np.where(mask[..., None], np.clip(np.rint(blended), 0, 255), base).astype(np.uint8)
-    if size and not mask.any():  # cannot happen with the area limits above; keep masks honest
+    if not mask.any():  # cannot happen with the area limits above; never write an empty mask
         raise RuntimeError(f"failed to draw a {defect} defect")
     return out, mask.astype(np.uint8) * 255
 

@@ -1,0 +1,70 @@
+"""Shared fixtures: a small real dataset, a really trained run, its exported repository and a real server.
+
+Everything is real and small: the demo data at 64 px, a few epochs of RD4AD on the pretrained EfficientNet-Lite0
+teacher, the real exporter, and the real tritonserver binary on free loopback ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from export.repository import ExportResult, export_run
+from serving.embedded import TritonServer, free_port
+from training.config import TrainConfig
+from training.demo_data import write_demo_dataset
+from training.train import TrainResult, train
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo dataset; returns the data root (category ``brick``)."""
+    root = tmp_path_factory.mktemp("data")
+    write_demo_dataset(root, "brick", seed=0, image_size=IMAGE_SIZE, n_train=32, n_test_good=12, n_per_defect=5)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """RD4AD trained for a few epochs on the demo data."""
+    config = TrainConfig(
+        data_root=demo_root,
+        category="brick",
+        output=tmp_path_factory.mktemp("runs") / "demo",
+        image_size=IMAGE_SIZE,
+        epochs=6,
+        batch_size=8,
+        eval_every=2,
+        seed=0,
+    )
+    return train(config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """The run exported into a fresh model repository."""
+    return export_run(trained_run.paths.root, tmp_path_factory.mktemp("repo") / "model_repository", threads=1)
+
+
+@pytest.fixture(scope="session")
+def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The real tritonserver serving the exported repository on free loopback ports."""
+    workdir = tmp_path_factory.mktemp("triton")
+    srv = TritonServer(
+        exported.repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        workdir=workdir,
+        log_path=workdir / "server.log",
+    )
+    srv.start()
+    try:
+        srv.wait_ready(timeout=120)
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,128 @@
+"""The exported repository on the real tritonserver: both protocols, both networks, the client, bad requests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from export.repository import ExportResult
+from serving.embedded import TritonServer
+from tests.conftest import IMAGE_SIZE
+
+pytestmark = pytest.mark.server
+CLIENT = Path(__file__).resolve().parents[1] / "client" / "client.py"
+PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
+
+
+def _client(kind: str, server: TritonServer):
+    module = PROTOCOLS[kind]
+    return module.InferenceServerClient(server.http_url if kind == "http" else server.grpc_url)
+
+
+def _infer(kind: str, server: TritonServer, model: str, array: np.ndarray, dtype: str = "UINT8", outputs=("score",)):
+    module = PROTOCOLS[kind]
+    tensor = module.InferInput("image", list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    result = _client(kind, server).infer(model, [tensor], outputs=[module.InferRequestedOutput(o) for o in outputs])
+    return {o: result.as_numpy(o) for o in outputs}
+
+
+def _run_client(server: TritonServer, exported: ExportResult, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CLIENT), "-u", server.http_url, "-g", server.grpc_url, "-r", str(exported.repository), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_client_passes(server: TritonServer, exported: ExportResult) -> None:
+    done = _run_client(server, exported)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "PASS: ad_inference"
+    for line in ("http: ad_inference_torchscript", "grpc: ad_inference_onnx"):
+        assert line in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_ensemble_outputs_are_calibrated(kind: str, server: TritonServer, exported: ExportResult) -> None:
+    samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
+    out = _infer(kind, server, "ad_inference", samples["images"], outputs=("score", "anomaly_map", "label", "raw_score"))
+    n = len(samples["images"])
+    assert out["score"].shape == (n, 1) and out["anomaly_map"].shape == (n, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert np.all((out["score"] >= 0) & (out["score"] <= 1))
+    labels = np.array([v.decode() for v in out["label"].ravel()])
+    np.testing.assert_array_equal(labels == "anomalous", out["score"].ravel() >= 0.5)
+    np.testing.assert_allclose(out["raw_score"], samples["raw_score"], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_concurrent_single_requests_match_the_batch(kind: str, server: TritonServer, exported: ExportResult) -> None:
+    """Dynamic batching regroups requests; each must still get its own image's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
+    images = samples["images"]
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda i: _infer(kind, server, "ad_inference", images[i:i + 1])["score"][0, 0],
+                               [i % len(images) for i in range(16)]))
+    expected = samples["score"].ravel()
+    np.testing.assert_allclose(scores, [expected[i % len(images)] for i in range(16)], atol=1e-3)
+
+
+BAD_REQUESTS = {
+    "wrong shape": (np.zeros((1, 32, 32, 3), np.uint8), "UINT8", "unexpected shape"),
+    "wrong dtype": (np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32), "FP32", "data-type"),
+    "empty batch": (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), "UINT8", "byte size mismatch"),
+    "oversized image": (np.zeros((1, 2048, 2048, 3), np.uint8), "UINT8", "unexpected shape"),
+    "batch too large": (np.zeros((9, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), "UINT8", "batch"),
+}
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(
+    kind: str, case: str, server: TritonServer, exported: ExportResult
+) -> None:
+    array, dtype, expected = BAD_REQUESTS[case]
+    with pytest.raises(InferenceServerException) as info:
+        _infer(kind, server, "ad_inference", array, dtype)
+    message = str(info.value)
+    print(f"{kind} {case}: {message}")
+    assert expected.lower() in message.lower()
+    assert "image" in message or "batch" in message.lower()  # the message names what is wrong
+    client = _client(kind, server)
+    assert client.is_server_ready() and client.is_model_ready("ad_inference")
+    samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
+    good = _infer(kind, server, "ad_inference", samples["images"][:1])["score"]
+    np.testing.assert_allclose(good, samples["score"][:1], atol=1e-3)
+
+
+def test_unknown_model_is_named(server: TritonServer) -> None:
+    with pytest.raises(InferenceServerException, match="nonexistent"):
+        _infer("http", server, "nonexistent", np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+
+
+def test_client_fails_on_wrong_reference(server: TritonServer, exported: ExportResult, tmp_path: Path) -> None:
+    samples = dict(np.load(exported.repository / "ad_inference" / "validation" / "samples.npz"))
+    samples["score"] = np.clip(samples["score"] + 0.2, 0, 1)  # references the server cannot match
+    (tmp_path / "manifest.json").write_bytes(
+        (exported.repository / "ad_inference" / "validation" / "manifest.json").read_bytes()
+    )
+    np.savez(tmp_path / "samples.npz", **samples)
+    done = _run_client(server, exported, "--samples", str(tmp_path), "-i", "grpc")
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines()[-1].startswith("FAIL: score: max |served - reference|")
+
+
+def test_client_fails_when_no_server(exported: ExportResult) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), "-u", "127.0.0.1:9", "-g", "127.0.0.1:9", "-r", str(exported.repository), "-t", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout.strip().splitlines()[-1].startswith("FAIL: ")
