@@ -47,6 +47,8 @@ SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 8 * 1024 * 1024
 
 _STANDIN_BACKENDS = ("onnxruntime", "pytorch")
+# Error-level log lines that a CPU-only machine always prints; they are not why a start failed.
+_HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM")
 _SOURCE_BACKENDS = Path(__file__).resolve().parent / "backends"
 
 
@@ -261,14 +263,22 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise ServerStartError(
-                    f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}"
-                )
+                raise ServerStartError(self._failure(f"tritonserver exited with code {code} before it was ready"))
             if self.is_ready():
                 return
             if time.monotonic() > deadline:
-                raise ServerStartError(f"tritonserver not ready after {timeout:g} s; log tail:\n{self.log_tail()}")
+                raise ServerStartError(self._failure(f"tritonserver not ready after {timeout:g} s"))
             time.sleep(0.2)
+
+    def _failure(self, summary: str) -> str:
+        """``summary``, the log's error lines (the cause, often above the tail) and the log tail."""
+        lines = self.log_tail(n=10_000).splitlines()
+        errors = [line for line in lines if line.startswith("E") and not any(h in line for h in _HARMLESS_ERRORS)]
+        parts = [summary + "."]
+        if errors:
+            parts.append("Errors in the log:\n" + "\n".join(errors[-10:]))
+        parts.append(f"Log tail ({self.log_path}):\n" + "\n".join(lines[-40:]))
+        return "\n".join(parts)
 
     def stop(self, timeout: float = 30) -> int | None:
         """Stops the server: SIGTERM, wait up to ``timeout`` s, then SIGKILL to its whole process group.

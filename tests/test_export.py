@@ -1,0 +1,116 @@
+"""Export: parity with eager torch, the repository's contents, atomic writes, and the scorer without Triton."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export.repository as repository_module
+from export.network import ExportParityError, check_parity, export_onnx, export_torchscript
+from export.repository import ExportResult, export_run
+from export.scorer.scorer import Scorer, ScorerInputError
+from training.checkpoint import load_checkpoint
+from training.stats import StatsError, load_stats
+from training.train import TrainResult
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_repository_layout(exported: ExportResult) -> None:
+    repo = exported.repository
+    for rel in (
+        "ad_inference/config.pbtxt", "ad_inference/validation/samples.npz", "ad_inference/validation/manifest.json",
+        "ad_inference_onnx/1/model.onnx", "ad_inference_torchscript/1/model.pt", "ad_inference_scorer/stats.json",
+        "ad_inference_scorer/1/model.py", "ad_inference_scorer/1/scorer.py", "ad_inference_scorer/1/stats.py",
+    ):
+        assert (repo / rel).is_file(), rel
+    assert (repo / "ad_inference" / "1").is_dir()
+    onnx_cfg = (repo / "ad_inference_onnx" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in onnx_cfg and "dynamic_batching" in onnx_cfg and "model_warmup" in onnx_cfg
+    assert 'platform: "pytorch_libtorch"' in (repo / "ad_inference_torchscript" / "config.pbtxt").read_text()
+    # The schema shipped to the scorer is the training package's own file, not a copy that could drift.
+    import training.stats
+
+    assert (repo / "ad_inference_scorer/1/stats.py").read_text() == Path(training.stats.__file__).read_text()
+    assert not list(repo.parent.glob(".model_repository.*")), "staging folders left behind"
+
+
+def test_parity_is_reported_and_tight(exported: ExportResult) -> None:
+    assert {r.format for r in exported.parity} == {"onnx", "torchscript"}
+    for r in exported.parity:
+        assert r.max_abs_score < 1e-4 and r.max_abs_map < 1e-4
+
+
+def test_parity_check_catches_a_different_model(trained_run: TrainResult, tmp_path: Path) -> None:
+    model, _ = load_checkpoint(trained_run.paths.root)
+    onnx_path, ts_path = export_onnx(model, tmp_path / "m.onnx"), export_torchscript(model, tmp_path / "m.pt")
+    images = np.load(trained_run.paths.samples)["images"]
+    with torch.no_grad():
+        model.detector.decoder.stage1[0].conv2.weight.mul_(1.5)  # the eager model drifts from the files
+    with pytest.raises(ExportParityError, match="exceeds the tolerance"):
+        check_parity(model, images, onnx_path, ts_path)
+
+
+def test_failed_export_leaves_the_repository_intact(
+    exported: ExportResult, trained_run: TrainResult, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    repo = tmp_path / "model_repository"
+    export_run(trained_run.paths.root, repo, threads=1)
+    before = _tree_digest(repo)
+
+    def broken(*args, **kwargs):
+        raise ExportParityError("onnx: max |diff| score 1.0 exceeds the tolerance")
+
+    monkeypatch.setattr(repository_module, "check_parity", broken)
+    with pytest.raises(ExportParityError):
+        export_run(trained_run.paths.root, repo, threads=1)
+    assert _tree_digest(repo) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging or backup folders left behind"
+
+
+def test_corrupt_stats_aborts_export_with_the_field_named(trained_run: TrainResult, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in trained_run.paths.root.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    doc = json.loads((run / "stats.json").read_text())
+    doc["pixel_calibration"]["scale"] = 0
+    (run / "stats.json").write_text(json.dumps(doc))
+    repo = tmp_path / "repo"
+    with pytest.raises(StatsError, match="field 'pixel_calibration.scale'"):
+        export_run(run, repo)
+    assert not repo.exists() or not any(repo.iterdir())
+    done = subprocess.run(
+        [sys.executable, "-m", "export.cli", "--run", str(run), "--repository", str(repo)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1 and "repository unchanged" in done.stderr and "pixel_calibration.scale" in done.stderr
+
+
+def test_scorer_calibrates_and_labels(trained_run: TrainResult) -> None:
+    stats = load_stats(trained_run.paths.stats)
+    scorer = Scorer(stats)
+    size = stats.model.input_size
+    t = stats.image_threshold.value
+    raw = np.array([[t - 10 * stats.image_calibration.scale], [t], [t + 10 * stats.image_calibration.scale]], np.float32)
+    out = scorer(raw, np.zeros((3, 1, size, size), np.float32))
+    assert out.score.shape == (3, 1) and out.anomaly_map.shape == (3, 1, size, size)
+    assert out.score[0, 0] < 0.01 and abs(out.score[1, 0] - 0.5) < 1e-6 and out.score[2, 0] > 0.99
+    assert list(out.label.ravel()) == [b"normal", b"anomalous", b"anomalous"]
+    with pytest.raises(ScorerInputError, match="NaN"):
+        scorer(np.array([[np.nan]], np.float32), np.zeros((1, 1, size, size), np.float32))
+    with pytest.raises(ScorerInputError, match="expected"):
+        scorer(raw, np.zeros((3, 1, size + 1, size), np.float32))

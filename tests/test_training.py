@@ -1,0 +1,82 @@
+"""A real (short) training run: what it writes and how honest its numbers are."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.checkpoint import load_checkpoint
+from training.data import ImageDataset, make_splits
+from training.runs import RunPaths
+from training.stats import ThresholdMethod, load_stats
+from training.train import TrainResult
+
+
+def test_run_folder_is_complete_and_reloadable(trained_run: TrainResult) -> None:
+    paths: RunPaths = trained_run.paths
+    for p in (paths.weights, paths.config, paths.stats, paths.history, paths.samples):
+        assert p.is_file(), p
+    assert load_file(str(paths.weights))  # safetensors, no pickle
+    model, config = load_checkpoint(paths.root)
+    batch = torch.from_numpy(np.load(paths.samples)["images"][:2])
+    with torch.no_grad():
+        a, b = model(batch), trained_run.model(batch)
+    assert torch.allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+    assert config.image_size == model.image_size
+
+
+def test_stats_are_from_validation_and_metrics_are_sane(trained_run: TrainResult) -> None:
+    stats = load_stats(trained_run.paths.stats)
+    assert stats.image_threshold.method is ThresholdMethod.F1_OPTIMAL  # the demo validation split has anomalies
+    assert stats.image_calibration.threshold == stats.image_threshold.value
+    assert stats.image_calibration.apply(np.array([stats.image_scores.median]))[0] < 0.5
+    m = stats.test_metrics
+    assert m.split == "test" and m.num_good > 0 and m.num_anomalous > 0
+    for value in (m.image_auroc, m.pixel_auroc, m.aupro, m.image_f1):
+        assert value is not None and 0 <= value <= 1
+    assert m.image_auroc > 0.6, "a few epochs on a pretrained teacher already separate the demo defects"
+    assert len(stats.training.dataset_fingerprint) == 64
+    assert 1 <= stats.training.best_epoch <= stats.training.epochs
+    history = json.loads(trained_run.paths.history.read_text())
+    assert len(history) == stats.training.epochs and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_splits_do_not_overlap(trained_run: TrainResult, demo_root) -> None:
+    splits = make_splits(demo_root, "brick", seed=0)
+    sets = [set(s.path for s in part) for part in (splits.train, splits.holdout, splits.validation, splits.test)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not sets[i] & sets[j]
+    stats = load_stats(trained_run.paths.stats)
+    assert stats.training.num_train == len(splits.train)
+    assert stats.image_scores.count == len(splits.holdout)
+    dataset = ImageDataset(splits.train, 64)
+    assert dataset[0]["image"].dtype == torch.uint8
+
+
+def test_cli_help_and_validation() -> None:
+    done = subprocess.run([sys.executable, "-m", "training.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for flag in ("--data-root", "--category", "--backbone", "--image-size", "--epochs", "--batch-size", "--lr",
+                 "--seed", "--output", "--allow-random-teacher"):
+        assert flag in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "training.cli", "--image-size", "100"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--image-size" in bad.stderr and "multiple of 32" in bad.stderr
+
+
+def test_missing_teacher_weights_refuse_without_the_flag(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import TrainConfig
+    from training.checkpoint import build_detector
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        build_detector(TrainConfig(backbone="resnet18", image_size=64))
+    with pytest.warns(UserWarning):
+        build_detector(TrainConfig(backbone="resnet18", image_size=64, allow_random_teacher=True))
