@@ -28,6 +28,7 @@ from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerpri
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
 from training.metrics import image_auroc, pixel_auroc
+from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.rd4ad import reverse_distillation_loss
 from training.runs import RunPaths
 from training.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
@@ -131,11 +132,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.epochs, best_score)
 
-    stats = _calibrate_and_evaluate(model, config, splits, history, best_epoch, step, seconds, progress)
+    holdout = predict(model, splits.holdout, desc="holdout" if progress else None)
+    val = predict(model, splits.validation, desc="validation" if progress else None)
+    test = predict(model, splits.test, desc="test" if progress else None)
+    stats = _calibrate_and_evaluate(model, config, splits, (holdout, val, test), history, best_epoch, step, seconds)
     save_checkpoint(model, config, paths)
     save_stats(stats, paths.stats)
     save_validation_samples(splits.validation, config.image_size, paths.samples)
     paths.history.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    paths.plots.mkdir(exist_ok=True)
+    plot_history(history, paths.plots / "loss.png")
+    plot_score_histogram(stats, {"holdout (good)": holdout, "validation": val, "test": test}, paths.plots / "scores.png")
+    plot_heatmaps(stats, splits.test, test, paths.plots / "test_heatmaps.png")
     return TrainResult(paths, stats, model)
 
 
@@ -175,15 +183,14 @@ def _calibrate_and_evaluate(
     model: DeployableDetector,
     config: TrainConfig,
     splits: DatasetSplits,
+    predictions: tuple[Predictions, Predictions, Predictions],
     history: list[dict[str, float]],
     best_epoch: int,
     steps: int,
     seconds: float,
-    progress: bool,
 ) -> Stats:
-    holdout = predict(model, splits.holdout, desc="holdout" if progress else None)
-    val = predict(model, splits.validation, desc="validation" if progress else None)
-    test = predict(model, splits.test, desc="test" if progress else None)
+    """The stats JSON: good statistics from holdout, thresholds from validation, metrics from test."""
+    holdout, val, test = predictions
     image_good = ScoreStatistics.of(holdout.scores)
     pixel_good = ScoreStatistics.of(holdout.maps)
     image_threshold = choose_threshold(holdout.scores, val.labels, val.scores, good_quantile=IMAGE_GOOD_QUANTILE)
