@@ -135,7 +135,9 @@ def check_parity(
     eager = tuple(t.numpy() for t in model(x))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_out = tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: images}))
-    scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # libtorch serving still loads TorchScript
+        scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
     ts_out = tuple(t.numpy() for t in scripted(x))
     reports = [_compare("onnx", eager, onnx_out), _compare("torchscript", eager, ts_out)]
     for r in reports:

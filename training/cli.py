@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         f"test ({m.num_good} good, {m.num_anomalous} anomalous): image AUROC {fmt(m.image_auroc)}, "
         f"pixel AUROC {fmt(m.pixel_auroc)}, AUPRO {fmt(m.aupro)}, image F1 {fmt(m.image_f1)}"
     )
-    print(f"image AUROC: {fmt(m.image_auroc)}")
     return 0
 
 
