@@ -149,6 +149,9 @@ print_log_tail() {
     echo "---- server log (tail) ----" >&2
     if [[ "$1" == "docker" ]]; then
         docker logs --tail 40 "$CONTAINER" >&2 2>&1 || true
+    elif grep -q '^ERROR: ' "$LOG_FILE" 2>/dev/null; then
+        # serving.embedded's own report: the log's error lines (the cause), then its tail.
+        sed -n '/^ERROR: /,$p' "$LOG_FILE" >&2
     else
         tail -n 40 "$LOG_FILE" >&2 || true
     fi

@@ -67,4 +67,5 @@ def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> 
         srv.wait_ready(timeout=120)
         yield srv
     finally:
-        srv.stop()
+        code = srv.stop()
+        assert code == 0, f"tritonserver did not shut down cleanly (exit {code}):\n{srv.log_tail()}"

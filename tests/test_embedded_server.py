@@ -353,8 +353,11 @@ def test_backend_batches_and_isolates_errors_without_triton(
 ) -> None:
     module = _load_backend(monkeypatch, backend)
     instance = module.TritonPythonModel()
-    instance.initialize({"model_config": _config_json(repository / model / "config.pbtxt"), "model_repository": str(repository / model),
-                         "model_version": "1"})
+    instance.initialize({
+        "model_config": _config_json(repository / model / "config.pbtxt"),
+        "model_repository": str(repository / model),
+        "model_version": "1",
+    })
     input_name, output_names = MODELS[model]
     good = [_images(n, seed=n) for n in (1, 3, 2)]
     requests = [{input_name: good[0]}, {input_name: _images(1, seed=9, size=4)}, {input_name: good[1]},

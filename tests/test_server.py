@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,23 @@ CLIENT = Path(__file__).resolve().parents[1] / "client" / "client.py"
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 
 
-def _client(kind: str, server: TritonServer):
+@contextlib.contextmanager
+def _client(kind: str, server: TritonServer) -> Iterator:
+    """A client that is closed afterwards: an open keep-alive connection would hold the server's shutdown."""
     module = PROTOCOLS[kind]
-    return module.InferenceServerClient(server.http_url if kind == "http" else server.grpc_url)
+    client = module.InferenceServerClient(server.http_url if kind == "http" else server.grpc_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _infer(kind: str, server: TritonServer, model: str, array: np.ndarray, dtype: str = "UINT8", outputs=("score",)):
     module = PROTOCOLS[kind]
     tensor = module.InferInput("image", list(array.shape), dtype)
     tensor.set_data_from_numpy(array)
-    result = _client(kind, server).infer(model, [tensor], outputs=[module.InferRequestedOutput(o) for o in outputs])
+    with _client(kind, server) as client:
+        result = client.infer(model, [tensor], outputs=[module.InferRequestedOutput(o) for o in outputs])
     return {o: result.as_numpy(o) for o in outputs}
 
 
@@ -96,8 +105,8 @@ def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(
     print(f"{kind} {case}: {message}")
     assert expected.lower() in message.lower()
     assert "image" in message or "batch" in message.lower()  # the message names what is wrong
-    client = _client(kind, server)
-    assert client.is_server_ready() and client.is_model_ready("ad_inference")
+    with _client(kind, server) as client:
+        assert client.is_server_ready() and client.is_model_ready("ad_inference")
     samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
     good = _infer(kind, server, "ad_inference", samples["images"][:1])["score"]
     np.testing.assert_allclose(good, samples["score"][:1], atol=1e-3)
