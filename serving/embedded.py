@@ -109,6 +109,8 @@ def prepare_backend_dir(dest: Path) -> Path:
     _sync_file(stub, dest / "python" / stub.name)
     for name in _STANDIN_BACKENDS:
         _sync_file(_SOURCE_BACKENDS / name / "model.py", dest / name / "model.py")
+        # A backend folder is all Triton loads, so the shared batching code travels into each one.
+        _sync_file(_SOURCE_BACKENDS / "batching.py", dest / name / "batching.py")
     return dest
 
 

@@ -283,7 +283,8 @@ def test_stop_terminates_within_seconds(server: TritonServer) -> None:
 def test_prepare_backend_dir_is_complete_and_idempotent(tmp_path: Path) -> None:
     backends = prepare_backend_dir(tmp_path / "backends")
     expected = ["python/libtriton_python.so", "python/triton_python_backend_stub",
-                "python/triton_python_backend_utils.py", "onnxruntime/model.py", "pytorch/model.py"]
+                "python/triton_python_backend_utils.py", "onnxruntime/model.py", "pytorch/model.py",
+                "onnxruntime/batching.py", "pytorch/batching.py"]
     for relative in expected:
         assert (backends / relative).is_file(), relative
     assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
@@ -333,15 +334,17 @@ class _TritonError(Exception):
         self.code = code
 
 
-def _load_backend(monkeypatch: pytest.MonkeyPatch, name: str):
-    """Imports serving/backends/<name>/model.py against a minimal stand-in for triton_python_backend_utils."""
+def _load_backend(monkeypatch: pytest.MonkeyPatch, name: str, backends: Path):
+    """Imports a prepared backend folder's model.py against a minimal stand-in for triton_python_backend_utils."""
     fake = types.SimpleNamespace(
         Tensor=_Tensor, InferenceResponse=_Response, TritonError=_TritonError, TritonModelException=RuntimeError,
         get_input_tensor_by_name=lambda request, n: _Tensor(n, request[n]) if n in request else None,
         triton_string_to_numpy=lambda t: {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32}[t],
     )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    spec = importlib.util.spec_from_file_location(f"{name}_standin", ROOT / "serving" / "backends" / name / "model.py")
+    monkeypatch.delitem(sys.modules, "batching", raising=False)  # re-import it against the fake
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location(f"{name}_standin", backends / name / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -349,9 +352,9 @@ def _load_backend(monkeypatch: pytest.MonkeyPatch, name: str):
 
 @pytest.mark.parametrize("backend, model", [("onnxruntime", "tiny_onnx"), ("pytorch", "tiny_pt")])
 def test_backend_batches_and_isolates_errors_without_triton(
-    repository: Path, monkeypatch: pytest.MonkeyPatch, backend: str, model: str
+    repository: Path, monkeypatch: pytest.MonkeyPatch, backend: str, model: str, tmp_path: Path
 ) -> None:
-    module = _load_backend(monkeypatch, backend)
+    module = _load_backend(monkeypatch, backend, prepare_backend_dir(tmp_path / "backends"))
     instance = module.TritonPythonModel()
     instance.initialize({
         "model_config": _config_json(repository / model / "config.pbtxt"),
