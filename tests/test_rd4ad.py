@@ -101,7 +101,7 @@ def test_blur_equals_scipy_and_kernel_is_normalised() -> None:
 
 def test_deployable_detector_takes_uint8_nhwc() -> None:
     encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
-    model = DeployableDetector(RD4AD(encoder, 64), encoder.mean, encoder.std).eval()
+    model = DeployableDetector(RD4AD(encoder, 64)).eval()
     image = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
         out = model(image)

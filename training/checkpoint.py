@@ -48,7 +48,7 @@ def build_detector(config: TrainConfig, *, pretrained: bool = True) -> Deployabl
             warnings.simplefilter("ignore")
             encoder = build_encoder(config.backbone, None, allow_random_init=True)
     model = RD4AD(encoder, config.image_size, sigma=config.sigma)
-    return DeployableDetector(model, encoder.mean, encoder.std)
+    return DeployableDetector(model)
 
 
 def save_checkpoint(model: DeployableDetector, config: TrainConfig, paths: RunPaths) -> None:

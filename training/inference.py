@@ -10,10 +10,12 @@ configs and the client.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from training.detector import DistillationDetector
 
 #: Name of the network's only input: uint8 RGB images ``(N, H, W, 3)``.
 INPUT_NAME = "image"
@@ -29,16 +31,6 @@ class InferenceOutput(NamedTuple):
 
 
 OUTPUT_NAMES: tuple[str, ...] = InferenceOutput._fields
-
-
-class Detector(Protocol):
-    """Any network that scores a normalised batch."""
-
-    image_size: int
-
-    def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(N, 3, S, S)`` normalised float -> (scores ``(N, 1)``, maps ``(N, 1, S, S)``)."""
-        ...
 
 
 class ImageNormalizer(nn.Module):
@@ -67,15 +59,13 @@ class DeployableDetector(nn.Module):
     """A detector with its preprocessing, returning :class:`InferenceOutput`.
 
     Args:
-        detector: Network exposing ``predict`` and ``image_size``.
-        mean: Normalisation mean its teacher expects.
-        std: Normalisation std its teacher expects.
+        detector: The network; its ``mean`` and ``std`` set the normalisation.
     """
 
-    def __init__(self, detector: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, detector: DistillationDetector) -> None:
         super().__init__()
         self.detector = detector
-        self.normalize = ImageNormalizer(mean, std)
+        self.normalize = ImageNormalizer(detector.mean, detector.std)
         self.image_size = int(detector.image_size)
 
     def forward(self, image: Tensor) -> InferenceOutput:

@@ -29,7 +29,6 @@ from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
 from training.metrics import image_auroc, pixel_auroc
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
-from training.rd4ad import reverse_distillation_loss
 from training.runs import RunPaths
 from training.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 
@@ -84,8 +83,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     log.info("splits: train %d, holdout %d, validation %d, test %d",
              len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
     model = build_detector(config)
-    rd4ad = model.detector
-    optimizer = torch.optim.Adam(rd4ad.trainable_parameters(), lr=config.lr, betas=(0.5, 0.999))
+    detector = model.detector
+    optimizer = torch.optim.Adam(detector.trainable_parameters(), lr=config.lr, betas=(0.5, 0.999))
     loader = DataLoader(
         ImageDataset(splits.train, config.image_size),
         batch_size=config.batch_size,
@@ -105,8 +104,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break
-            teacher, student = rd4ad(model.normalize(batch["image"]))
-            loss = reverse_distillation_loss(teacher, student)
+            loss = detector.training_loss(model.normalize(batch["image"]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -205,7 +203,7 @@ def _calibrate_and_evaluate(
             parameters=n_params,
             trainable_parameters=n_train,
         ),
-        normalization=Normalization(mean=model.detector.encoder.mean, std=model.detector.encoder.std),
+        normalization=Normalization(mean=model.detector.mean, std=model.detector.std),
         image_scores=image_good,
         pixel_scores=pixel_good,
         image_threshold=image_threshold,

@@ -12,9 +12,11 @@ from torch import Tensor, nn
 
 from training.anomaly_map import AnomalyMapGenerator
 from training.backbones import BackboneName, FeatureEncoder
+from training.detector import DistillationDetector
 from training.rd4ad.blocks import BlockType
 from training.rd4ad.bottleneck import OneClassBottleneck
 from training.rd4ad.decoder import ReverseDecoder
+from training.rd4ad.loss import reverse_distillation_loss
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ STUDENT_SPECS: dict[BackboneName, StudentSpec] = {
 }
 
 
-class RD4AD(nn.Module):
+class RD4AD(DistillationDetector):
     """Reverse distillation network.
 
     In training mode ``forward`` returns the teacher's and the student's features for the loss; the anomaly
@@ -57,6 +59,7 @@ class RD4AD(nn.Module):
         spec = STUDENT_SPECS[BackboneName(encoder.name)]
         channels = encoder.out_channels
         self.image_size = image_size
+        self.mean, self.std = encoder.mean, encoder.std
         self.encoder = encoder
         self.bottleneck = OneClassBottleneck(
             channels, spec.block, spec.bottleneck_blocks, width_per_group=spec.width_per_group
@@ -75,6 +78,10 @@ class RD4AD(nn.Module):
         teacher = self.encoder(x)
         student = self.decoder(self.bottleneck(teacher))
         return teacher, student
+
+    def training_loss(self, x: Tensor) -> Tensor:
+        """Reverse-distillation loss on a normalised batch of good images."""
+        return reverse_distillation_loss(*self(x))
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Image scores ``(N, 1)`` and smoothed anomaly maps ``(N, 1, S, S)`` for a normalised batch."""

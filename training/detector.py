@@ -1,0 +1,49 @@
+"""The contract every image detector trained here fulfils, so one training loop, one exporter and one scorer
+serve them all.
+
+A detector scores *normalised* batches; :class:`~training.inference.DeployableDetector` adds the uint8 ->
+normalised preprocessing in front of it, using the detector's own ``mean`` and ``std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+
+class DistillationDetector(nn.Module):
+    """Base class of the image detectors (RD4AD, the score-regressing student, multi-teacher, MKD).
+
+    Attributes:
+        image_size: Square input side in pixels.
+        mean: Per-channel mean on [0, 1] RGB that the network expects (applied in the exported graph).
+        std: Per-channel standard deviation, likewise.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates (frozen teachers excluded)."""
+        raise NotImplementedError
+
+    def prepare(self, batches: Iterable[Tensor]) -> None:
+        """Measure whatever the method needs from the training images before training (default: nothing).
+
+        Args:
+            batches: Normalised training batches ``(N, 3, S, S)``; iterate at most once.
+        """
+
+    def training_loss(self, x: Tensor) -> Tensor:
+        """The scalar loss on a normalised batch ``(N, 3, S, S)`` of good training images."""
+        raise NotImplementedError
+
+    def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw image scores ``(N, 1)`` and raw anomaly maps ``(N, 1, S, S)`` for a normalised batch.
+
+        Higher is more anomalous; the image score is the maximum of the map. Must be exportable to ONNX
+        (opset 17) and traceable to TorchScript for a fixed input size.
+        """
+        raise NotImplementedError
