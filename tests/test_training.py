@@ -55,7 +55,7 @@ def test_splits_do_not_overlap(trained_run: TrainResult, demo_root) -> None:
             assert not sets[i] & sets[j]
     stats = load_stats(trained_run.paths.stats)
     assert stats.training.num_train == len(splits.train)
-    assert stats.image_scores.count == len(splits.holdout)
+    assert stats.image_scores.count == len(splits.holdout) + sum(s.label == 0 for s in splits.validation)
     dataset = ImageDataset(splits.train, 64)
     assert dataset[0]["image"].dtype == torch.uint8
 

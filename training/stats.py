@@ -187,8 +187,8 @@ class Stats(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     model: ModelInfo
     normalization: Normalization
-    image_scores: ScoreStatistics = Field(description="raw image scores of held-out good images")
-    pixel_scores: ScoreStatistics = Field(description="raw map values of held-out good images")
+    image_scores: ScoreStatistics = Field(description="raw image scores of held-out good images (holdout + validation)")
+    pixel_scores: ScoreStatistics = Field(description="raw map values of held-out good images (holdout + validation)")
     image_threshold: Threshold
     pixel_threshold: Threshold
     image_calibration: Calibration

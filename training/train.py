@@ -187,12 +187,16 @@ def _calibrate_and_evaluate(
     steps: int,
     seconds: float,
 ) -> Stats:
-    """The stats JSON: good statistics from holdout, thresholds from validation, metrics from test."""
+    """The stats JSON: good statistics from held-out good images, thresholds from validation, metrics from test."""
     holdout, val, test = predictions
-    image_good = ScoreStatistics.of(holdout.scores)
-    pixel_good = ScoreStatistics.of(holdout.maps)
-    image_threshold = choose_threshold(holdout.scores, val.labels, val.scores, good_quantile=IMAGE_GOOD_QUANTILE)
-    pixel_threshold = choose_threshold(holdout.maps, val.masks, val.maps, good_quantile=PIXEL_GOOD_QUANTILE)
+    # Every good image the student never saw (holdout and validation good): a larger sample, still no test data.
+    val_good = val.labels == 0
+    good_scores = np.concatenate([holdout.scores, val.scores[val_good]])
+    good_maps = np.concatenate([holdout.maps, val.maps[val_good]])
+    image_good = ScoreStatistics.of(good_scores)
+    pixel_good = ScoreStatistics.of(good_maps)
+    image_threshold = choose_threshold(good_scores, val.labels, val.scores, good_quantile=IMAGE_GOOD_QUANTILE)
+    pixel_threshold = choose_threshold(good_maps, val.masks, val.maps, good_quantile=PIXEL_GOOD_QUANTILE)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.detector.trainable_parameters())
     return Stats(
