@@ -35,7 +35,7 @@ train: data  ## train RD4AD on the demo data; writes weights + stats JSON to $(R
 		--backbone $(BACKBONE) --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) --seed $(SEED)
 
 export: install  ## export $(RUN) into the Triton model repository $(REPO)
-	$(VENV)/bin/kd-export --run $(RUN) --repository $(REPO)
+	$(VENV)/bin/kd-export --run $(RUN)=ad_inference --repository $(REPO)
 
 serve: install  ## start the embedded Triton server on $(REPO) (127.0.0.1:8000/8001/8002)
 	./triton_startup_script.sh start --mode embedded --model-repository $(REPO)

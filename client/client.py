@@ -23,8 +23,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-INPUT = "image"
-ENSEMBLE_OUTPUTS = {"score": "FP32", "anomaly_map": "FP32", "label": "BYTES", "raw_score": "FP32"}
 LABELS = {"anomalous", "normal"}
 
 
@@ -34,17 +32,17 @@ class CheckFailed(Exception):
 
 @dataclass
 class Samples:
-    """The exporter's validation images and reference outputs."""
+    """The exporter's validation inputs and reference outputs for one model."""
 
-    images: np.ndarray
+    inputs: np.ndarray
     labels: np.ndarray
     names: np.ndarray
     raw_score: np.ndarray
-    raw_map: np.ndarray
     score: np.ndarray
-    anomaly_map: np.ndarray
     label: np.ndarray
     manifest: dict[str, Any]
+    raw_map: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
 
     @classmethod
     def load(cls, folder: Path) -> Samples:
@@ -53,9 +51,20 @@ class Samples:
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
             with np.load(folder / "samples.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+            return cls(manifest=manifest, **{k: arrays[k] for k in cls.__dataclass_fields__ if k in arrays})
+        except (OSError, ValueError, TypeError, KeyError) as e:
             raise CheckFailed(f"cannot read validation samples in {folder}: {e}") from e
-        return cls(manifest=manifest, **{k: arrays[k] for k in cls.__dataclass_fields__ if k != "manifest"})
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The ensemble's outputs and their dtypes."""
+        maps = {"anomaly_map": "FP32"} if self.manifest["has_map"] else {}
+        return {"score": "FP32", **maps, "label": "BYTES", "raw_score": "FP32"}
+
+
+def discover(repository: Path) -> list[str]:
+    """Models in ``repository`` that carry the exporter's validation samples, sorted."""
+    return sorted(p.parent.parent.name for p in Path(repository).glob("*/validation/manifest.json"))
 
 
 def _check(condition: bool, what: str) -> None:
@@ -87,22 +96,23 @@ class Protocol:
             return self.client.get_model_metadata(model)
         return self.client.get_model_metadata(model, as_json=True)
 
-    def infer(self, model: str, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """Send uint8 images ``(N, S, S, 3)``; returns the requested outputs."""
-        tensor = self.module.InferInput(INPUT, list(images.shape), "UINT8")
-        tensor.set_data_from_numpy(images)
+    def infer(self, model: str, spec: dict[str, Any], inputs: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Send a batch for the input ``spec`` (name, datatype); returns the requested outputs."""
+        tensor = self.module.InferInput(spec["name"], list(inputs.shape), spec["datatype"])
+        tensor.set_data_from_numpy(inputs)
         requested = [self.module.InferRequestedOutput(o) for o in outputs]
         result = self.client.infer(model, [tensor], outputs=requested)
         return {o: result.as_numpy(o) for o in outputs}
 
 
-def _check_metadata(proto: Protocol, model: str, size: int, outputs: dict[str, str]) -> None:
+def _check_metadata(proto: Protocol, model: str, spec: dict[str, Any], outputs: dict[str, str]) -> None:
     meta = proto.metadata(model)
     inputs = meta["inputs"]
-    _check(len(inputs) == 1 and inputs[0]["name"] == INPUT, f"{model}: expected one input '{INPUT}', got {inputs}")
-    _check(inputs[0]["datatype"] == "UINT8", f"{model}: input dtype {inputs[0]['datatype']}, expected UINT8")
-    shape = [int(d) for d in inputs[0]["shape"]]
-    _check(shape == [-1, size, size, 3], f"{model}: input shape {shape}, expected [-1, {size}, {size}, 3]")
+    name, dtype, shape = spec["name"], spec["datatype"], [-1, *spec["dims"]]
+    _check(len(inputs) == 1 and inputs[0]["name"] == name, f"{model}: expected one input '{name}', got {inputs}")
+    _check(inputs[0]["datatype"] == dtype, f"{model}: input dtype {inputs[0]['datatype']}, expected {dtype}")
+    served_shape = [int(d) for d in inputs[0]["shape"]]
+    _check(served_shape == shape, f"{model}: input shape {served_shape}, expected {shape}")
     served = {o["name"]: o["datatype"] for o in meta["outputs"]}
     for name, dtype in outputs.items():
         _check(served.get(name) == dtype, f"{model}: output '{name}' is {served.get(name)}, expected {dtype}")
@@ -118,47 +128,51 @@ def _network_outputs(proto: Protocol, model: str) -> tuple[str, str]:
 
 
 def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[str]) -> None:
-    """All checks over one protocol; raises :class:`CheckFailed` on the first that fails."""
+    """All checks of one model over one protocol; raises :class:`CheckFailed` on the first that fails."""
     manifest = samples.manifest
-    size, atol = int(manifest["input_size"]), float(manifest["atol"])
+    spec, atol = manifest["input"], float(manifest["atol"])
     _check(proto.client.is_server_live(), f"{proto.kind}: server is not live")
     _check(proto.client.is_server_ready(), f"{proto.kind}: server is not ready")
     for m in [model, *manifest["networks"]]:
         _check(proto.client.is_model_ready(m), f"{proto.kind}: model '{m}' is not ready")
-    _check_metadata(proto, model, size, ENSEMBLE_OUTPUTS)
+    outputs = samples.outputs
+    _check_metadata(proto, model, spec, outputs)
 
-    out = proto.infer(model, samples.images, list(ENSEMBLE_OUTPUTS))
-    n = len(samples.images)
-    score, amap, label, raw = out["score"], out["anomaly_map"], out["label"], out["raw_score"]
-    _check(score.shape == (n, 1) and score.dtype == np.float32, f"score: {score.shape} {score.dtype}")
-    _check(amap.shape == (n, 1, size, size) and amap.dtype == np.float32, f"anomaly_map: {amap.shape} {amap.dtype}")
-    _check(label.shape == (n, 1), f"label: shape {label.shape}")
-    _check(bool(np.all((score >= 0) & (score <= 1))), "score outside [0, 1]")
-    _check(bool(np.all((amap >= 0) & (amap <= 1))), "anomaly_map outside [0, 1]")
+    out = proto.infer(model, spec, samples.inputs, list(outputs))
+    n = len(samples.inputs)
+    score, label, raw = out["score"], out["label"], out["raw_score"]
+    _check(score.shape == (n, 1) and score.dtype == np.float32, f"{model}: score {score.shape} {score.dtype}")
+    _check(label.shape == (n, 1), f"{model}: label shape {label.shape}")
+    _check(bool(np.all((score >= 0) & (score <= 1))), f"{model}: score outside [0, 1]")
     labels = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in label.ravel()])
-    _check(set(labels) <= LABELS, f"labels {sorted(set(labels))} not in {sorted(LABELS)}")
-    d_raw = _close("raw_score", raw, samples.raw_score, atol)
-    d_score = _close("score", score, samples.score, atol)
-    d_map = _close("anomaly_map", amap, samples.anomaly_map, atol)
+    _check(set(labels) <= LABELS, f"{model}: labels {sorted(set(labels))} not in {sorted(LABELS)}")
+    diffs = [f"raw {_close(f'{model}.raw_score', raw, samples.raw_score, atol):.1e}",
+             f"score {_close(f'{model}.score', score, samples.score, atol):.1e}"]
+    if samples.anomaly_map is not None:
+        amap = out["anomaly_map"]
+        _check(amap.dtype == np.float32, f"{model}: anomaly_map dtype {amap.dtype}")
+        _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: anomaly_map outside [0, 1]")
+        diffs.append(f"map {_close(f'{model}.anomaly_map', amap, samples.anomaly_map, atol):.1e}")
     # A raw score within the tolerance of the threshold may legitimately flip; every other label must match.
     decided = np.abs(samples.raw_score.ravel() - float(manifest["image_threshold"])) > atol
     mismatch = decided & (labels != samples.label.ravel())
-    _check(not mismatch.any(), f"labels differ from the reference for {list(samples.names[mismatch])}")
+    _check(not mismatch.any(), f"{model}: labels differ from the reference for {list(samples.names[mismatch])}")
     good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
     if good.size and bad.size:
-        _check(bad.mean() > good.mean(), f"anomalous images score {bad.mean():.3f} on average, good {good.mean():.3f}")
+        _check(bad.mean() > good.mean(), f"{model}: anomalous inputs score {bad.mean():.3f} on average, good {good.mean():.3f}")
         log.append(f"{proto.kind}: {model}: mean score good {good.mean():.3f}, anomalous {bad.mean():.3f}")
-    log.append(f"{proto.kind}: {model}: {n} images, max |diff| raw {d_raw:.1e}, score {d_score:.1e}, map {d_map:.1e}")
+    log.append(f"{proto.kind}: {model}: {n} inputs, max |diff| " + ", ".join(diffs))
 
-    single = proto.infer(model, samples.images[:1], ["score"])["score"]
-    _close("score (batch of 1)", single, samples.score[:1], atol)
+    single = proto.infer(model, spec, samples.inputs[:1], ["score"])["score"]
+    _close(f"{model}.score (batch of 1)", single, samples.score[:1], atol)
 
+    references = [samples.raw_score] + ([samples.raw_map] if samples.raw_map is not None else [])
     for network in manifest["networks"]:
-        s_name, m_name = _network_outputs(proto, network)
-        got = proto.infer(network, samples.images, [s_name, m_name])
-        d_s = _close(f"{network}.{s_name}", got[s_name], samples.raw_score, atol)
-        d_m = _close(f"{network}.{m_name}", got[m_name], samples.raw_map, atol)
-        log.append(f"{proto.kind}: {network}: max |diff| score {d_s:.1e}, map {d_m:.1e}")
+        names = [o["name"] for o in proto.metadata(network)["outputs"]]
+        _check(len(names) == len(references), f"{network}: outputs {names}, expected {len(references)}")
+        got = proto.infer(network, spec, samples.inputs, names)
+        d = [f"{o} {_close(f'{network}.{o}', got[o], ref, atol):.1e}" for o, ref in zip(names, references)]
+        log.append(f"{proto.kind}: {network}: max |diff| " + ", ".join(d))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,38 +184,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-u", "--url", default="localhost:8000", help="HTTP endpoint host:port")
     parser.add_argument("-g", "--grpc-url", default="localhost:8001", help="gRPC endpoint host:port")
     parser.add_argument("-i", "--protocol", choices=["http", "grpc", "both"], default="both", help="protocol(s) to test")
-    parser.add_argument("-m", "--model", default="ad_inference", help="ensemble model to validate")
+    parser.add_argument("-m", "--model", default=None,
+                        help="ensemble model to validate (default: every model in the repository with validation samples)")
     parser.add_argument("-r", "--repository", type=Path, default=Path("model_repository"),
                         help="model repository holding <model>/validation/ (the exporter's samples)")
-    parser.add_argument("--samples", type=Path, default=None, help="validation folder (default: <repository>/<model>/validation)")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="validation folder for --model (default: <repository>/<model>/validation)")
     parser.add_argument("-t", "--timeout", type=float, default=60.0, help="network timeout in seconds")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the PASS / FAIL line")
     return parser
 
 
+def validate_model(model: str, samples: Samples, args: argparse.Namespace, log: list[str]) -> None:
+    """Every check of one model over the chosen protocol(s)."""
+    for kind in ["http", "grpc"] if args.protocol == "both" else [args.protocol]:
+        proto = Protocol(kind, args.url if kind == "http" else args.grpc_url, args.timeout)
+        try:
+            validate_protocol(proto, model, samples, log)
+        finally:
+            proto.client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run every check; returns 0 on PASS, 1 on FAIL."""
+    """Validate each model; prints one PASS/FAIL line per model; returns 0 only if all pass."""
     args = build_parser().parse_args(argv)
-    log: list[str] = []
-    try:
-        samples = Samples.load(args.samples or args.repository / args.model / "validation")
-        protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
-        for kind in protocols:
-            proto = Protocol(kind, args.url if kind == "http" else args.grpc_url, args.timeout)
-            try:
-                validate_protocol(proto, args.model, samples, log)
-            finally:
-                proto.client.close()
-    except (CheckFailed, InferenceServerException, ConnectionError, OSError) as e:
-        if log and not args.quiet:
-            print("\n".join(log))
-        reason = str(e) if isinstance(e, CheckFailed) else f"{args.model}: {type(e).__name__}: {e}"
-        print(f"FAIL: {reason}")
+    models = [args.model] if args.model else discover(args.repository)
+    if not models:
+        print(f"FAIL: no model with validation samples in {args.repository} (run kd-export first)")
         return 1
-    if not args.quiet:
-        print("\n".join(log))
-    print(f"PASS: {args.model}")
-    return 0
+    failures = 0
+    for model in models:
+        log: list[str] = []
+        try:
+            samples = Samples.load(args.samples or args.repository / model / "validation")
+            validate_model(model, samples, args, log)
+        except (CheckFailed, InferenceServerException, ConnectionError, OSError) as e:
+            failures += 1
+            if log and not args.quiet:
+                print("\n".join(log))
+            reason = str(e) if isinstance(e, CheckFailed) else f"{model}: {type(e).__name__}: {e}"
+            print(f"FAIL: {reason}")
+            continue
+        if not args.quiet:
+            print("\n".join(log))
+        print(f"PASS: {model}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

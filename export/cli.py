@@ -1,4 +1,4 @@
-"""``kd-export``: put a trained run into a Triton model repository (ONNX, TorchScript, scorer, ensemble)."""
+"""``kd-export``: put trained runs into a Triton model repository (ONNX, TorchScript, scorer, ensemble each)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,46 @@ import logging
 import sys
 from pathlib import Path
 
+#: Ensemble name per detector family when ``--run`` gives none.
+DEFAULT_NAMES = {
+    "rd4ad": "ad_inference",
+    "student": "ad_inference_student",
+    "multiteacher": "ad_inference_multiteacher",
+    "mkd": "ad_inference_mkd",
+    "kdae_vector": "kdae_digits",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(
         prog="kd-export",
-        description="Export a training run to ONNX and TorchScript, check both against the eager model on "
-        "stored validation images, and write the network, the Python-backend scorer (with the run's stats "
-        "JSON), an ensemble and the client's validation samples into a Triton model repository. Nothing is "
-        "changed in the repository unless every step succeeds.",
+        description="Export training runs to ONNX and TorchScript, check both against the eager model on "
+        "stored validation inputs, and write, per run, the network, the Python-backend scorer (with the run's "
+        "stats JSON), an ensemble and the client's validation samples into a Triton model repository. Nothing "
+        "is changed in the repository unless every run exports cleanly.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="training run folder (from kd-train)")
+    parser.add_argument(
+        "--run", action="append", default=None, metavar="FOLDER[=NAME]",
+        help="training run folder (from kd-train), optionally with the ensemble name clients call; repeat for "
+        "several runs. Default names by method: " + ", ".join(f"{k} -> {v}" for k, v in DEFAULT_NAMES.items())
+        + ". Without --run: runs/demo",
+    )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    parser.add_argument("--name", default="ad_inference", help="ensemble name that clients call")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per network instance (default: all cores)")
     return parser
+
+
+def _resolve(spec: str) -> tuple[Path, str]:
+    from training.runs import RunPaths
+    from training.stats import load_stats
+
+    folder, _, name = spec.partition("=")
+    if not name:
+        method = load_stats(RunPaths(Path(folder)).stats).model.method
+        name = DEFAULT_NAMES.get(method, f"ad_inference_{method}")
+    return Path(folder), name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,18 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from export.network import ExportParityError
-    from export.repository import export_run
+    from export.repository import export_runs
     from training.stats import StatsError
 
     try:
-        result = export_run(args.run, args.repository, args.name, threads=args.threads)
-    except (ExportParityError, StatsError, FileNotFoundError) as e:
+        runs = [_resolve(spec) for spec in (args.run or ["runs/demo"])]
+        results = export_runs(runs, args.repository, threads=args.threads)
+    except (ExportParityError, StatsError, FileNotFoundError, ValueError) as e:
         print(f"kd-export: export failed, repository unchanged: {e}", file=sys.stderr)
         return 1
-    for report in result.parity:
-        print(f"parity {report}")
-    n = result.names
-    print(f"wrote {n.onnx}, {n.torchscript}, {n.scorer}, {n.ensemble} into {result.repository}")
+    for result in results:
+        n = result.names
+        for report in result.parity:
+            print(f"{n.name}: parity {report}")
+        print(f"wrote {n.onnx}, {n.torchscript}, {n.scorer}, {n.ensemble} into {result.repository}")
     return 0
 
 

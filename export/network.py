@@ -1,7 +1,7 @@
 """The network as ONNX and TorchScript, with a parity check against eager torch before anything is kept.
 
 Scores that change after export are the most frequent complaint about anomaly-detection deploy paths, so an
-export that does not reproduce the eager model on real images is an error, not a warning.
+export that does not reproduce the eager model on real inputs is an error, not a warning.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from training.inference import INPUT_NAME, OUTPUT_NAMES, DeployableDetector
+from training.inference import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,115 +31,113 @@ class ExportParityError(RuntimeError):
 
 
 class _TupleOutput(nn.Module):
-    """TorchScript and ONNX take plain tuples; the field order is :data:`OUTPUT_NAMES`."""
+    """TorchScript and ONNX take plain tuples, in the spec's output order."""
 
-    def __init__(self, model: DeployableDetector) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(image)
-        return out.pred_score, out.anomaly_map
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(x)
+        return (out,) if isinstance(out, Tensor) else tuple(out)
 
 
-def export_onnx(model: DeployableDetector, path: Path) -> Path:
-    """Export to ONNX with a dynamic batch axis and the uint8 NHWC input.
+def export_onnx(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
+    """Export to ONNX with a dynamic batch axis.
 
     Args:
-        model: The detector in eval mode.
+        model: The deployable network in eval mode (preprocessing included).
+        spec: Its input and output names and shapes.
         path: Where to write ``model.onnx`` (weights embedded, no external data file).
 
     Returns:
         ``path``.
     """
-    size = model.image_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    names = [spec.input.name, *(o.name for o in spec.outputs)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript-based exporter's notice
         torch.onnx.export(
             _TupleOutput(model).eval(),
-            (example,),
+            (spec.example(),),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=axes,
+            input_names=[spec.input.name],
+            output_names=[o.name for o in spec.outputs],
+            dynamic_axes={n: {0: "batch"} for n in names},
             opset_version=OPSET,
             dynamo=False,
         )
     return path
 
 
-def export_torchscript(model: DeployableDetector, path: Path) -> Path:
+def export_torchscript(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
     """Trace to TorchScript (what Triton's ``pytorch_libtorch`` backend loads).
 
     Args:
-        model: The detector in eval mode.
+        model: The deployable network in eval mode.
+        spec: Its input and output names and shapes.
         path: Where to write ``model.pt``.
 
     Returns:
         ``path``.
     """
-    size = model.image_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing is deprecated upstream but is what libtorch serving loads
-        traced = torch.jit.trace(_TupleOutput(model).eval(), (example,), check_trace=False)
+        traced = torch.jit.trace(_TupleOutput(model).eval(), (spec.example(),), check_trace=False)
     traced.save(str(path))
     return path
 
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Largest absolute differences between an export and eager torch."""
+    """Largest absolute difference per output between an export and eager torch."""
 
     format: str
-    max_abs_score: float
-    max_abs_map: float
+    max_abs: dict[str, float]
 
     def __str__(self) -> str:
-        return f"{self.format}: max |diff| score {self.max_abs_score:.2e}, map {self.max_abs_map:.2e}"
+        return f"{self.format}: max |diff| " + ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs.items())
 
 
-def _compare(name: str, expected: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]) -> ParityReport:
-    for e, g in zip(expected, got, strict=True):
+def _compare(fmt: str, spec: NetworkSpec, expected: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> ParityReport:
+    diffs = {}
+    for out, e, g in zip(spec.outputs, expected, got, strict=True):
         if e.shape != g.shape:
-            raise ExportParityError(f"{name}: output shape {g.shape} differs from eager {e.shape}")
-    report = ParityReport(
-        name, float(np.max(np.abs(expected[0] - got[0]))), float(np.max(np.abs(expected[1] - got[1])))
-    )
-    if not (report.max_abs_score <= PARITY_ATOL and report.max_abs_map <= PARITY_ATOL):
+            raise ExportParityError(f"{fmt}: output '{out.name}' has shape {g.shape}, eager {e.shape}")
+        diffs[out.name] = float(np.max(np.abs(e - g))) if e.size else 0.0
+    report = ParityReport(fmt, diffs)
+    if not all(d <= PARITY_ATOL for d in diffs.values()):
         raise ExportParityError(f"{report} exceeds the tolerance {PARITY_ATOL:g}; nothing was written")
     return report
 
 
 @torch.no_grad()
 def check_parity(
-    model: DeployableDetector, images: np.ndarray, onnx_path: Path, torchscript_path: Path
-) -> tuple[tuple[np.ndarray, np.ndarray], list[ParityReport]]:
-    """Run both exports and eager torch on ``images`` and require them to agree.
+    model: nn.Module, spec: NetworkSpec, inputs: np.ndarray, onnx_path: Path, torchscript_path: Path
+) -> tuple[tuple[np.ndarray, ...], list[ParityReport]]:
+    """Run both exports and eager torch on ``inputs`` and require them to agree.
 
     Args:
-        model: The eager detector in eval mode.
-        images: ``(N, S, S, 3)`` uint8 real images (at least 2, so a batch axis is exercised).
+        model: The eager network in eval mode.
+        spec: Its input and output names.
+        inputs: A batch of real inputs (at least 2, so a batch axis is exercised).
         onnx_path: The exported ONNX file.
         torchscript_path: The exported TorchScript file.
 
     Returns:
-        The eager ``(scores (N, 1), maps (N, 1, S, S))`` and one :class:`ParityReport` per format.
+        The eager outputs (in spec order) and one :class:`ParityReport` per format.
 
     Raises:
         ExportParityError: A difference above :data:`PARITY_ATOL` or a shape mismatch.
     """
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    eager = tuple(t.numpy() for t in model(x))
+    x = torch.from_numpy(np.ascontiguousarray(inputs))
+    eager = tuple(t.numpy() for t in _TupleOutput(model).eval()(x))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_out = tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: images}))
+    onnx_out = tuple(session.run([o.name for o in spec.outputs], {spec.input.name: inputs}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # libtorch serving still loads TorchScript
         scripted = torch.jit.load(str(torchscript_path), map_location="cpu")
     ts_out = tuple(t.numpy() for t in scripted(x))
-    reports = [_compare("onnx", eager, onnx_out), _compare("torchscript", eager, ts_out)]
+    reports = [_compare("onnx", spec, eager, onnx_out), _compare("torchscript", spec, eager, ts_out)]
     for r in reports:
         log.info("parity %s", r)
     return eager, reports

@@ -1,4 +1,4 @@
-"""Writing a detector into a Triton model repository, atomically.
+"""Writing detectors into a Triton model repository, atomically.
 
 Everything is built and checked in a staging folder beside the repository (exports, parity, configs, the
 scorer with its stats JSON and the client's validation samples); only then are the model folders swapped in by
@@ -13,7 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,8 @@ import training.stats
 from export.network import PARITY_ATOL, ParityReport, check_parity, export_onnx, export_torchscript
 from export.scorer.scorer import Scorer
 from export.triton_config import ModelNames, ensemble_config, network_config, scorer_config
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_deployable
 from training.runs import RunPaths
-from training.stats import load_stats
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ CLIENT_ATOL = PARITY_ATOL
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What an export wrote."""
+    """What an export wrote for one run."""
 
     repository: Path
     names: ModelNames
@@ -81,80 +81,98 @@ def _swap_in(staging: Path, repository: Path, folders: list[str]) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def export_run(
-    run_dir: Path, repository: Path, name: str = "ad_inference", *, threads: int | None = None
-) -> ExportResult:
-    """Export one trained run into ``repository`` as four models under the ensemble ``name``.
+def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) -> list[ParityReport]:
+    """Export one run's four models into ``staging``; raises before the swap on any problem."""
+    paths = RunPaths(Path(run_dir))
+    model, spec, stats = load_deployable(paths.root)
+    with np.load(paths.samples, allow_pickle=False) as z:
+        samples = {k: z[k] for k in z.files}
+    onnx_path = staging / names.onnx / "1" / "model.onnx"
+    ts_path = staging / names.torchscript / "1" / "model.pt"
+    onnx_path.parent.mkdir(parents=True)
+    ts_path.parent.mkdir(parents=True)
+    export_onnx(model, spec, onnx_path)
+    export_torchscript(model, spec, ts_path)
+    eager, parity = check_parity(model, spec, samples["inputs"], onnx_path, ts_path)
+
+    _write(staging / names.onnx / "config.pbtxt", network_config(names, spec, torchscript=False, threads=threads))
+    _write(staging / names.torchscript / "config.pbtxt", network_config(names, spec, torchscript=True, threads=threads))
+    _write(staging / names.scorer / "config.pbtxt", scorer_config(names, spec))
+    shutil.copy2(paths.stats, staging / names.scorer / "stats.json")
+    _copy_sources(staging / names.scorer / "1")
+    _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
+    (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
+
+    raw = dict(zip((o.name for o in spec.outputs), eager))
+    scored = Scorer(stats)(raw["pred_score"], raw.get("anomaly_map"))
+    references = {"raw_score": raw["pred_score"], "score": scored.score, "label": scored.label.astype("U")}
+    if scored.anomaly_map is not None:
+        references.update(raw_map=raw["anomaly_map"], anomaly_map=scored.anomaly_map)
+    validation = staging / names.ensemble / VALIDATION_DIR
+    validation.mkdir()
+    np.savez_compressed(
+        validation / SAMPLES_FILE, inputs=samples["inputs"], labels=samples["labels"], names=samples["names"],
+        **references,
+    )
+    manifest = {
+        "model": names.ensemble,
+        "networks": [names.onnx, names.torchscript],
+        "input": asdict(spec.input),
+        "has_map": spec.has_map,
+        "method": stats.model.method,
+        "atol": CLIENT_ATOL,
+        "image_threshold": stats.image_threshold.value,
+        "test_image_auroc": stats.test_metrics.image_auroc,
+        "parity": [asdict(r) for r in parity],
+    }
+    _write(validation / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return parity
+
+
+def export_runs(
+    runs: Sequence[tuple[Path, str]], repository: Path, *, threads: int | None = None
+) -> list[ExportResult]:
+    """Export several trained runs into ``repository`` in one atomic step.
+
+    Each run becomes four models under its ensemble name ``name``: ``<name>`` (what clients call),
+    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``. Other models in the repository are kept.
 
     Args:
-        run_dir: A finished training run (weights, config, stats JSON, validation samples).
-        repository: The Triton model repository (created if missing; other models in it are kept).
-        name: Ensemble name clients call; the other models are ``<name>_onnx``, ``<name>_torchscript`` and
-            ``<name>_scorer``.
+        runs: ``(run folder, ensemble name)`` pairs.
+        repository: The Triton model repository (created if missing).
         threads: CPU threads per network instance; default: all cores.
 
     Returns:
-        The :class:`ExportResult`.
+        One :class:`ExportResult` per run, in order.
 
     Raises:
-        ExportParityError: An export differs from the eager model (nothing is written).
-        StatsError: The run's stats JSON is malformed or belongs to another model.
-        FileNotFoundError: The run folder is incomplete.
+        ExportParityError: An export differs from its eager model (nothing is written).
+        StatsError: A run's stats JSON is malformed or belongs to another model (nothing is written).
+        FileNotFoundError: A run folder is incomplete (nothing is written).
+        ValueError: Two runs share a name.
     """
-    paths = RunPaths(Path(run_dir))
-    model, config = load_checkpoint(paths.root)
-    stats = load_stats(paths.stats, input_size=config.image_size, backbone=config.backbone.value)
-    samples = np.load(paths.samples, allow_pickle=False)
-    images = samples["images"]
-    names = ModelNames(name)
-    size = config.image_size
+    all_names = [ModelNames(name) for _, name in runs]
+    if len({n.name for n in all_names}) != len(all_names):
+        raise ValueError(f"ensemble names must be unique, got {[n.name for n in all_names]}")
     threads = threads or os.cpu_count() or 1
     repository = Path(repository).resolve()
     repository.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
+    results = []
     try:
-        onnx_path = staging / names.onnx / "1" / "model.onnx"
-        ts_path = staging / names.torchscript / "1" / "model.pt"
-        onnx_path.parent.mkdir(parents=True)
-        ts_path.parent.mkdir(parents=True)
-        export_onnx(model, onnx_path)
-        export_torchscript(model, ts_path)
-        (raw_score, raw_map), parity = check_parity(model, images, onnx_path, ts_path)
-
-        _write(staging / names.onnx / "config.pbtxt", network_config(names, size, torchscript=False, threads=threads))
-        _write(staging / names.torchscript / "config.pbtxt", network_config(names, size, torchscript=True, threads=threads))
-        _write(staging / names.scorer / "config.pbtxt", scorer_config(names, size))
-        shutil.copy2(paths.stats, staging / names.scorer / "stats.json")
-        _copy_sources(staging / names.scorer / "1")
-        _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, size))
-        (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
-
-        scored = Scorer(stats)(raw_score, raw_map)
-        validation = staging / names.ensemble / VALIDATION_DIR
-        validation.mkdir()
-        np.savez_compressed(
-            validation / SAMPLES_FILE,
-            images=images,
-            labels=samples["labels"],
-            names=samples["names"],
-            raw_score=raw_score,
-            raw_map=raw_map,
-            score=scored.score,
-            anomaly_map=scored.anomaly_map,
-            label=scored.label.astype("U"),
-        )
-        manifest = {
-            "model": names.ensemble,
-            "networks": [names.onnx, names.torchscript],
-            "input_size": size,
-            "atol": CLIENT_ATOL,
-            "image_threshold": stats.image_threshold.value,
-            "test_image_auroc": stats.test_metrics.image_auroc,
-            "parity": [r.__dict__ for r in parity],
-        }
-        _write(validation / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-        _swap_in(staging, repository, [names.onnx, names.torchscript, names.scorer, names.ensemble])
+        for (run_dir, _), names in zip(runs, all_names):
+            parity = _stage_run(Path(run_dir), names, staging, threads)
+            results.append(ExportResult(repository, names, parity))
+        folders = [f for n in all_names for f in (n.onnx, n.torchscript, n.scorer, n.ensemble)]
+        _swap_in(staging, repository, folders)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported %s into %s", name, repository)
-    return ExportResult(repository, names, parity)
+    log.info("exported %s into %s", ", ".join(n.name for n in all_names), repository)
+    return results
+
+
+def export_run(
+    run_dir: Path, repository: Path, name: str = "ad_inference", *, threads: int | None = None
+) -> ExportResult:
+    """Export one trained run (see :func:`export_runs`)."""
+    return export_runs([(Path(run_dir), name)], repository, threads=threads)[0]

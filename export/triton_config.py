@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.inference import INPUT_NAME, OUTPUT_NAMES
+from training.inference import NetworkSpec
 
 #: Largest batch any model accepts; dynamic batching groups requests up to it.
 MAX_BATCH_SIZE = 8
@@ -52,29 +52,29 @@ def torchscript_output_name(name: str, index: int) -> str:
 
 
 def _tensor(name: str, dtype: str, dims: tuple[int, ...]) -> str:
-    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+    return f'  {{ name: "{name}" data_type: TYPE_{dtype} dims: [ {", ".join(map(str, dims))} ] }}'
 
 
 def _io(kind: str, tensors: list[str]) -> str:
     return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
 
 
-def network_config(names: ModelNames, size: int, *, torchscript: bool, threads: int) -> str:
+def network_config(names: ModelNames, spec: NetworkSpec, *, torchscript: bool, threads: int) -> str:
     """Config of the network model.
 
     Args:
         names: Model names of the detector.
-        size: Square input side.
+        spec: The network's input and outputs.
         torchscript: ``pytorch_libtorch`` with ``model.pt`` instead of ``onnxruntime_onnx`` with ``model.onnx``.
         threads: Intra-op threads per instance (the cores a CPU instance should use).
 
     Returns:
         The ``config.pbtxt`` text.
     """
-    image = (size, size, 3)
-    dims = {"pred_score": (1,), "anomaly_map": (1, size, size)}
-    out_names = [torchscript_output_name(n, i) if torchscript else n for i, n in enumerate(OUTPUT_NAMES)]
-    outputs = [_tensor(o, "TYPE_FP32", dims[n]) for o, n in zip(out_names, OUTPUT_NAMES)]
+    outputs = [
+        _tensor(torchscript_output_name(o.name, i) if torchscript else o.name, o.datatype, o.dims)
+        for i, o in enumerate(spec.outputs)
+    ]
     name = names.torchscript if torchscript else names.onnx
     platform = "pytorch_libtorch" if torchscript else "onnxruntime_onnx"
     filename = "model.pt" if torchscript else "model.onnx"
@@ -85,59 +85,57 @@ def network_config(names: ModelNames, size: int, *, torchscript: bool, threads: 
         f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
         for k, v in zip(thread_keys, (threads, 1))
     )
+    inp = spec.input
     return (
         f'name: "{name}"\nplatform: "{platform}"\ndefault_model_filename: "{filename}"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
-        + _io("input", [_tensor(INPUT_NAME, "TYPE_UINT8", image)])
+        + _io("input", [_tensor(inp.name, inp.datatype, inp.dims)])
         + _io("output", outputs)
         + f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}\n"
         + "instance_group [ { count: 1 } ]\n"
         + params
         + "model_warmup [ {\n"
         + '  name: "zeros" batch_size: 1\n'
-        + f'  inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 dims: [ {size}, {size}, 3 ] zero_data: true }} }}\n'
+        + f'  inputs {{ key: "{inp.name}" value {{ data_type: TYPE_{inp.datatype} dims: [ {", ".join(map(str, inp.dims))} ] zero_data: true }} }}\n'
         + "} ]\n"
     )
 
 
-def scorer_config(names: ModelNames, size: int) -> str:
+def _scorer_outputs(spec: NetworkSpec) -> list[str]:
+    outputs = [_tensor(SCORE, "FP32", (1,))]
+    if spec.has_map:
+        outputs.append(_tensor(MAP, "FP32", spec.outputs[1].dims))
+    return [*outputs, _tensor(LABEL, "STRING", (1,))]
+
+
+def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
     """Config of the Python-backend scorer (CPU: it is a few vectorised numpy operations)."""
     return (
         f'name: "{names.scorer}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io("input", [_tensor("pred_score", "TYPE_FP32", (1,)), _tensor("anomaly_map", "TYPE_FP32", (1, size, size))])
-        + _io(
-            "output",
-            [_tensor(SCORE, "TYPE_FP32", (1,)), _tensor(MAP, "TYPE_FP32", (1, size, size)), _tensor(LABEL, "TYPE_STRING", (1,))],
-        )
+        + _io("input", [_tensor(o.name, o.datatype, o.dims) for o in spec.outputs])
+        + _io("output", _scorer_outputs(spec))
         + "dynamic_batching { }\n"
         + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
     )
 
 
-def ensemble_config(names: ModelNames, size: int) -> str:
-    """Config of the ensemble: image -> network (ONNX) -> scorer; also passes the raw score through."""
+def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
+    """Config of the ensemble: input -> network (ONNX) -> scorer; also passes the raw score through."""
+    inp = spec.input
+    raw = {"pred_score": RAW_SCORE, "anomaly_map": "raw_map"}
+    net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
+    scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
+    scorer_out = [SCORE, MAP, LABEL] if spec.has_map else [SCORE, LABEL]
+    scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
     return (
         f'name: "{names.ensemble}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io("input", [_tensor(INPUT_NAME, "TYPE_UINT8", (size, size, 3))])
-        + _io(
-            "output",
-            [
-                _tensor(SCORE, "TYPE_FP32", (1,)),
-                _tensor(MAP, "TYPE_FP32", (1, size, size)),
-                _tensor(LABEL, "TYPE_STRING", (1,)),
-                _tensor(RAW_SCORE, "TYPE_FP32", (1,)),
-            ],
-        )
+        + _io("input", [_tensor(inp.name, inp.datatype, inp.dims)])
+        + _io("output", [*_scorer_outputs(spec), _tensor(RAW_SCORE, "FP32", (1,))])
         + "ensemble_scheduling {\n  step [\n"
         + f'    {{ model_name: "{names.onnx}" model_version: -1\n'
-        + f'      input_map {{ key: "{INPUT_NAME}" value: "{INPUT_NAME}" }}\n'
-        + f'      output_map {{ key: "pred_score" value: "{RAW_SCORE}" }}\n'
-        + '      output_map { key: "anomaly_map" value: "raw_map" } },\n'
+        + f'      input_map {{ key: "{inp.name}" value: "{inp.name}" }}\n'
+        + net_maps.rstrip("\n") + " },\n"
         + f'    {{ model_name: "{names.scorer}" model_version: -1\n'
-        + f'      input_map {{ key: "pred_score" value: "{RAW_SCORE}" }}\n'
-        + '      input_map { key: "anomaly_map" value: "raw_map" }\n'
-        + f'      output_map {{ key: "{SCORE}" value: "{SCORE}" }}\n'
-        + f'      output_map {{ key: "{MAP}" value: "{MAP}" }}\n'
-        + f'      output_map {{ key: "{LABEL}" value: "{LABEL}" }} }}\n'
+        + scorer_in + scorer_maps.rstrip("\n") + " }\n"
         + "  ]\n}\n"
     )

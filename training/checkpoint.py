@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from training.backbones import build_encoder
 from training.config import TrainConfig
-from training.inference import DeployableDetector
-from training.rd4ad import RD4AD
+from training.inference import DeployableDetector, NetworkSpec, image_network_spec, vector_network_spec
+from training.methods import Method, backbone_label, build_network
 from training.runs import RunPaths
+from training.stats import Normalization, Stats, load_stats
 
 
 @contextlib.contextmanager
@@ -28,27 +29,36 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def build_detector(config: TrainConfig, *, pretrained: bool = True) -> DeployableDetector:
-    """The deployable network that ``config`` describes.
+def build_detector(
+    config: TrainConfig, *, pretrained: bool = True, normalization: Normalization | None = None
+) -> DeployableDetector:
+    """The deployable network that ``config`` describes, ready to train.
 
     Args:
-        config: Training configuration (backbone, image size, smoothing).
-        pretrained: Load the teacher's pretrained weights; ``False`` when a checkpoint will overwrite them.
+        config: Training configuration.
+        pretrained: Load the teachers' pretrained weights (and a student's trained RD4AD teacher); ``False``
+            when a checkpoint will overwrite the weights anyway.
+        normalization: With ``pretrained=False``, a student's input normalisation (from its stats JSON).
 
     Returns:
-        A :class:`DeployableDetector` wrapping a fresh :class:`~training.rd4ad.RD4AD`.
+        A :class:`DeployableDetector`.
     """
-    if pretrained:
-        encoder = build_encoder(
-            config.backbone, config.teacher_weights, allow_random_init=config.allow_random_teacher
-        )
-    else:
-        # The checkpoint carries the teacher's weights, so the random init (and its warning) is transient.
+    if not pretrained:
+        # The checkpoint carries the teachers' weights, so a random init (and its warning) is transient.
         with warnings.catch_warnings(), _quiet(logging.getLogger("training.backbones")):
             warnings.simplefilter("ignore")
-            encoder = build_encoder(config.backbone, None, allow_random_init=True)
-    model = RD4AD(encoder, config.image_size, sigma=config.sigma)
-    return DeployableDetector(model)
+            return DeployableDetector(build_network(config, allow_random_init=True, normalization=normalization))
+    if config.method is Method.STUDENT:
+        if config.teacher_run is None:
+            raise ValueError("method 'student' needs --teacher-run: the run folder of a trained RD4AD")
+        teacher, teacher_config = load_checkpoint(config.teacher_run)
+        if teacher_config.image_size != config.image_size:
+            raise ValueError(f"the teacher takes {teacher_config.image_size} px images, the config says {config.image_size}")
+        normalization = load_stats(RunPaths(config.teacher_run).stats).normalization
+        student = build_network(config, allow_random_init=False, normalization=normalization)
+        student.attach_teacher(teacher)
+        return DeployableDetector(student)
+    return DeployableDetector(build_network(config, allow_random_init=config.allow_random_teacher))
 
 
 def save_checkpoint(model: DeployableDetector, config: TrainConfig, paths: RunPaths) -> None:
@@ -70,6 +80,26 @@ def load_checkpoint(run_dir: Path) -> tuple[DeployableDetector, TrainConfig]:
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing: is {paths.root} a finished training run?")
     config = TrainConfig.model_validate(json.loads(paths.config.read_text(encoding="utf-8")))
-    model = build_detector(config, pretrained=False)
+    # A student's normalisation is its teacher's, recorded in its own stats JSON.
+    normalization = load_stats(paths.stats).normalization if config.method is Method.STUDENT else None
+    model = build_detector(config, pretrained=False, normalization=normalization)
     model.load_state_dict(load_file(str(paths.weights)), strict=True)
     return model.eval(), config
+
+
+def load_deployable(run_dir: Path) -> tuple[nn.Module, NetworkSpec, Stats]:
+    """The network of any finished run as it is deployed, with its input/output spec and validated stats.
+
+    Raises:
+        FileNotFoundError: The run folder is incomplete.
+        StatsError: Its stats JSON is malformed or does not match its config.
+    """
+    paths = RunPaths(Path(run_dir))
+    stats = load_stats(paths.stats)
+    if stats.model.input_kind == "vector":
+        from training.kdae import load_kdae_student
+
+        return load_kdae_student(paths.root).eval(), vector_network_spec(stats.model.input_size), stats
+    model, config = load_checkpoint(paths.root)
+    load_stats(paths.stats, input_size=config.image_size, backbone=backbone_label(config))
+    return model, image_network_spec(config.image_size), stats

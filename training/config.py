@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.backbones import BackboneName
+from training.methods import DEFAULT_LR, Method
 
 
 class TrainConfig(BaseModel):
@@ -17,13 +18,17 @@ class TrainConfig(BaseModel):
     data_root: Path = Field(Path("data/demo"), description="folder holding <category>/ in the MVTec AD layout")
     category: str = Field("brick", description="category folder under data_root")
     output: Path = Field(Path("runs/demo"), description="run folder for weights, stats JSON and plots")
+    method: Method = Field(Method.RD4AD, description="detector: " + ", ".join(m.value for m in Method))
+    teacher_run: Path | None = Field(None, description="method 'student': run folder of the trained RD4AD it imitates")
     backbone: BackboneName = Field(BackboneName.EFFICIENTNET_LITE0, description="frozen teacher encoder")
     teacher_weights: Path | None = Field(None, description="teacher weights file; default: the backbone's usual place")
     allow_random_teacher: bool = Field(False, description="permit an untrained teacher (scores are meaningless)")
     image_size: int = Field(256, ge=32, description="square input side, a multiple of 32")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.005, gt=0, description="Adam learning rate (paper: 0.005, betas 0.5/0.999)")
+    lr: float | None = Field(
+        None, gt=0, description="Adam learning rate; default per method (RD4AD: the paper's 0.005, others 0.001)"
+    )
     seed: int = 0
     sigma: float = Field(4.0, gt=0, description="Gaussian smoothing of the anomaly map in pixels")
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
@@ -31,6 +36,11 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs and tests)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the method's default."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     @field_validator("image_size")
     @classmethod

@@ -10,6 +10,7 @@ configs and the client.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,47 @@ class InferenceOutput(NamedTuple):
 
 
 OUTPUT_NAMES: tuple[str, ...] = InferenceOutput._fields
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a deployed network, without the batch axis."""
+
+    name: str
+    datatype: str
+    """Triton's name for the dtype: ``UINT8`` or ``FP32``."""
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The input and outputs of a deployed network (all batched on axis 0)."""
+
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def has_map(self) -> bool:
+        """Whether the network returns an anomaly map (image models) or only a score (vector models)."""
+        return any(o.name == "anomaly_map" for o in self.outputs)
+
+    def example(self, batch: int = 2) -> Tensor:
+        """Zeros of the input's shape and dtype, for tracing."""
+        dtype = torch.uint8 if self.input.datatype == "UINT8" else torch.float32
+        return torch.zeros(batch, *self.input.dims, dtype=dtype)
+
+
+def image_network_spec(size: int) -> NetworkSpec:
+    """Image detectors: uint8 RGB ``(N, S, S, 3)`` in, :class:`InferenceOutput` out."""
+    return NetworkSpec(
+        TensorSpec(INPUT_NAME, "UINT8", (size, size, 3)),
+        (TensorSpec("pred_score", "FP32", (1,)), TensorSpec("anomaly_map", "FP32", (1, size, size))),
+    )
+
+
+def vector_network_spec(length: int) -> NetworkSpec:
+    """Vector detectors: float32 features ``(N, D)`` in, the raw score ``(N, 1)`` out."""
+    return NetworkSpec(TensorSpec("vector", "FP32", (length,)), (TensorSpec("pred_score", "FP32", (1,)),))
 
 
 class ImageNormalizer(nn.Module):

@@ -34,7 +34,7 @@ class RunPaths:
 
     @property
     def samples(self) -> Path:
-        """A few validation images (uint8) with labels, which the exporter ships for the client to check."""
+        """A few validation inputs (key ``inputs``) with ``labels`` and ``names``, shipped for the client to check."""
         return self.root / "validation_samples.npz"
 
     @property

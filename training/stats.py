@@ -146,7 +146,8 @@ class ModelInfo(_Strict):
 
     method: str = Field(description="detector family, e.g. 'rd4ad'")
     backbone: str
-    input_size: int = Field(gt=0, description="square input side in pixels")
+    input_kind: Literal["image", "vector"] = Field("image", description="uint8 RGB images or float32 feature vectors")
+    input_size: int = Field(gt=0, description="square image side in pixels, or the vector length")
     parameters: int = Field(ge=0, description="parameter count of the deployed network")
     trainable_parameters: int = Field(ge=0)
 
@@ -186,13 +187,15 @@ class Stats(_Strict):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model: ModelInfo
-    normalization: Normalization
+    normalization: Normalization | None = Field(description="image models only")
     image_scores: ScoreStatistics = Field(description="raw image scores of held-out good images (holdout + validation)")
-    pixel_scores: ScoreStatistics = Field(description="raw map values of held-out good images (holdout + validation)")
+    pixel_scores: ScoreStatistics | None = Field(
+        description="raw map values of held-out good images (holdout + validation); image models only"
+    )
     image_threshold: Threshold
-    pixel_threshold: Threshold
+    pixel_threshold: Threshold | None = Field(description="image models only")
     image_calibration: Calibration
-    pixel_calibration: Calibration
+    pixel_calibration: Calibration | None = Field(description="image models only")
     validation_metrics: Metrics
     test_metrics: Metrics
     training: TrainingFacts
@@ -200,10 +203,17 @@ class Stats(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Stats:
+        image_only = ("normalization", "pixel_scores", "pixel_threshold", "pixel_calibration")
+        for name in image_only:
+            if (getattr(self, name) is None) != (self.model.input_kind == "vector"):
+                need = "needs" if self.model.input_kind == "image" else "must not have"
+                raise ValueError(f"field '{name}': a model with input_kind '{self.model.input_kind}' {need} it")
         for name, thr, cal in (
             ("image", self.image_threshold, self.image_calibration),
             ("pixel", self.pixel_threshold, self.pixel_calibration),
         ):
+            if thr is None or cal is None:
+                continue
             if not math.isclose(thr.value, cal.threshold, rel_tol=1e-9, abs_tol=1e-12):
                 raise ValueError(
                     f"{name}_calibration.threshold ({cal.threshold}) differs from {name}_threshold.value ({thr.value})"

@@ -27,6 +27,7 @@ from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
+from training.methods import ADAM_BETAS, backbone_label
 from training.metrics import image_auroc, pixel_auroc
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.runs import RunPaths
@@ -84,7 +85,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
              len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
     model = build_detector(config)
     detector = model.detector
-    optimizer = torch.optim.Adam(detector.trainable_parameters(), lr=config.lr, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(
+        detector.trainable_parameters(), lr=config.learning_rate, betas=ADAM_BETAS.get(config.method, (0.9, 0.999))
+    )
     loader = DataLoader(
         ImageDataset(splits.train, config.image_size),
         batch_size=config.batch_size,
@@ -170,7 +173,7 @@ def save_validation_samples(samples: list[Sample], image_size: int, path: Path, 
     chosen = good + anomalous
     np.savez_compressed(
         path,
-        images=np.stack([load_image(s.path, image_size) for s in chosen]),
+        inputs=np.stack([load_image(s.path, image_size) for s in chosen]),
         labels=np.array([s.label for s in chosen], dtype=np.int64),
         names=np.array([f"{s.defect}/{s.path.name}" for s in chosen]),
     )
@@ -201,8 +204,8 @@ def _calibrate_and_evaluate(
     n_train = sum(p.numel() for p in model.detector.trainable_parameters())
     return Stats(
         model=ModelInfo(
-            method="rd4ad",
-            backbone=config.backbone.value,
+            method=config.method.value,
+            backbone=backbone_label(config),
             input_size=config.image_size,
             parameters=n_params,
             trainable_parameters=n_train,
@@ -223,7 +226,7 @@ def _calibrate_and_evaluate(
             seconds=round(seconds, 2),
             seed=config.seed,
             batch_size=config.batch_size,
-            learning_rate=config.lr,
+            learning_rate=config.learning_rate,
             final_loss=history[-1]["loss"],
             dataset=f"{config.data_root}/{config.category}",
             dataset_fingerprint=dataset_fingerprint(

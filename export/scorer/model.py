@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scorer import Scorer, ScorerInputError  # noqa: E402  (shipped beside this file)
+from scorer import ScoredBatch, Scorer, ScorerInputError  # noqa: E402  (shipped beside this file)
 from stats import load_stats  # noqa: E402
 
 STATS_FILE = "stats.json"
@@ -35,46 +35,51 @@ class TritonPythonModel:
         }
 
     def execute(self, requests: list) -> list:
-        """One response per request, in order."""
+        """One response per request, in order; all requests calibrated in one vectorised pass."""
         responses: list = [None] * len(requests)
         scores, maps, owners = [], [], []
         for i, request in enumerate(requests):
             raw_score = pb_utils.get_input_tensor_by_name(request, "pred_score").as_numpy()
-            raw_map = pb_utils.get_input_tensor_by_name(request, "anomaly_map").as_numpy()
-            if raw_score.shape[0] != raw_map.shape[0]:
-                responses[i] = _error(f"pred_score has {raw_score.shape[0]} rows, anomaly_map {raw_map.shape[0]}")
-                continue
+            raw_map = None
+            if self.scorer.has_map:
+                raw_map = pb_utils.get_input_tensor_by_name(request, "anomaly_map").as_numpy()
+                if raw_score.shape[0] != raw_map.shape[0]:
+                    responses[i] = _error(f"pred_score has {raw_score.shape[0]} rows, anomaly_map {raw_map.shape[0]}")
+                    continue
             scores.append(raw_score)
             maps.append(raw_map)
             owners.append(i)
-        if owners:
+        if not owners:
+            return responses
+        try:
+            batch = self.scorer(np.concatenate(scores), np.concatenate(maps) if self.scorer.has_map else None)
+        except ScorerInputError:
+            batch = None  # find the offending request(s) one by one instead of failing them all
+        start = 0
+        for i, s, m in zip(owners, scores, maps):
+            n = s.shape[0]
             try:
-                batch = self.scorer(np.concatenate(scores), np.concatenate(maps))
-            except ScorerInputError:
-                batch = None  # find the offending request(s) below instead of failing them all
-            start = 0
-            for i, s, m in zip(owners, scores, maps):
-                n = s.shape[0]
-                if batch is not None:
-                    responses[i] = self._response(batch.score[start:start + n], batch.anomaly_map[start:start + n],
-                                                  batch.label[start:start + n])
-                else:
-                    try:
-                        one = self.scorer(s, m)
-                        responses[i] = self._response(one.score, one.anomaly_map, one.label)
-                    except ScorerInputError as e:
-                        responses[i] = _error(str(e))
-                start += n
+                one = self.scorer(s, m) if batch is None else _rows(batch, start, start + n)
+                responses[i] = self._response(one)
+            except ScorerInputError as e:
+                responses[i] = _error(str(e))
+            start += n
         return responses
 
-    def _response(self, score: np.ndarray, amap: np.ndarray, label: np.ndarray):
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("score", score.astype(self.output_dtypes["score"])),
-                pb_utils.Tensor("anomaly_map", amap.astype(self.output_dtypes["anomaly_map"])),
-                pb_utils.Tensor("label", label.astype(self.output_dtypes["label"])),
-            ]
-        )
+    def _response(self, scored: ScoredBatch):
+        tensors = [pb_utils.Tensor("score", scored.score.astype(self.output_dtypes["score"]))]
+        if scored.anomaly_map is not None:
+            tensors.append(pb_utils.Tensor("anomaly_map", scored.anomaly_map.astype(self.output_dtypes["anomaly_map"])))
+        tensors.append(pb_utils.Tensor("label", scored.label.astype(self.output_dtypes["label"])))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _rows(batch: ScoredBatch, start: int, stop: int) -> ScoredBatch:
+    return ScoredBatch(
+        score=batch.score[start:stop],
+        anomaly_map=None if batch.anomaly_map is None else batch.anomaly_map[start:stop],
+        label=batch.label[start:stop],
+    )
 
 
 def _error(message: str):

@@ -26,8 +26,8 @@ class ScoredBatch:
 
     score: np.ndarray
     """``(N, 1)`` float32 in [0, 1]; 0.5 is the decision threshold."""
-    anomaly_map: np.ndarray
-    """``(N, 1, H, W)`` float32 in [0, 1]; 0.5 is the pixel threshold."""
+    anomaly_map: np.ndarray | None
+    """``(N, 1, H, W)`` float32 in [0, 1]; 0.5 is the pixel threshold. ``None`` for vector models."""
     label: np.ndarray
     """``(N, 1)`` object array of ``b"anomalous"`` / ``b"normal"``."""
 
@@ -44,14 +44,19 @@ class Scorer:
         self.pixel_calibration = stats.pixel_calibration
         self.image_threshold = float(stats.image_threshold.value)
         size = int(stats.model.input_size)
-        self.map_shape = (1, size, size)
+        self.map_shape = (1, size, size) if stats.pixel_calibration is not None else None
 
-    def __call__(self, raw_score: np.ndarray, raw_map: np.ndarray) -> ScoredBatch:
+    @property
+    def has_map(self) -> bool:
+        """Whether the model produces anomaly maps (image models) or only scores (vector models)."""
+        return self.map_shape is not None
+
+    def __call__(self, raw_score: np.ndarray, raw_map: np.ndarray | None = None) -> ScoredBatch:
         """Calibrate one batch.
 
         Args:
-            raw_score: ``(N, 1)`` raw image scores.
-            raw_map: ``(N, 1, H, W)`` raw anomaly maps.
+            raw_score: ``(N, 1)`` raw scores.
+            raw_map: ``(N, 1, H, W)`` raw anomaly maps (image models), ``None`` for vector models.
 
         Returns:
             The :class:`ScoredBatch`.
@@ -60,19 +65,23 @@ class Scorer:
             ScorerInputError: Shapes that do not match the model, or NaN / infinite values.
         """
         raw_score = np.asarray(raw_score, dtype=np.float32)
-        raw_map = np.asarray(raw_map, dtype=np.float32)
         n = raw_score.shape[0] if raw_score.ndim else 0
-        if raw_score.shape != (n, 1) or raw_map.shape != (n, *self.map_shape):
-            raise ScorerInputError(
-                f"expected pred_score (N, 1) and anomaly_map (N, {', '.join(map(str, self.map_shape))}), "
-                f"got {raw_score.shape} and {raw_map.shape}"
-            )
-        if not (np.isfinite(raw_score).all() and np.isfinite(raw_map).all()):
+        if raw_score.shape != (n, 1):
+            raise ScorerInputError(f"expected pred_score (N, 1), got {raw_score.shape}")
+        if (raw_map is None) != (self.map_shape is None):
+            raise ScorerInputError("anomaly_map is required for image models and absent for vector models")
+        if raw_map is not None:
+            raw_map = np.asarray(raw_map, dtype=np.float32)
+            if raw_map.shape != (n, *self.map_shape):
+                raise ScorerInputError(
+                    f"expected anomaly_map (N, {', '.join(map(str, self.map_shape))}), got {raw_map.shape}"
+                )
+        if not (np.isfinite(raw_score).all() and (raw_map is None or np.isfinite(raw_map).all())):
             raise ScorerInputError("raw outputs contain NaN or infinite values")
         # The label compares raw scores: that is the definition, immune to float rounding near 0.5.
         label = np.where(raw_score >= self.image_threshold, ANOMALOUS, NORMAL).astype(object)
         return ScoredBatch(
             score=self.image_calibration.apply(raw_score),
-            anomaly_map=self.pixel_calibration.apply(raw_map),
+            anomaly_map=None if raw_map is None else self.pixel_calibration.apply(raw_map),
             label=label,
         )

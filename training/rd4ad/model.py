@@ -29,11 +29,14 @@ class StudentSpec:
     width_per_group: int = 64
 
 
-#: The reference shapes for the ResNets; EfficientNet-Lite0 gets the ResNet-18 recipe on its own channels.
+#: The reference shapes for the ResNets; the EfficientNet-Lite models get the ResNet-18 recipe on their own
+#: channels.
 STUDENT_SPECS: dict[BackboneName, StudentSpec] = {
     BackboneName.WIDE_RESNET50_2: StudentSpec(BlockType.BOTTLENECK, 3, (3, 4, 6), width_per_group=128),
     BackboneName.RESNET18: StudentSpec(BlockType.BASIC, 2, (2, 2, 2)),
     BackboneName.EFFICIENTNET_LITE0: StudentSpec(BlockType.BASIC, 2, (2, 2, 2)),
+    BackboneName.EFFICIENTNET_LITE1: StudentSpec(BlockType.BASIC, 2, (2, 2, 2)),
+    BackboneName.EFFICIENTNET_LITE2: StudentSpec(BlockType.BASIC, 2, (2, 2, 2)),
 }
 
 

@@ -1,0 +1,84 @@
+"""The detectors that ``kd-train --method`` can train, and how each is built from a :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from training.backbones import build_encoder
+from training.detector import DistillationDetector
+from training.stats import Normalization
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+
+class Method(str, Enum):
+    """Image detectors, each trained by the same loop and described by the same stats JSON."""
+
+    RD4AD = "rd4ad"
+    """Reverse distillation (Deng & Li, CVPR 2022): teacher encoder, one-class bottleneck, student decoder."""
+    STUDENT = "student"
+    """A compact CNN regressing a trained RD4AD's anomaly map (needs ``teacher_run``)."""
+    MULTITEACHER = "multiteacher"
+    """One student regressing the fused, z-scored features of several EfficientNet-Lite teachers."""
+    MKD = "mkd"
+    """Multiresolution knowledge distillation (Salehi et al., CVPR 2021): a cloner of a teacher's taps."""
+
+
+#: Adam learning rate when the config gives none (RD4AD's is the paper's).
+DEFAULT_LR = {Method.RD4AD: 0.005, Method.STUDENT: 0.001, Method.MULTITEACHER: 0.001, Method.MKD: 0.001}
+#: Adam betas: RD4AD's paper uses (0.5, 0.999); the others keep Adam's defaults.
+ADAM_BETAS = {Method.RD4AD: (0.5, 0.999)}
+
+
+def build_network(
+    config: TrainConfig, *, allow_random_init: bool, normalization: Normalization | None = None
+) -> DistillationDetector:
+    """The (untrained) network that ``config`` describes.
+
+    Args:
+        config: Training configuration.
+        allow_random_init: Permit teachers without pretrained weights (loading a checkpoint overwrites them).
+        normalization: The student's input normalisation (its teacher's; from the teacher's or its own stats
+            JSON). Other methods take theirs from their teachers.
+
+    Returns:
+        The detector. A student is returned without its teacher; :func:`training.train.train` attaches it.
+
+    Raises:
+        ValueError: A student without ``teacher_run``.
+        FileNotFoundError: Pretrained teacher weights missing and ``allow_random_init`` is False.
+    """
+    if config.method is Method.RD4AD:
+        from training.rd4ad import RD4AD
+
+        encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
+        return RD4AD(encoder, config.image_size, sigma=config.sigma)
+    if config.method is Method.MKD:
+        from training.mkd import MKDDetector
+
+        encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
+        return MKDDetector(encoder, config.image_size, sigma=config.sigma)
+    if config.method is Method.MULTITEACHER:
+        from training.multiteacher import MultiTeacherDetector
+
+        return MultiTeacherDetector(
+            config.image_size, sigma=config.sigma, allow_random_init=allow_random_init, seed=config.seed
+        )
+    if config.method is Method.STUDENT:
+        from training.student import ScoreRegressor
+
+        if config.teacher_run is None or normalization is None:
+            raise ValueError("method 'student' needs teacher_run: the run folder of a trained RD4AD")
+        return ScoreRegressor(config.image_size, normalization.mean, normalization.std, seed=config.seed)
+    raise ValueError(f"unknown method {config.method!r}")
+
+
+def backbone_label(config: TrainConfig) -> str:
+    """What the stats JSON records as the backbone."""
+    if config.method is Method.MULTITEACHER:
+        return "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
+    if config.method is Method.STUDENT:
+        return "student_cnn"
+    return config.backbone.value
