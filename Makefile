@@ -14,7 +14,7 @@ IMAGE_SIZE ?= 256
 EPOCHS ?= 40
 SEED ?= 0
 
-.PHONY: install data train export serve stop validate demo test clean help
+.PHONY: install data train export serve stop validate demo compare test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,9 @@ demo: train export  ## the main job: data, training, export, server, client PASS
 	@./triton_startup_script.sh start --mode embedded --model-repository $(REPO) && \
 	rc=0; $(PY) client/client.py --repository $(REPO) || rc=$$?; \
 	./triton_startup_script.sh stop; exit $$rc
+
+compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
+	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)
 
 test: install  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest

@@ -107,6 +107,6 @@ class ScoreRegressor(DistillationDetector):
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw scores ``(N, 1)`` and maps ``(N, 1, S, S)`` in the teacher's units."""
-        low = torch.expm1(self.log_map(x)).clamp_min(0)
+        low = (torch.exp(self.log_map(x)) - 1.0).clamp_min(0)  # expm1 has no ONNX opset-17 export
         amap = F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)
         return torch.amax(low, dim=(2, 3)), amap

@@ -1,0 +1,1 @@
+"""Benchmarks and comparisons that print figures (speed targets live here, not in timed tests)."""

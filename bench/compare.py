@@ -1,0 +1,218 @@
+"""``kd-compare``: train every detector on the demo data, serve them all, and compare accuracy and speed.
+
+One command, every figure from this machine: method, backbone, parameters, GFLOPs, image AUROC, pixel AUROC,
+AUPRO (test split, thresholds from validation), in-process ONNX Runtime images/s at batch 1 and 8, and served
+images/s over gRPC (the ensemble: network + scorer, 4 requests in flight). The table is printed, written as
+JSON, and written into README.md between the ``compare`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger(__name__)
+
+README_BEGIN = "<!-- compare:begin -->"
+README_END = "<!-- compare:end -->"
+
+
+@dataclass
+class Row:
+    """One detector's figures."""
+
+    model: str
+    method: str
+    backbone: str
+    parameters: int
+    gflops: float
+    image_auroc: float | None
+    pixel_auroc: float | None
+    aupro: float | None
+    ort_batch1: float
+    ort_batch8: float
+    served_grpc: float | None = None
+
+
+def gflops(model: torch.nn.Module, example: torch.Tensor) -> float:
+    """Forward GFLOPs of one input (2 x multiply-accumulates), counted by torch."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example[:1])
+    return counter.get_total_flops() / 1e9
+
+
+def ort_throughput(onnx_path: Path, input_name: str, inputs: np.ndarray, batch: int, seconds: float, threads: int) -> float:
+    """In-process ONNX Runtime images/s at a fixed batch size: the limit serving can approach."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
+    session.run(None, {input_name: x})  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {input_name: x})
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def served_throughput(url: str, model: str, spec: dict, inputs: np.ndarray, seconds: float, concurrency: int = 4) -> float:
+    """Images/s through the served ensemble over gRPC, ``concurrency`` single-image requests in flight."""
+    import tritonclient.grpc as grpcclient
+
+    def worker(k: int) -> int:
+        client = grpcclient.InferenceServerClient(url)
+        done, start = 0, time.perf_counter()
+        try:
+            while time.perf_counter() - start < seconds:
+                x = inputs[(k + done) % len(inputs)][None]
+                tensor = grpcclient.InferInput(spec["name"], list(x.shape), spec["datatype"])
+                tensor.set_data_from_numpy(np.ascontiguousarray(x))
+                client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("score")])
+                done += 1
+        finally:
+            client.close()
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        total = sum(pool.map(worker, range(concurrency)))
+    return total / (time.perf_counter() - start)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The comparison as a Markdown table."""
+    head = ("| model | method | backbone | params | GFLOPs | image AUROC | pixel AUROC | AUPRO | ORT img/s b1 | "
+            "ORT img/s b8 | served img/s gRPC |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r.model} | {r.method} | {r.backbone} | {r.parameters / 1e6:.2f} M | {r.gflops:.3f} | {_fmt(r.image_auroc)} | "
+        f"{_fmt(r.pixel_auroc)} | {_fmt(r.aupro)} | {r.ort_batch1:.0f} | {r.ort_batch8:.0f} | "
+        f"{_fmt(r.served_grpc, 0)} |\n"
+        for r in rows
+    )
+
+
+def write_readme(readme: Path, table: str, command: str) -> None:
+    """Replace the text between the compare markers in ``readme``."""
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        log.warning("%s has no compare markers; table not written there", readme)
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    body = f"{README_BEGIN}\n`{command}` on {os.cpu_count()} CPU cores ({time.strftime('%Y-%m-%d')}):\n\n{table}{README_END}"
+    readme.write_text(head + body + tail, encoding="utf-8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="kd-compare",
+        description="Train RD4AD, the score-regressing student, multi-teacher and MKD on the demo data (and "
+        "KD-AE on digits), export them into one repository, serve it, and print the comparison table.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-root", type=Path, default=Path("data/demo"), help="demo data (written if missing)")
+    parser.add_argument("--category", default="brick", help="demo category")
+    parser.add_argument("--runs", type=Path, default=Path("runs/compare"), help="folder for the runs")
+    parser.add_argument("--repository", type=Path, default=Path("runs/compare/model_repository"), help="repository to export into")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs for every image method")
+    parser.add_argument("--image-size", type=int, default=256, help="input side")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, splits and training")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads")
+    parser.add_argument("--skip-training", action="store_true", help="reuse the runs already in --runs")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="README to write the table into ('' to skip)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from export.repository import export_runs
+    from serving.embedded import TritonServer, free_port
+    from training.checkpoint import load_deployable
+    from training.config import TrainConfig
+    from training.demo_data import write_demo_dataset
+    from training.kdae import KDAEConfig, train_kdae
+    from training.methods import Method
+    from training.runs import RunPaths
+    from training.stats import load_stats
+    from training.train import train
+
+    write_demo_dataset(args.data_root, args.category, seed=args.seed, image_size=args.image_size)
+    common = dict(data_root=args.data_root, category=args.category, image_size=args.image_size, epochs=args.epochs,
+                  seed=args.seed)
+    runs = {
+        "ad_inference": args.runs / "rd4ad",
+        "ad_inference_student": args.runs / "student",
+        "ad_inference_multiteacher": args.runs / "multiteacher",
+        "ad_inference_mkd": args.runs / "mkd",
+        "kdae_digits": args.runs / "kdae_digits",
+    }
+    if not args.skip_training:
+        train(TrainConfig(method=Method.RD4AD, output=runs["ad_inference"], **common))
+        train(TrainConfig(method=Method.STUDENT, teacher_run=runs["ad_inference"], output=runs["ad_inference_student"], **common))
+        train(TrainConfig(method=Method.MULTITEACHER, output=runs["ad_inference_multiteacher"], **common))
+        train(TrainConfig(method=Method.MKD, output=runs["ad_inference_mkd"], **common))
+        train_kdae(KDAEConfig(output=runs["kdae_digits"], seed=args.seed))
+    results = export_runs([(path, name) for name, path in runs.items()], args.repository, threads=args.threads)
+
+    rows: list[Row] = []
+    for result in results:
+        name = result.names.name
+        model, spec, stats = load_deployable(runs[name])
+        samples = np.load(RunPaths(runs[name]).samples)["inputs"]
+        onnx_path = result.repository / result.names.onnx / "1" / "model.onnx"
+        m = stats.test_metrics
+        rows.append(Row(
+            model=name, method=stats.model.method, backbone=stats.model.backbone, parameters=stats.model.parameters,
+            gflops=gflops(model, torch.from_numpy(samples)), image_auroc=m.image_auroc, pixel_auroc=m.pixel_auroc,
+            aupro=m.aupro,
+            ort_batch1=ort_throughput(onnx_path, spec.input.name, samples, 1, args.seconds, args.threads),
+            ort_batch8=ort_throughput(onnx_path, spec.input.name, samples, 8, args.seconds, args.threads),
+        ))
+        log.info("%s: %s", name, rows[-1])
+
+    workdir = args.runs / "triton"
+    with TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                      workdir=workdir, log_path=workdir / "server.log") as server:
+        for row, result in zip(rows, results):
+            samples = np.load(RunPaths(runs[row.model]).samples)["inputs"]
+            manifest = json.loads((result.repository / row.model / "validation" / "manifest.json").read_text())
+            row.served_grpc = served_throughput(server.grpc_url, row.model, manifest["input"], samples, args.seconds)
+
+    table = markdown_table(rows)
+    print(table)
+    (args.runs / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    teacher = next(r for r in rows if r.model == "ad_inference")
+    student = next(r for r in rows if r.model == "ad_inference_student")
+    speedup = student.ort_batch8 / teacher.ort_batch8
+    loss = 100 * ((teacher.image_auroc or 0) - (student.image_auroc or 0))
+    verdict = "meets" if speedup >= 5 and loss <= 2 else "misses"
+    print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {loss:+.1f} points image AUROC lost: "
+          f"{verdict} the target (>= 5x, <= 2 points)")
+    if str(args.readme):
+        write_readme(args.readme, table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {loss:.1f} points of "
+                     f"image AUROC lost ({verdict} the >= 5x / <= 2 points target).\n", "kd-compare")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
