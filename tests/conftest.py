@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from export.repository import ExportResult, export_run
+from export.repository import ExportResult, export_runs
 from serving.embedded import TritonServer, free_port
 from training.config import TrainConfig
 from training.demo_data import write_demo_dataset
+from training.kdae import KDAEConfig, train_kdae
+from training.methods import Method
 from training.train import TrainResult, train
 
 IMAGE_SIZE = 64
@@ -45,9 +47,34 @@ def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 
 @pytest.fixture(scope="session")
-def exported(trained_run: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    """The run exported into a fresh model repository."""
-    return export_run(trained_run.paths.root, tmp_path_factory.mktemp("repo") / "model_repository", threads=1)
+def method_runs(trained_run: TrainResult, demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every other detector, briefly trained: ensemble name -> run folder (RD4AD is ``trained_run``)."""
+    root = tmp_path_factory.mktemp("method_runs")
+    common = dict(data_root=demo_root, category="brick", image_size=IMAGE_SIZE, epochs=3, batch_size=8, eval_every=3)
+    runs = {
+        "ad_inference_student": TrainConfig(method=Method.STUDENT, teacher_run=trained_run.paths.root,
+                                            output=root / "student", **common),
+        "ad_inference_multiteacher": TrainConfig(method=Method.MULTITEACHER, output=root / "multiteacher", **common),
+        "ad_inference_mkd": TrainConfig(method=Method.MKD, output=root / "mkd", **common),
+    }
+    paths = {name: train(config, progress=False).paths.root for name, config in runs.items()}
+    paths["kdae_digits"] = train_kdae(KDAEConfig(digit=0, output=root / "kdae", epochs_teacher=60, epochs_student=40)).paths.root
+    return paths
+
+
+@pytest.fixture(scope="session")
+def exported_all(
+    trained_run: TrainResult, method_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> list[ExportResult]:
+    """RD4AD (``ad_inference``) and every other detector exported into one fresh model repository."""
+    runs = [(trained_run.paths.root, "ad_inference"), *((path, name) for name, path in method_runs.items())]
+    return export_runs(runs, tmp_path_factory.mktemp("repo") / "model_repository", threads=1)
+
+
+@pytest.fixture(scope="session")
+def exported(exported_all: list[ExportResult]) -> ExportResult:
+    """The RD4AD part of the repository."""
+    return exported_all[0]
 
 
 @pytest.fixture(scope="session")

@@ -116,3 +116,19 @@ def test_scorer_calibrates_and_labels(trained_run: TrainResult) -> None:
         scorer(np.array([[np.nan]], np.float32), np.zeros((1, 1, size, size), np.float32))
     with pytest.raises(ScorerInputError, match="expected"):
         scorer(raw, np.zeros((3, 1, size + 1, size), np.float32))
+
+
+def test_calibration_properties_hold_for_every_exported_model(exported_all: list[ExportResult]) -> None:
+    """Each model's shipped stats JSON maps its threshold to 0.5, is monotonic and bounded, good median low."""
+    for result in exported_all:
+        stats = load_stats(result.repository / result.names.scorer / "stats.json")
+        cals = [(stats.image_calibration, stats.image_scores)]
+        if stats.pixel_calibration is not None:
+            cals.append((stats.pixel_calibration, stats.pixel_scores))
+        for cal, good in cals:
+            assert cal.apply(np.array([cal.threshold]))[0] == 0.5, result.names.name
+            raw = np.linspace(good.min - 10 * cal.scale, good.max + 10 * cal.scale, 5001)
+            p = cal.apply(raw)
+            assert p.min() >= 0 and p.max() <= 1 and np.all(np.diff(p) >= 0), result.names.name
+            if cal.threshold > good.median:
+                assert cal.apply(np.array([good.median]))[0] < 0.25, result.names.name

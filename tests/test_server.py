@@ -50,12 +50,22 @@ def _run_client(server: TritonServer, exported: ExportResult, *extra: str) -> su
     )
 
 
-def test_client_passes(server: TritonServer, exported: ExportResult) -> None:
-    done = _run_client(server, exported)
+def test_client_passes_every_model(server: TritonServer, exported_all: list[ExportResult]) -> None:
+    """Every detector loads on the real server and answers both protocols, ensemble and both networks."""
+    done = _run_client(server, exported_all[0])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "PASS: ad_inference"
-    for line in ("http: ad_inference_torchscript", "grpc: ad_inference_onnx"):
-        assert line in done.stdout
+    passes = sorted(line for line in done.stdout.splitlines() if line.startswith("PASS: "))
+    assert passes == sorted(f"PASS: {r.names.name}" for r in exported_all)
+    for r in exported_all:
+        for kind in ("http", "grpc"):
+            for model in (r.names.onnx, r.names.torchscript):
+                assert f"{kind}: {model}: max |diff|" in done.stdout
+
+
+def test_client_validates_one_model_on_request(server: TritonServer, exported: ExportResult) -> None:
+    done = _run_client(server, exported, "-m", "kdae_digits", "-i", "grpc")
+    assert done.returncode == 0, done.stdout
+    assert [l for l in done.stdout.splitlines() if l.startswith(("PASS", "FAIL"))] == ["PASS: kdae_digits"]
 
 
 @pytest.mark.parametrize("kind", ["http", "grpc"])

@@ -96,6 +96,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         generator=generator,
     )
     steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
+    with torch.no_grad():  # statistics some methods measure on the training images first (z-scores, tap scales)
+        detector.prepare(model.normalize(batch["image"]) for batch in loader)
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -np.inf, 0, None
     step = 0

@@ -64,7 +64,9 @@ class MKDDetector(DistillationDetector):
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 16:
-            raise ValueError(f"image_size must be a positive multiple of 16 (the deepest tap is at stride 16), got {image_size}")
+            raise ValueError(
+                f"image_size must be a positive multiple of 16 (the deepest tap is at stride 16), got {image_size}"
+            )
         if lambda_direction < 0:
             raise ValueError(f"lambda_direction must be >= 0, got {lambda_direction}")
         self.image_size = int(image_size)
