@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from export.repository import ExportResult, export_runs
 from serving.embedded import TritonServer, free_port
@@ -20,6 +21,15 @@ from training.methods import Method
 from training.train import TrainResult, train
 
 IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small networks gain nothing from a second thread, and on a busy machine it costs a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -34,13 +34,7 @@ from training.stats import load_stats
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny MLPs gain nothing from threads, and on a busy machine extra threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

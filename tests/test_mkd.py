@@ -15,13 +15,7 @@ SIZE = 64
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """64 px networks gain nothing from threads, and on a busy machine extra threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-
-def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
-    """3x3 conv (padding 1, no bias), BatchNorm, ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
+from training.layers import conv_bn_relu
 
 
 class Cloner(nn.Module):

@@ -13,13 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from training.layers import conv_bn_relu
 from training.rd4ad.blocks import BlockType, make_stage
-
-
-def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
-    )
 
 
 class OneClassBottleneck(nn.Module):
@@ -48,8 +43,8 @@ class OneClassBottleneck(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.embed_channels = embed_channels or 2 * c3
-        self.down1 = nn.Sequential(_conv_bn_relu(c1, c2), _conv_bn_relu(c2, c3))
-        self.down2 = _conv_bn_relu(c2, c3)
+        self.down1 = nn.Sequential(conv_bn_relu(c1, c2, 2), conv_bn_relu(c2, c3, 2))
+        self.down2 = conv_bn_relu(c2, c3, 2)
         self.oce = make_stage(
             block, 3 * c3, self.embed_channels, num_blocks, stride=2, width_per_group=width_per_group
         )
