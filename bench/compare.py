@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=Path, default=Path("runs/compare"), help="folder for the runs")
     parser.add_argument("--repository", type=Path, default=Path("runs/compare/model_repository"), help="repository to export into")
     parser.add_argument("--epochs", type=int, default=40, help="epochs for every image method")
+    parser.add_argument("--student-epochs", type=int, default=80,
+                        help="epochs for the score-regressing student (it needs more passes than its teacher)")
     parser.add_argument("--image-size", type=int, default=256, help="input side")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, splits and training")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.skip_training:
         train(TrainConfig(method=Method.RD4AD, output=runs["ad_inference"], **common))
-        train(TrainConfig(method=Method.STUDENT, teacher_run=runs["ad_inference"], output=runs["ad_inference_student"], **common))
+        train(TrainConfig(method=Method.STUDENT, teacher_run=runs["ad_inference"], output=runs["ad_inference_student"],
+                          **{**common, "epochs": args.student_epochs}))
         train(TrainConfig(method=Method.MULTITEACHER, output=runs["ad_inference_multiteacher"], **common))
         train(TrainConfig(method=Method.MKD, output=runs["ad_inference_mkd"], **common))
         train_kdae(KDAEConfig(output=runs["kdae_digits"], seed=args.seed))

@@ -56,7 +56,7 @@ class ScoreRegressor(DistillationDetector):
         image_size: int,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
-        width: int = 64,
+        width: int = 48,
         seed: int = 0,
         smoothing: float = 1.0,
     ) -> None:
