@@ -105,7 +105,7 @@ def _scorer_outputs(spec: NetworkSpec) -> list[str]:
     outputs = [_tensor(SCORE, "FP32", (1,))]
     if spec.has_map:
         outputs.append(_tensor(MAP, "FP32", spec.outputs[1].dims))
-    return [*outputs, _tensor(LABEL, "STRING", (1,))]
+    return [*outputs, _tensor(LABEL, "STRING", (1,)), _tensor(RAW_SCORE, "FP32", (1,))]
 
 
 def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
@@ -120,17 +120,22 @@ def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
 
 
 def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
-    """Config of the ensemble: input -> network (ONNX) -> scorer; also passes the raw score through."""
+    """Config of the ensemble: input -> network (ONNX) -> scorer.
+
+    Every ensemble output comes from the scorer (which echoes the raw score): Triton 2.51 reports a deadlock
+    when a client asks for a subset of outputs and the network's only output is both an ensemble output and
+    the scorer's input.
+    """
     inp = spec.input
-    raw = {"pred_score": RAW_SCORE, "anomaly_map": "raw_map"}
+    raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
     net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
     scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
-    scorer_out = [SCORE, MAP, LABEL] if spec.has_map else [SCORE, LABEL]
+    scorer_out = [SCORE, MAP, LABEL, RAW_SCORE] if spec.has_map else [SCORE, LABEL, RAW_SCORE]
     scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
     return (
         f'name: "{names.ensemble}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
         + _io("input", [_tensor(inp.name, inp.datatype, inp.dims)])
-        + _io("output", [*_scorer_outputs(spec), _tensor(RAW_SCORE, "FP32", (1,))])
+        + _io("output", _scorer_outputs(spec))
         + "ensemble_scheduling {\n  step [\n"
         + f'    {{ model_name: "{names.onnx}" model_version: -1\n'
         + f'      input_map {{ key: "{inp.name}" value: "{inp.name}" }}\n'

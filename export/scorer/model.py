@@ -60,17 +60,19 @@ class TritonPythonModel:
             n = s.shape[0]
             try:
                 one = self.scorer(s, m) if batch is None else _rows(batch, start, start + n)
-                responses[i] = self._response(one)
+                responses[i] = self._response(one, s)
             except ScorerInputError as e:
                 responses[i] = _error(str(e))
             start += n
         return responses
 
-    def _response(self, scored: ScoredBatch):
+    def _response(self, scored: ScoredBatch, raw_score: np.ndarray):
         tensors = [pb_utils.Tensor("score", scored.score.astype(self.output_dtypes["score"]))]
         if scored.anomaly_map is not None:
             tensors.append(pb_utils.Tensor("anomaly_map", scored.anomaly_map.astype(self.output_dtypes["anomaly_map"])))
         tensors.append(pb_utils.Tensor("label", scored.label.astype(self.output_dtypes["label"])))
+        # Echoed so that every ensemble output comes from this step (see export/triton_config.py).
+        tensors.append(pb_utils.Tensor("raw_score", raw_score.astype(self.output_dtypes["raw_score"])))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
 

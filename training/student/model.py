@@ -110,6 +110,8 @@ class ScoreRegressor(DistillationDetector):
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw scores ``(N, 1)`` and maps ``(N, 1, S, S)`` in the teacher's units."""
-        low = (torch.exp(self.log_map(x)) - 1.0).clamp_min(0)  # expm1 has no ONNX opset-17 export
+        # exp - 1 rather than expm1, which has no ONNX opset-17 export; no clamp at 0, so that "very normal"
+        # regions keep distinct (slightly negative) values instead of tying.
+        low = torch.exp(self.log_map(x)) - 1.0
         amap = F.interpolate(low, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)
         return torch.amax(low, dim=(2, 3)), amap
