@@ -207,7 +207,10 @@ def validate_model(model: str, samples: Samples, args: argparse.Namespace, log: 
 
 def main(argv: list[str] | None = None) -> int:
     """Validate each model; prints one PASS/FAIL line per model; returns 0 only if all pass."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.samples and not args.model:
+        parser.error("--samples belongs to one model: give --model too")
     models = [args.model] if args.model else discover(args.repository)
     if not models:
         print(f"FAIL: no model with validation samples in {args.repository} (run kd-export first)")

@@ -134,7 +134,7 @@ def test_client_fails_on_wrong_reference(server: TritonServer, exported: ExportR
         (exported.repository / "ad_inference" / "validation" / "manifest.json").read_bytes()
     )
     np.savez(tmp_path / "samples.npz", **samples)
-    done = _run_client(server, exported, "--samples", str(tmp_path), "-i", "grpc")
+    done = _run_client(server, exported, "-m", "ad_inference", "--samples", str(tmp_path), "-i", "grpc")
     assert done.returncode == 1
     assert done.stdout.strip().splitlines()[-1].startswith("FAIL: ad_inference.score: max |served - reference|")
 
