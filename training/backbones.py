@@ -596,13 +596,13 @@ class EfficientNetLiteClassifier(nn.Module):
         self._fc = nn.Linear(_LITE_HEAD, num_classes)
 
     @classmethod
-    def from_pretrained(cls, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0,
-                        weights: str | Path | None = None) -> EfficientNetLiteClassifier:
+    def from_pretrained(cls, weights: str | Path | None = None, *,
+                        variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0) -> EfficientNetLiteClassifier:
         """Builds the classifier with ImageNet weights, in eval mode.
 
         Args:
-            variant: Which Lite model.
             weights: Checkpoint file; ``None`` uses :func:`default_weights_path`.
+            variant: Which Lite model.
 
         Returns:
             The loaded classifier.
@@ -655,7 +655,7 @@ class EfficientNetLite0Classifier(EfficientNetLiteClassifier):
     """The EfficientNet-Lite0 classifier (:class:`EfficientNetLiteClassifier` with the variant fixed).
 
     Args:
-        variant: Must be Lite0 (present so that :meth:`from_pretrained` works unchanged).
+        variant: Must be Lite0 (present so that the inherited :meth:`from_pretrained` works).
         num_classes: Size of the final linear layer.
 
     Raises:
