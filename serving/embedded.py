@@ -172,8 +172,9 @@ class TritonServer:
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.host = host
         self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="kd-triton-")) if workdir is None else Path(workdir)
-        self.log_path = Path(log_path) if log_path is not None else self.workdir / "server.log"
+        # Absolute: the server runs with the workdir as its cwd, so a relative backend path would not resolve.
+        self.workdir = Path(tempfile.mkdtemp(prefix="kd-triton-")) if workdir is None else Path(workdir).resolve()
+        self.log_path = Path(log_path).resolve() if log_path is not None else self.workdir / "server.log"
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
         self._log_offset = 0  # Where this run's output starts in an appended log file.
