@@ -80,3 +80,18 @@ def test_missing_teacher_weights_refuse_without_the_flag(tmp_path, monkeypatch: 
         build_detector(TrainConfig(backbone="resnet18", image_size=64))
     with pytest.warns(UserWarning):
         build_detector(TrainConfig(backbone="resnet18", image_size=64, allow_random_teacher=True))
+
+
+def test_cli_trains_the_vector_kdae_with_method_flag(tmp_path) -> None:
+    out = tmp_path / "kdae"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", "--method", "kdae_vector", "--category", "0", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    stats = load_stats(out / "stats.json")
+    assert stats.model.input_kind == "vector" and stats.model.method == "kdae_vector"
+    assert "image AUROC" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "training.cli", "--method", "kdae_vector", "--category", "brick"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "digit" in bad.stderr

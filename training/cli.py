@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from training.config import TrainConfig
+from training.methods import Method
 
 
 def _base_type(annotation: object) -> object:
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for err in e.errors():
             print(f"kd-train: --{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}", file=sys.stderr)
         return 2
+    if config.method is Method.KDAE_VECTOR:
+        return _train_kdae(config)
     from training.train import train  # heavy imports only once the arguments are valid
 
     result = train(config, progress=not quiet)
@@ -73,6 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         f"test ({m.num_good} good, {m.num_anomalous} anomalous): image AUROC {fmt(m.image_auroc)}, "
         f"pixel AUROC {fmt(m.pixel_auroc)}, AUPRO {fmt(m.aupro)}, image F1 {fmt(m.image_f1)}"
     )
+    return 0
+
+
+def _train_kdae(config: TrainConfig) -> int:
+    """``--method kdae_vector``: the vector KD-AE on scikit-learn's digits, ``--category`` being the normal digit."""
+    from training.kdae import KDAEConfig, train_kdae
+
+    if not config.category.isdigit() or not 0 <= int(config.category) <= 9:
+        print(f"kd-train: --category: method kdae_vector takes the normal digit 0-9, got {config.category!r}",
+              file=sys.stderr)
+        return 2
+    result = train_kdae(KDAEConfig(digit=int(config.category), seed=config.seed, output=config.output,
+                                   lr=config.learning_rate))
+    m = result.stats.test_metrics
+    print(f"run folder: {result.paths.root}")
+    print(f"test (digit {config.category} normal: {m.num_good}, other digits: {m.num_anomalous}): "
+          f"image AUROC {m.image_auroc:.4f}, image F1 {m.image_f1:.4f}")
     return 0
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class Method(str, Enum):
-    """Image detectors, each trained by the same loop and described by the same stats JSON."""
+    """The detectors, each described by the same stats JSON; the image ones share one training loop."""
 
     RD4AD = "rd4ad"
     """Reverse distillation (Deng & Li, CVPR 2022): teacher encoder, one-class bottleneck, student decoder."""
@@ -24,10 +24,13 @@ class Method(str, Enum):
     """One student regressing the fused, z-scored features of several EfficientNet-Lite teachers."""
     MKD = "mkd"
     """Multiresolution knowledge distillation (Salehi et al., CVPR 2021): a cloner of a teacher's taps."""
+    KDAE_VECTOR = "kdae_vector"
+    """KD-AE on feature vectors (scikit-learn digits; ``category`` is the normal digit): :mod:`training.kdae`."""
 
 
-#: Adam learning rate when the config gives none (RD4AD's is the paper's).
-DEFAULT_LR = {Method.RD4AD: 0.005, Method.STUDENT: 0.001, Method.MULTITEACHER: 0.001, Method.MKD: 0.001}
+#: Adam learning rate when the config gives none (RD4AD's is the paper's; KD-AE's is in its own config).
+DEFAULT_LR = {Method.RD4AD: 0.005, Method.STUDENT: 0.001, Method.MULTITEACHER: 0.001, Method.MKD: 0.001,
+              Method.KDAE_VECTOR: 0.01}
 #: Adam betas: RD4AD's paper uses (0.5, 0.999); the others keep Adam's defaults.
 ADAM_BETAS = {Method.RD4AD: (0.5, 0.999)}
 
