@@ -63,7 +63,9 @@ def method_runs(trained_run: TrainResult, demo_root: Path, tmp_path_factory: pyt
     common = dict(data_root=demo_root, category="brick", image_size=IMAGE_SIZE, epochs=3, batch_size=8, eval_every=3)
     runs = {
         "ad_inference_student": TrainConfig(method=Method.STUDENT, teacher_run=trained_run.paths.root,
-                                            output=root / "student", **{**common, "epochs": 8, "eval_every": 4}),
+                                            output=root / "student",
+                                            # 64 px leaves the student an 8x8 grid: it needs more, faster steps.
+                                            **{**common, "epochs": 40, "eval_every": 4, "lr": 0.01}),
         "ad_inference_multiteacher": TrainConfig(method=Method.MULTITEACHER, output=root / "multiteacher", **common),
         "ad_inference_mkd": TrainConfig(method=Method.MKD, output=root / "mkd", **common),
     }
