@@ -81,19 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_kdae(config: TrainConfig) -> int:
     """``--method kdae_vector``: the vector KD-AE on scikit-learn's digits, ``--category`` being the normal digit."""
-    from training.kdae import KDAEConfig, train_kdae
+    from training.kdae.__main__ import main as kdae_main
 
     if not config.category.isdigit() or not 0 <= int(config.category) <= 9:
         print(f"kd-train: --category: method kdae_vector takes the normal digit 0-9, got {config.category!r}",
               file=sys.stderr)
         return 2
-    result = train_kdae(KDAEConfig(digit=int(config.category), seed=config.seed, output=config.output,
-                                   lr=config.learning_rate))
-    m = result.stats.test_metrics
-    print(f"run folder: {result.paths.root}")
-    print(f"test (digit {config.category} normal: {m.num_good}, other digits: {m.num_anomalous}): "
-          f"image AUROC {m.image_auroc:.4f}, image F1 {m.image_f1:.4f}")
-    return 0
+    return kdae_main(["--digit", config.category, "--seed", str(config.seed), "--output", str(config.output),
+                      "--lr", str(config.learning_rate)])
 
 
 if __name__ == "__main__":
