@@ -42,6 +42,21 @@ class _TupleOutput(nn.Module):
         return (out,) if isinstance(out, Tensor) else tuple(out)
 
 
+class _ImageInput(_TupleOutput):
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return super().forward(image)
+
+
+class _VectorInput(_TupleOutput):
+    def forward(self, vector: Tensor) -> tuple[Tensor, ...]:
+        return super().forward(vector)
+
+
+#: Triton's PyTorch backend binds inputs to ``forward``'s argument names, so each input name needs its own
+#: wrapper whose argument carries it (the stand-in backend binds by position, which these satisfy too).
+_TORCHSCRIPT_WRAPPERS: dict[str, type[_TupleOutput]] = {"image": _ImageInput, "vector": _VectorInput}
+
+
 def export_onnx(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
     """Export to ONNX with a dynamic batch axis.
 
@@ -82,7 +97,8 @@ def export_torchscript(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
     """
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing is deprecated upstream but is what libtorch serving loads
-        traced = torch.jit.trace(_TupleOutput(model).eval(), (spec.example(),), check_trace=False)
+        wrapper = _TORCHSCRIPT_WRAPPERS[spec.input.name](model).eval()
+        traced = torch.jit.trace(wrapper, (spec.example(),), check_trace=False)
     traced.save(str(path))
     return path
 

@@ -132,3 +132,16 @@ def test_calibration_properties_hold_for_every_exported_model(exported_all: list
             assert p.min() >= 0 and p.max() <= 1 and np.all(np.diff(p) >= 0), result.names.name
             if cal.threshold > good.median:
                 assert cal.apply(np.array([good.median]))[0] < 0.25, result.names.name
+
+
+def test_torchscript_argument_is_named_like_the_triton_input(exported_all: list[ExportResult]) -> None:
+    """Triton's libtorch backend binds config inputs to forward()'s argument names."""
+    import warnings
+
+    for result in exported_all:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(result.repository / result.names.torchscript / "1" / "model.pt"))
+        args = [a.name for a in module.forward.schema.arguments][1:]  # what the backend reads; [0] is self
+        config = (result.repository / result.names.torchscript / "config.pbtxt").read_text()
+        assert len(args) == 1 and f'name: "{args[0]}"' in config.split("output")[0], (result.names.name, args)
