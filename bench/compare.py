@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     from training.kdae import KDAEConfig, train_kdae
     from training.methods import Method
     from training.runs import RunPaths
-    from training.stats import load_stats
     from training.train import train
 
     write_demo_dataset(args.data_root, args.category, seed=args.seed, image_size=args.image_size)
