@@ -7,25 +7,14 @@ help text, the defaults and the validation cannot disagree.
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
 import sys
-import types
-import typing
-from pathlib import Path
 
 from pydantic import ValidationError
 
+from training.cli_options import add_config_options
 from training.config import TrainConfig
 from training.methods import Method
-
-
-def _base_type(annotation: object) -> object:
-    """``Path | None`` -> ``Path``."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0]
-    return annotation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "0..1 calibration, metrics) and plots to the run folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, field in TrainConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = _base_type(field.annotation)
-        help_text = field.description or name.replace("_", " ")
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=help_text)
-        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
-            parser.add_argument(flag, choices=[m.value for m in kind], default=field.default.value, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind if kind in (int, float, str) else Path, default=field.default,
-                                help=help_text)
+    add_config_options(parser, TrainConfig)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

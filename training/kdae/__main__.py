@@ -6,12 +6,12 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 
+from training.cli_options import add_config_options
 from training.kdae.train import KDAEConfig, auroc_per_digit, train_kdae
 
 
@@ -26,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the test image AUROC of student and teacher.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, field in KDAEConfig.model_fields.items():
-        kind = Path if name == "output" else field.annotation
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default, help=field.description)
+    add_config_options(parser, KDAEConfig)
     parser.add_argument("--all-digits", action="store_true",
                         help="train each digit 0-9 as the normal class (nothing written; --digit and --output "
                         "are ignored) and print the per-digit test AUROC table")
