@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.data import ImageDataset, Sample
+from training.data import ImageDataset
 from training.inference import DeployableDetector
 from training.metrics import evaluate
 from training.stats import Metrics
@@ -32,23 +32,24 @@ class Predictions:
 
 @torch.no_grad()
 def predict(
-    model: DeployableDetector, samples: list[Sample], *, batch_size: int = 16, desc: str | None = None
+    model: DeployableDetector, dataset: ImageDataset, *, batch_size: int = 16, desc: str | None = None
 ) -> Predictions:
-    """Run ``model`` over ``samples`` in eval mode.
+    """Run ``model`` over a dataset in eval mode.
 
     Args:
         model: The detector with its preprocessing (what gets exported).
-        samples: Images to score.
+        dataset: Images to score, at the model's input size (it caches decoded images, so reuse it across
+            repeated evaluations).
         batch_size: Images per forward pass.
         desc: Progress-bar label; ``None`` hides the bar.
 
     Returns:
-        :class:`Predictions` in the order of ``samples``.
+        :class:`Predictions` in the dataset's order.
     """
     was_training = model.training
     model.eval()
     size = model.image_size
-    loader = DataLoader(ImageDataset(samples, size), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     scores, maps, labels, masks = [], [], [], []
     for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         out = model(batch["image"])
@@ -57,7 +58,7 @@ def predict(
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].numpy())
     model.train(was_training)
-    if not samples:
+    if len(dataset) == 0:
         empty = np.zeros((0, size, size), np.float32)
         return Predictions(np.zeros(0, np.float32), empty, np.zeros(0, np.int64), empty.astype(np.uint8))
     return Predictions(np.concatenate(scores), np.concatenate(maps), np.concatenate(labels), np.concatenate(masks))

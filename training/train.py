@@ -96,6 +96,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         generator=generator,
     )
     steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
+    validation = ImageDataset(splits.validation, config.image_size)  # decoded once, scored every eval
     with torch.no_grad():  # statistics some methods measure on the training images first (z-scores, tap scales)
         detector.prepare(model.normalize(batch["image"]) for batch in loader)
     history: list[dict[str, float]] = []
@@ -119,7 +120,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            val = predict(model, splits.validation)
+            val = predict(model, validation)
             score = _selection_score(val)
             if not np.isfinite(score):  # no anomalies to validate against: fall back to the training loss
                 score = -record["loss"]
@@ -135,9 +136,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.epochs, best_score)
 
-    holdout = predict(model, splits.holdout, desc="holdout" if progress else None)
-    val = predict(model, splits.validation, desc="validation" if progress else None)
-    test = predict(model, splits.test, desc="test" if progress else None)
+    holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
+    val = predict(model, validation, desc="validation" if progress else None)
+    test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
     stats = _calibrate_and_evaluate(model, config, splits, (holdout, val, test), history, best_epoch, step, seconds)
     save_checkpoint(model, config, paths)
     save_stats(stats, paths.stats)
