@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         n = result.names
         for report in result.parity:
             print(f"{n.name}: parity {report}")
-        print(f"wrote {n.onnx}, {n.torchscript}, {n.scorer}, {n.ensemble} into {result.repository}")
+        print(f"wrote {n.name} and the models it chains into {result.repository}")
     return 0
 
 

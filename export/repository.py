@@ -22,13 +22,22 @@ import numpy as np
 import training.stats
 from export.network import PARITY_ATOL, ParityReport, check_parity, export_onnx, export_torchscript
 from export.scorer.scorer import Scorer
-from export.triton_config import ModelNames, ensemble_config, network_config, scorer_config
+import training.imageio
+from export.triton_config import (
+    ModelNames,
+    decoder_config,
+    encoded_ensemble_config,
+    ensemble_config,
+    network_config,
+    scorer_config,
+)
 from training.checkpoint import load_deployable
 from training.runs import RunPaths
 
 log = logging.getLogger(__name__)
 
 SCORER_SOURCES = Path(__file__).with_name("scorer")
+DECODER_SOURCES = Path(__file__).with_name("decoder")
 #: Folder inside the ensemble's model folder that holds the client's validation samples.
 VALIDATION_DIR = "validation"
 SAMPLES_FILE = "samples.npz"
@@ -59,6 +68,13 @@ def _copy_sources(dest: Path) -> None:
     shutil.copy2(inspect.getsourcefile(training.stats), dest / "stats.py")
 
 
+def _copy_decoder_sources(dest: Path) -> None:
+    """The decoder adapter and the one definition of how an image file becomes a model input."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(DECODER_SOURCES / "model.py", dest / "model.py")
+    shutil.copy2(inspect.getsourcefile(training.imageio), dest / "imageio.py")
+
+
 def _swap_in(staging: Path, repository: Path, folders: list[str]) -> None:
     """Rename each staged model folder into the repository, restoring the old ones if any rename fails."""
     repository.mkdir(parents=True, exist_ok=True)
@@ -81,8 +97,11 @@ def _swap_in(staging: Path, repository: Path, folders: list[str]) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) -> list[ParityReport]:
-    """Export one run's four models into ``staging``; raises before the swap on any problem."""
+def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) -> tuple[list[ParityReport], list[str]]:
+    """Export one run's models into ``staging``; returns the parity reports and the model folders written.
+
+    Raises before the swap on any problem.
+    """
     paths = RunPaths(Path(run_dir))
     model, spec, stats = load_deployable(paths.root)
     with np.load(paths.samples, allow_pickle=False) as z:
@@ -102,6 +121,12 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
     _copy_sources(staging / names.scorer / "1")
     _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
     (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
+    encoded = spec.input.datatype == "UINT8"  # image models also take encoded files
+    if encoded:
+        _write(staging / names.decoder / "config.pbtxt", decoder_config(names, spec))
+        _copy_decoder_sources(staging / names.decoder / "1")
+        _write(staging / names.encoded / "config.pbtxt", encoded_ensemble_config(names, spec))
+        (staging / names.encoded / "1").mkdir(parents=True)
 
     raw = dict(zip((o.name for o in spec.outputs), eager))
     scored = Scorer(stats)(raw["pred_score"], raw.get("anomaly_map"))
@@ -117,6 +142,7 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
     manifest = {
         "model": names.ensemble,
         "networks": [names.onnx, names.torchscript],
+        "encoded_model": names.encoded if encoded else None,
         "input": asdict(spec.input),
         "has_map": spec.has_map,
         "method": stats.model.method,
@@ -126,7 +152,7 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
         "parity": [asdict(r) for r in parity],
     }
     _write(validation / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    return parity
+    return parity, names.folders(encoded=encoded)
 
 
 def export_runs(
@@ -135,7 +161,9 @@ def export_runs(
     """Export several trained runs into ``repository`` in one atomic step.
 
     Each run becomes four models under its ensemble name ``name``: ``<name>`` (what clients call),
-    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``. Other models in the repository are kept.
+    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get two more for encoded
+    input, ``<name>_decoder`` and ``<name>_encoded`` (the ensemble that takes image files). Other models in the
+    repository are kept.
 
     Args:
         runs: ``(run folder, ensemble name)`` pairs.
@@ -160,10 +188,11 @@ def export_runs(
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     results = []
     try:
+        folders: list[str] = []
         for (run_dir, _), names in zip(runs, all_names):
-            parity = _stage_run(Path(run_dir), names, staging, threads)
+            parity, written = _stage_run(Path(run_dir), names, staging, threads)
             results.append(ExportResult(repository, names, parity))
-        folders = [f for n in all_names for f in (n.onnx, n.torchscript, n.scorer, n.ensemble)]
+            folders += written
         _swap_in(staging, repository, folders)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,8 @@ MAX_BATCH_SIZE = 8
 #: How long the network waits to fill a batch. Small: on CPU a batch costs about the sum of its images.
 MAX_QUEUE_DELAY_US = 2000
 SCORE, MAP, LABEL, RAW_SCORE = "score", "anomaly_map", "label", "raw_score"
+#: Input of the encoded-image ensemble: one encoded file per batch row.
+ENCODED_INPUT = "image_bytes"
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,23 @@ class ModelNames:
 
     @property
     def ensemble(self) -> str:
-        """What clients call."""
+        """What clients call with decoded pixels."""
         return self.name
+
+    @property
+    def decoder(self) -> str:
+        """The Python-backend step that decodes encoded images (image models only)."""
+        return f"{self.name}_decoder"
+
+    @property
+    def encoded(self) -> str:
+        """What clients call with encoded image files (PNG, JPEG, ...): decoder -> network -> scorer."""
+        return f"{self.name}_encoded"
+
+    def folders(self, *, encoded: bool) -> list[str]:
+        """Every model folder of the detector (with the encoded-input pair when ``encoded``)."""
+        base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
+        return [*base, self.decoder, self.encoded] if encoded else base
 
 
 def torchscript_output_name(name: str, index: int) -> str:
@@ -119,6 +136,43 @@ def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
     )
 
 
+def decoder_config(names: ModelNames, spec: NetworkSpec) -> str:
+    """Config of the Python-backend decoder: encoded bytes in, the network's uint8 image out (CPU)."""
+    inp = spec.input
+    return (
+        f'name: "{names.decoder}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+        + _io("input", [_tensor(ENCODED_INPUT, "STRING", (1,))])
+        + _io("output", [_tensor(inp.name, inp.datatype, inp.dims)])
+        + "dynamic_batching { }\n"
+        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    )
+
+
+def _ensemble(name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str, first: list[str]) -> str:
+    """An ensemble whose steps are ``first`` (already formatted; they must produce ``spec.input.name``),
+    then the network (ONNX), then the scorer."""
+    inp = spec.input
+    raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
+    net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
+    scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
+    scorer_out = [SCORE, MAP, LABEL, RAW_SCORE] if spec.has_map else [SCORE, LABEL, RAW_SCORE]
+    scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
+    steps = [
+        *first,
+        f'    {{ model_name: "{names.onnx}" model_version: -1\n'
+        f'      input_map {{ key: "{inp.name}" value: "{inp.name}" }}\n' + net_maps.rstrip("\n") + " }",
+        f'    {{ model_name: "{names.scorer}" model_version: -1\n' + scorer_in + scorer_maps.rstrip("\n") + " }",
+    ]
+    return (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+        + _io("input", [input_tensor])
+        + _io("output", _scorer_outputs(spec))
+        + "ensemble_scheduling {\n  step [\n"
+        + ",\n".join(steps)
+        + "\n  ]\n}\n"
+    )
+
+
 def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
     """Config of the ensemble: input -> network (ONNX) -> scorer.
 
@@ -127,20 +181,14 @@ def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
     the scorer's input.
     """
     inp = spec.input
-    raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
-    net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
-    scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
-    scorer_out = [SCORE, MAP, LABEL, RAW_SCORE] if spec.has_map else [SCORE, LABEL, RAW_SCORE]
-    scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
-    return (
-        f'name: "{names.ensemble}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io("input", [_tensor(inp.name, inp.datatype, inp.dims)])
-        + _io("output", _scorer_outputs(spec))
-        + "ensemble_scheduling {\n  step [\n"
-        + f'    {{ model_name: "{names.onnx}" model_version: -1\n'
-        + f'      input_map {{ key: "{inp.name}" value: "{inp.name}" }}\n'
-        + net_maps.rstrip("\n") + " },\n"
-        + f'    {{ model_name: "{names.scorer}" model_version: -1\n'
-        + scorer_in + scorer_maps.rstrip("\n") + " }\n"
-        + "  ]\n}\n"
+    return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [])
+
+
+def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
+    """Config of the encoded-input ensemble: image file bytes -> decoder -> network (ONNX) -> scorer."""
+    decode = (
+        f'    {{ model_name: "{names.decoder}" model_version: -1\n'
+        f'      input_map {{ key: "{ENCODED_INPUT}" value: "{ENCODED_INPUT}" }}\n'
+        f'      output_map {{ key: "{spec.input.name}" value: "{spec.input.name}" }} }}'
     )
+    return _ensemble(names.encoded, spec, names, _tensor(ENCODED_INPUT, "STRING", (1,)), [decode])

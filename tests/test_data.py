@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,8 +29,13 @@ from training.data import (
 )
 from training.demo_data import DEFECT_TYPES, DEMO_CATEGORIES, write_demo_dataset
 
-SMALL = dict(image_size=64, n_train=6, n_test_good=4, n_per_defect=3)
+SMALL = {"image_size": 64, "n_train": 6, "n_test_good": 4, "n_per_defect": 3}
 REPO = Path(__file__).resolve().parents[1]
+# Where SMALL's generated evaluation indices land with the default validation_fraction=0.4
+# (make_splits' rounding: good round(1.6)=2 of 4, defects round(1.2)=1 of 3), written out
+# by hand so the tests do not just repeat the module's own placement code.
+GOOD_PLACES = ["validation/good/val_000", "validation/good/val_001", "test/good/000", "test/good/001"]
+DEFECT_PLACES = ["validation/{d}/val_000", "test/{d}/000", "test/{d}/001"]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -42,6 +49,14 @@ def small_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def flat_root(tmp_path_factory) -> Path:
+    """The demo dataset without a validation/ folder: everything in test/ (the version-1 placement)."""
+    root = tmp_path_factory.mktemp("flat")
+    write_demo_dataset(root, "brick", seed=0, validation_fraction=0.0, **SMALL)
+    return root
+
+
 @pytest.fixture()
 def demo_copy(small_root, tmp_path) -> Path:
     """A private, modifiable copy of the demo dataset root."""
@@ -49,17 +64,33 @@ def demo_copy(small_root, tmp_path) -> Path:
     return tmp_path / "root"
 
 
+@pytest.fixture()
+def flat_copy(flat_root, tmp_path) -> Path:
+    """A private, modifiable copy of the demo dataset root without validation/."""
+    shutil.copytree(flat_root, tmp_path / "flat")
+    return tmp_path / "flat"
+
+
 # --------------------------------------------------------------------------- demo data
 def test_demo_layout_and_counts(small_root):
     category = small_root / "brick"
-    assert sorted(p.name for p in (category / "test").iterdir()) == sorted(("good",) + DEFECT_TYPES)
+    assert sorted(p.name for p in category.iterdir()) == sorted(
+        ["train", "validation", "test", "ground_truth", demo_data.MANIFEST_NAME]
+    )
+    for split in ("validation", "test"):
+        assert sorted(p.name for p in (category / split).iterdir()) == sorted(("good",) + DEFECT_TYPES)
     assert len(list((category / "train" / "good").glob("*.png"))) == 6
-    assert len(list((category / "test" / "good").glob("*.png"))) == 4
+    assert sorted(p.name for p in (category / "validation" / "good").iterdir()) == ["val_000.png", "val_001.png"]
+    assert sorted(p.name for p in (category / "test" / "good").iterdir()) == ["000.png", "001.png"]
     for defect in DEFECT_TYPES:
-        images = sorted((category / "test" / defect).glob("*.png"))
-        assert [p.name for p in images] == ["000.png", "001.png", "002.png"]
-        for image in images:
-            assert (category / "ground_truth" / defect / f"{image.stem}_mask.png").is_file()
+        assert sorted(p.name for p in (category / "validation" / defect).iterdir()) == ["val_000.png"]
+        assert sorted(p.name for p in (category / "test" / defect).iterdir()) == ["000.png", "001.png"]
+        assert sorted(p.name for p in (category / "ground_truth" / defect).iterdir()) == [
+            "000_mask.png", "001_mask.png", "val_000_mask.png"
+        ]
+    manifest = json.loads((category / demo_data.MANIFEST_NAME).read_text())
+    assert manifest["validation_fraction"] == 0.4 and manifest["version"] == demo_data._GENERATOR_VERSION
+    assert (manifest["n_test_good"], manifest["n_per_defect"]) == (4, 3)  # totals, validation + test
     image = cv2.imread(str(category / "train" / "good" / "000.png"), cv2.IMREAD_UNCHANGED)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     b, g, r = (float(image[..., c].mean()) for c in range(3))
@@ -70,9 +101,11 @@ def test_demo_layout_and_counts(small_root):
 def test_demo_masks_are_exact_and_sized(small_root):
     category = small_root / "brick"
     for d, defect in enumerate(DEFECT_TYPES):
-        for i in range(3):
-            image = cv2.imread(str(category / "test" / defect / f"{i:03d}.png"))[..., ::-1]
-            mask = cv2.imread(str(category / "ground_truth" / defect / f"{i:03d}_mask.png"), cv2.IMREAD_UNCHANGED)
+        for i, place in enumerate(DEFECT_PLACES):
+            image_path = category / f"{place.format(d=defect)}.png"
+            image = cv2.imread(str(image_path))[..., ::-1]
+            mask_path = category / "ground_truth" / defect / f"{image_path.stem}_mask.png"
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
             assert mask.shape == (64, 64) and mask.dtype == np.uint8
             assert set(np.unique(mask)) == {0, 255}
             inside = mask > 0
@@ -84,6 +117,30 @@ def test_demo_masks_are_exact_and_sized(small_root):
             assert not diff[~inside].any(), f"{defect} {i}: pixels outside the mask changed"
             assert (diff[inside] > 0).mean() > 0.9
             assert diff[inside].mean() > 20, f"{defect} {i}: defect too faint"
+
+
+def test_demo_images_match_old_placement(small_root, flat_root):
+    """Every image is drawn from the same stream as before, only placed in validation/ or test/."""
+    category, flat = small_root / "brick", flat_root / "brick"
+    for i, place in enumerate(GOOD_PLACES):
+        expected = demo_data._good_image("brick", demo_data._rng(0, "brick", "test_good", 0, i), 64)
+        path = category / f"{place}.png"
+        assert np.array_equal(cv2.imread(str(path))[..., ::-1], expected), place
+        # validation_fraction=0 is the version-1 layout: everything in test/, index i -> {i:03d}.png.
+        assert path.read_bytes() == (flat / "test" / "good" / f"{i:03d}.png").read_bytes(), place
+    for d, defect in enumerate(DEFECT_TYPES):
+        for i, place in enumerate(DEFECT_PLACES):
+            rng = demo_data._rng(0, "brick", "defect", d + 1, i)
+            expected, expected_mask = demo_data._apply_defect(rng, demo_data._good_image("brick", rng, 64), "brick", defect)
+            path = category / f"{place.format(d=defect)}.png"
+            mask_path = category / "ground_truth" / defect / f"{path.stem}_mask.png"
+            assert np.array_equal(cv2.imread(str(path))[..., ::-1], expected), place
+            assert np.array_equal(cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED), expected_mask), place
+            assert path.read_bytes() == (flat / "test" / defect / f"{i:03d}.png").read_bytes(), place
+            assert mask_path.read_bytes() == (flat / "ground_truth" / defect / f"{i:03d}_mask.png").read_bytes()
+    assert not (flat / "validation").exists()
+    flat_train, new_train = _files(flat / "train"), _files(category / "train")
+    assert flat_train == new_train
 
 
 def test_demo_good_images_are_similar_texture(small_root):
@@ -120,8 +177,52 @@ def test_demo_overwrite_and_incomplete(demo_copy):
     with pytest.raises(FileExistsError, match="overwrite"):
         write_demo_dataset(demo_copy, "brick", **SMALL)
     write_demo_dataset(demo_copy, "brick", overwrite=True, **SMALL)
-    assert (demo_copy / "brick" / "test" / "stain" / "002.png").is_file()
+    assert (demo_copy / "brick" / "test" / "stain" / "001.png").is_file()
     assert sorted(p.name for p in demo_copy.iterdir()) == ["brick"]
+
+
+def test_demo_missing_validation_is_incomplete(demo_copy):
+    # A current-version dataset that lost its validation/ folder is broken, not kept: with
+    # it gone, make_splits would silently split test/ again.
+    shutil.rmtree(demo_copy / "brick" / "validation")
+    with pytest.raises(FileExistsError, match="not a complete demo dataset"):
+        write_demo_dataset(demo_copy, "brick", **SMALL)
+
+
+def test_demo_regenerates_old_version(small_root, demo_copy, caplog):
+    category = demo_copy / "brick"
+    # Simulate a version-1 dataset: no validation/ folder, no validation_fraction in the manifest.
+    manifest_path = category / demo_data.MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 1
+    del manifest["validation_fraction"]
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(category / "validation")
+    for mask in category.glob("ground_truth/*/val_*_mask.png"):
+        mask.unlink()
+    with caplog.at_level(logging.INFO, logger="training.demo_data"):
+        assert write_demo_dataset(demo_copy, "brick", seed=0, **SMALL) == category  # no FileExistsError
+    assert any("version 1" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    assert _files(category) == _files(small_root / "brick")  # regenerated, byte-identical
+    assert sorted(p.name for p in demo_copy.iterdir()) == ["brick"]  # swapped in place, nothing left over
+    # The same through the CLI (what `make demo` runs on an old data/ folder).
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(category / "validation")
+    assert demo_data.main(["--root", str(demo_copy), "--image-size", "64", "--n-train", "6",
+                           "--n-test-good", "4", "--n-per-defect", "3"]) == 0
+    assert _files(category) == _files(small_root / "brick")
+
+
+def test_demo_invalid_validation_fraction(tmp_path, capsys):
+    for fraction in (-0.1, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
+            write_demo_dataset(tmp_path, "brick", validation_fraction=fraction, **SMALL)
+    for fraction in ("0.4", None, True):
+        with pytest.raises(TypeError, match="validation_fraction must be a number"):
+            write_demo_dataset(tmp_path, "brick", validation_fraction=fraction, **SMALL)
+    assert demo_data.main(["--root", str(tmp_path), "--validation-fraction", "1"]) == 2
+    assert "validation_fraction" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # validated before anything is written
 
 
 def test_demo_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
@@ -146,7 +247,17 @@ def test_demo_cli(tmp_path, capsys):
     assert demo_data.main(args) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "grass") in out and "train/good" in out
+    assert "validation/" not in out  # single-image folders all go to test: no validation/ folder
+    assert not (tmp_path / "grass" / "validation").exists()
     assert cv2.imread(str(tmp_path / "grass" / "test" / "scratch" / "000.png")).shape == (48, 48, 3)
+    args = ["--root", str(tmp_path), "--category", "gravel", "--image-size", "48", "--n-train", "2",
+            "--n-test-good", "5", "--n-per-defect", "2", "--validation-fraction", "0.2"]
+    assert demo_data.main(args) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:]}
+    assert lines["validation/good"] == 1 and lines["test/good"] == 4  # round(1.0)
+    assert lines["validation/hole"] == 1 and lines["test/hole"] == 1  # round(0.4) -> at least one
+    assert lines["total"] == 2 + 5 + 2 * len(DEFECT_TYPES)
     assert demo_data.main(["--root", str(tmp_path), "--category", "grass", "--seed", "-1"]) == 2
     with pytest.raises(SystemExit) as excinfo:
         demo_data.main(["--category", "marble"])
@@ -160,7 +271,7 @@ def test_demo_module_help():
         [sys.executable, "-m", "training.demo_data", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     )
     for option in ("--root", "--category", "--seed", "--image-size", "--n-train", "--n-test-good",
-                   "--n-per-defect", "--overwrite"):
+                   "--n-per-defect", "--validation-fraction", "--overwrite"):
         assert option in result.stdout
     assert set(DEMO_CATEGORIES) <= set(result.stdout.replace(",", " ").replace("{", " ").replace("}", " ").split())
 
@@ -170,15 +281,15 @@ def test_scan_category(small_root):
     train, test = scan_category(small_root, "brick")
     assert len(train) == 6 and all(s.label == 0 and s.defect == "good" and s.mask_path is None for s in train)
     assert [s.path for s in train] == sorted(s.path for s in train)
-    assert Counter(s.defect for s in test) == {"good": 4, **{d: 3 for d in DEFECT_TYPES}}
+    assert Counter(s.defect for s in test) == {"good": 2, **{d: 2 for d in DEFECT_TYPES}}  # test/ only
     for s in test:
         assert s.label == (s.defect != "good")
         if s.label:
             assert s.mask_path == small_root / "brick" / "ground_truth" / s.defect / f"{s.path.stem}_mask.png"
 
 
-def test_make_splits_counts_disjoint_stratified(small_root):
-    splits = make_splits(small_root, "brick", holdout_fraction=0.34, validation_fraction=0.4, seed=0)
+def test_make_splits_counts_disjoint_stratified(flat_root):
+    splits = make_splits(flat_root, "brick", holdout_fraction=0.34, validation_fraction=0.4, seed=0)
     assert (len(splits.train), len(splits.holdout)) == (4, 2)
     paths = [s.path for part in (splits.train, splits.holdout, splits.validation, splits.test) for s in part]
     assert len(paths) == len(set(paths)) == 6 + 4 + 3 * len(DEFECT_TYPES)
@@ -188,17 +299,52 @@ def test_make_splits_counts_disjoint_stratified(small_root):
     assert all(s.path.parent.parent.name == "train" for s in splits.train + splits.holdout)
 
 
-def test_make_splits_deterministic(small_root):
-    a = make_splits(small_root, "brick", seed=1)
-    b = make_splits(small_root, "brick", seed=1)
+def test_make_splits_deterministic(flat_root):
+    a = make_splits(flat_root, "brick", seed=1)
+    b = make_splits(flat_root, "brick", seed=1)
     assert a == b
-    others = [make_splits(small_root, "brick", seed=s) for s in range(2, 7)]
-    assert any(o.validation != a.validation or o.holdout != a.holdout for o in others)
+    others = [make_splits(flat_root, "brick", seed=s) for s in range(2, 7)]
+    assert any(o.validation != a.validation for o in others)
+    assert any(o.holdout != a.holdout for o in others)
     with pytest.raises(ValueError):
-        make_splits(small_root, "brick", validation_fraction=1.0)
+        make_splits(flat_root, "brick", validation_fraction=1.0)
 
 
-def test_validation_folder_is_used(demo_copy):
+def test_make_splits_uses_demo_validation_folder(small_root, flat_root):
+    category = small_root / "brick"
+    for seed, fraction in ((0, 0.4), (3, 0.1)):  # fraction and seed do not matter with a validation/ folder
+        splits = make_splits(small_root, "brick", validation_fraction=fraction, seed=seed)
+        assert [s.path for s in splits.validation] == sorted(category.glob("validation/*/*.png"), key=str)
+        assert [s.path for s in splits.test] == sorted(category.glob("test/*/*.png"), key=str)  # test/, whole
+        for s in splits.validation + splits.test:
+            assert s.label == (s.defect != "good")
+            if s.label:
+                assert s.mask_path == category / "ground_truth" / s.defect / f"{s.path.stem}_mask.png"
+    # The demo's per-folder split sizes equal those of make_splits' stratified split.
+    flat = make_splits(flat_root, "brick", validation_fraction=0.4)
+    assert Counter(s.defect for s in splits.validation) == Counter(s.defect for s in flat.validation)
+    assert Counter(s.defect for s in splits.test) == Counter(s.defect for s in flat.test)
+
+
+def test_demo_validation_count_mirrors_make_splits(tmp_path):
+    """demo_data._validation_count is make_splits' per-folder rounding rule, for many sizes."""
+    category = tmp_path / "toy"
+    (category / "train" / "good").mkdir(parents=True)
+    pixel = np.zeros((4, 4, 3), dtype=np.uint8)
+    cv2.imwrite(str(category / "train" / "good" / "0.png"), pixel)
+    for n in range(1, 9):
+        (category / "test" / f"g{n}").mkdir(parents=True)  # one label-1 folder per size, without masks
+        for i in range(n):
+            cv2.imwrite(str(category / "test" / f"g{n}" / f"{i}.png"), pixel)
+    for fraction in (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.9, 0.99):
+        splits = make_splits(tmp_path, "toy", validation_fraction=fraction)
+        sizes = Counter(s.defect for s in splits.validation)
+        for n in range(1, 9):
+            assert sizes.get(f"g{n}", 0) == demo_data._validation_count(n, fraction), (n, fraction)
+
+
+def test_validation_folder_is_used(flat_copy):
+    demo_copy = flat_copy  # a category without its own validation/ folder
     category = demo_copy / "brick"
     for sub in ("good", "hole"):
         (category / "validation" / sub).mkdir(parents=True)
@@ -208,7 +354,7 @@ def test_validation_folder_is_used(demo_copy):
     splits = make_splits(demo_copy, "brick")
     assert [s.path.name for s in splits.validation] == ["val_000.png", "val_000.png"]
     assert len(splits.test) == 4 + 3 * len(DEFECT_TYPES)  # test/ stays whole
-    hole = [s for s in splits.validation if s.defect == "hole"][0]
+    hole = next(s for s in splits.validation if s.defect == "hole")
     assert hole.mask_path.name == "val_000_mask.png"
     # A validation stem that also exists in test/<defect>/ would share its mask: refused.
     shutil.copy(category / "test" / "hole" / "001.png", category / "validation" / "hole" / "001.png")
@@ -223,7 +369,7 @@ def test_scan_errors(demo_copy):
     (category / "test" / ".ipynb_checkpoints").mkdir()  # hidden folders and files are ignored
     (category / "test" / "good" / "._000.png").write_bytes(b"macOS resource fork")
     _, test = scan_category(demo_copy, "brick")
-    assert len(test) == 4 + 3 * len(DEFECT_TYPES)
+    assert len(test) == 2 + 2 * len(DEFECT_TYPES)  # test/ only; validation/ is scan_validation's
     (category / "ground_truth" / "scratch" / "001_mask.png").unlink()
     with pytest.raises(DatasetError, match=r"scratch/001\.png"):
         scan_category(demo_copy, "brick")

@@ -1,17 +1,8 @@
-"""Loading datasets in the MVTec AD folder layout.
+"""Loading datasets in the MVTec AD folder layout (see :mod:`training.layout`) for training.
 
-This is the layout of MVTec AD, of the built-in demo data (:mod:`training.demo_data`)
-and the layout users arrange their own images in::
-
-    <root>/<category>/train/good/*.png                   defect-free training images
-    <root>/<category>/test/good/*.png                    defect-free test images
-    <root>/<category>/test/<defect>/*.png                anomalous test images, one folder per defect type
-    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   pixel masks (non-zero = anomalous)
-    <root>/<category>/validation/good|<defect>/*.png     optional, see :func:`make_splits`
-
-Image files may be ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif`` or ``.tiff`` (any
-case); files are always listed in sorted order; other files, and hidden files and
-folders (names starting with ``.``, e.g. ``.ipynb_checkpoints``), are ignored.
+Folder scanning lives in :mod:`training.layout` and image decoding in :mod:`training.imageio`, both
+torch-free so the scoring client reads datasets and images by the same rules; this module adds the splits and
+the torch dataset.
 
 Splits (:func:`make_splits`), all deterministic from a seed and never overlapping:
 
@@ -36,10 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from training import imageio
+from training.imageio import IMAGE_EXTENSIONS
+from training.layout import DatasetError, Sample, scan_category, scan_validation
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -57,34 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GOOD = "good"
-
-
-class DatasetError(ValueError, FileNotFoundError):
-    """A dataset folder or file is missing, empty, unreadable or inconsistent.
-
-    Subclasses both :class:`ValueError` and :class:`FileNotFoundError`, so callers can
-    catch either.  The message always names the offending path.
-    """
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of the dataset.
-
-    Attributes:
-        path: The image file.
-        label: 0 for a good (normal) image, 1 for an anomalous one.
-        defect: ``"good"`` or the name of the defect folder.
-        mask_path: The ground-truth mask, or ``None`` for good images and for anomalous
-            images of a defect type that has no ``ground_truth/<defect>/`` folder.
-    """
-
-    path: Path
-    label: int
-    defect: str
-    mask_path: Path | None
 
 
 @dataclass(frozen=True)
@@ -97,141 +63,6 @@ class DatasetSplits:
     test: list[Sample]
 
 
-# --------------------------------------------------------------------------- scanning
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
-
-
-def _require_dir(folder: Path, what: str) -> None:
-    if not folder.is_dir():
-        raise DatasetError(f"missing {what} folder: {folder}")
-
-
-def _mask_index(mask_dir: Path) -> dict[str, Path]:
-    """Map image stem -> mask file; accepts ``<stem>_mask.<ext>`` (MVTec) and ``<stem>.<ext>``."""
-    index: dict[str, Path] = {}
-    plain: dict[str, Path] = {}
-    for mask in _list_images(mask_dir):
-        if mask.stem.endswith("_mask"):
-            index.setdefault(mask.stem[: -len("_mask")], mask)
-        else:
-            plain.setdefault(mask.stem, mask)
-    for stem, mask in plain.items():  # "<stem>_mask" wins over "<stem>" when both exist
-        index.setdefault(stem, mask)
-    return index
-
-
-def _scan_split(category_dir: Path, split: str) -> list[Sample]:
-    """Scan ``<category>/<split>/`` (test or validation): good plus one folder per defect."""
-    split_dir = category_dir / split
-    _require_dir(split_dir, f"{split}/")
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DatasetError(f"no sub-folders (good/, <defect>/) in {split_dir}")
-    samples: list[Sample] = []
-    for folder in folders:
-        images = _list_images(folder)
-        if not images:
-            raise DatasetError(f"empty folder (no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images): {folder}")
-        defect = folder.name
-        if defect == GOOD:
-            samples.extend(Sample(path, 0, GOOD, None) for path in images)
-            continue
-        mask_dir = category_dir / "ground_truth" / defect
-        if not mask_dir.is_dir():
-            logger.warning(
-                "no ground_truth/%s/ folder in %s: %d anomalous %s images have no masks "
-                "(image-level labels only; pixel metrics treat them as all-normal)",
-                defect,
-                category_dir,
-                len(images),
-                split,
-            )
-            samples.extend(Sample(path, 1, defect, None) for path in images)
-            continue
-        masks = _mask_index(mask_dir)
-        for path in images:
-            mask = masks.get(path.stem)
-            if mask is None:
-                raise DatasetError(
-                    f"anomalous image {path} has no mask: expected {mask_dir / (path.stem + '_mask.png')} "
-                    f"(or another image extension)"
-                )
-            samples.append(Sample(path, 1, defect, mask))
-    return samples
-
-
-def scan_category(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
-    """List the images of one category in the MVTec AD layout.
-
-    Args:
-        root: Dataset root containing ``<category>/``.
-        category: Category folder name.
-
-    Returns:
-        ``(train, test)``: the images of ``train/good`` (all label 0) and every image of
-        ``test/`` (``test/good`` label 0, every other sub-folder is a defect type with
-        label 1), each in sorted order.
-
-    Masks are looked up in ``ground_truth/<defect>/`` by file stem, as
-    ``<stem>_mask.<ext>`` (MVTec AD naming) or ``<stem>.<ext>``.  An anomalous image
-    without a mask is an error, *except* when the whole ``ground_truth/<defect>/``
-    folder is absent: then that defect type has image-level labels only and its
-    samples get ``mask_path=None`` (a warning is logged; :func:`load_mask` turns ``None``
-    into an all-zero mask, so pixel metrics are not meaningful for those images).
-
-    Raises:
-        DatasetError: A required folder is missing (``<category>``, ``train/good``,
-            ``test``), a folder has no images, or an anomalous image has no mask.
-    """
-    category_dir = Path(root) / category
-    _require_dir(category_dir, "category")
-    train_dir = category_dir / "train" / GOOD
-    _require_dir(train_dir, "train/good/")
-    train_images = _list_images(train_dir)
-    if not train_images:
-        raise DatasetError(f"empty folder (no images): {train_dir}")
-    train = [Sample(path, 0, GOOD, None) for path in train_images]
-    test = _scan_split(category_dir, "test")
-    return train, test
-
-
-def scan_validation(root: Path, category: str) -> list[Sample] | None:
-    """List ``<category>/validation/`` if the category has one, else return ``None``.
-
-    The folder has the same layout as ``test/`` (``validation/good``,
-    ``validation/<defect>``); masks are found in ``ground_truth/<defect>/`` by file stem,
-    exactly as for ``test/``.  Because test and validation masks share that folder,
-    an image stem must not occur in both ``test/<defect>/`` and
-    ``validation/<defect>/`` (for example name validation images ``val_000.png``).
-
-    Raises:
-        DatasetError: As :func:`scan_category`, or when a validation image stem collides
-            with a test image stem of the same defect type (their masks would be shared).
-    """
-    category_dir = Path(root) / category
-    if not (category_dir / "validation").is_dir():
-        return None
-    samples = _scan_split(category_dir, "validation")
-    test_dir = category_dir / "test"
-    for sample in samples:
-        if sample.mask_path is None:
-            continue
-        test_images = _list_images(test_dir / sample.defect) if (test_dir / sample.defect).is_dir() else []
-        clashes = [p for p in test_images if p.stem == sample.path.stem]
-        if clashes:
-            raise DatasetError(
-                f"validation image {sample.path} and test image {clashes[0]} share the stem "
-                f"{sample.path.stem!r}, so they would share the mask {sample.mask_path}; rename one of them"
-            )
-    return samples
-
-
-# --------------------------------------------------------------------------- splitting
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -309,57 +140,31 @@ def make_splits(
 
 
 # --------------------------------------------------------------------------- loading
-def _read(path: Path, flags: int) -> np.ndarray:
+def _read(path: Path) -> np.ndarray:
     path = Path(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths too
+        return imageio.read_image(path)
     except OSError as exc:
         raise DatasetError(f"cannot read image file {path}: {exc}") from exc
-    image = cv2.imdecode(data, flags) if data.size else None
-    if image is None:
-        raise DatasetError(f"cannot decode image file {path} (corrupt or unsupported format)")
-    return image
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(image) * scale, 0, 255).astype(np.uint8)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    except imageio.ImageDecodeError as exc:
+        raise DatasetError(f"cannot decode image file {path}: {exc}") from exc
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """Read an image as RGB uint8 of shape ``(size, size, 3)``.
+    """Read an image as RGB uint8 of shape ``(size, size, 3)`` by the rule of :mod:`training.imageio`.
 
     Grayscale images are replicated to three channels, an alpha channel is dropped,
     16-bit images are scaled to 8 bits.  The image is resized (aspect ratio not kept)
     with ``cv2.INTER_AREA``, the same resampling the serving pipeline uses.
 
     Raises:
-        DatasetError: The file is missing, unreadable or not a decodable image.
+        DatasetError: The file is missing, unreadable, truncated or not a decodable image.
     """
-    image = _to_uint8(_read(path, cv2.IMREAD_UNCHANGED))
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 1:
-        image = cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    else:
-        raise DatasetError(f"unsupported number of channels ({image.shape[2]}) in {path}")
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image)
+    return imageio.resize_to(_read(path), size)
 
 
 def load_mask(path: Path | None, size: int) -> np.ndarray:
-    """Read a ground-truth mask as uint8 ``{0, 1}`` of shape ``(size, size)``.
+    """Read a ground-truth mask as uint8 ``{0, 1}`` of shape ``(size, size)`` (see :func:`training.imageio.binary_mask`).
 
     Pixels above half the mask's maximum are anomalous, so both 0/255 and 0/1 masks
     work.  Resizing uses nearest neighbour.  ``None`` gives an all-zero mask.
@@ -367,15 +172,7 @@ def load_mask(path: Path | None, size: int) -> np.ndarray:
     Raises:
         DatasetError: The file is missing or not a decodable image.
     """
-    if path is None:
-        return np.zeros((size, size), dtype=np.uint8)
-    mask = _read(path, cv2.IMREAD_GRAYSCALE)
-    if mask.shape != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    peak = int(mask.max())
-    if peak == 0:
-        return np.zeros((size, size), dtype=np.uint8)
-    return (mask.astype(np.float32) > 0.5 * peak).astype(np.uint8)
+    return imageio.binary_mask(None if path is None else _read(path), size)
 
 
 class ImageDataset(Dataset):

@@ -7,10 +7,34 @@ so the whole toolchain (training, export, serving) can be exercised without
 downloading anything::
 
     <root>/<category>/train/good/000.png ...
+    <root>/<category>/validation/good/val_000.png ...
+    <root>/<category>/validation/<defect>/val_000.png ...      defects: scratch, hole, stain, foreign
     <root>/<category>/test/good/000.png ...
-    <root>/<category>/test/<defect>/000.png ...        defects: scratch, hole, stain, foreign
-    <root>/<category>/ground_truth/<defect>/000_mask.png   (uint8 0/255, same size as the image)
+    <root>/<category>/test/<defect>/000.png ...
+    <root>/<category>/ground_truth/<defect>/000_mask.png ...      masks of test/<defect>/000.png ...
+    <root>/<category>/ground_truth/<defect>/val_000_mask.png ...  masks of validation/<defect>/val_000.png ...
     <root>/<category>/demo_manifest.json                    (parameters it was written with)
+
+Masks are uint8 0/255, the same size as their image.  The validation set is an explicit
+``validation/`` folder (see :func:`training.data.make_splits`: when it exists, it *is* the
+validation split and ``test/`` stays whole), so the test split is a folder on disk that
+anyone (for example a serving client) can evaluate on and reproduce the recorded test
+metrics.
+
+``n_test_good`` and ``n_per_defect`` are the *total* numbers of good / per-defect
+evaluation images (validation and test together).  Per folder (``good`` and each defect
+type) with ``n`` images, the first ``n_val`` generated images (indices ``0 .. n_val-1``)
+go to ``validation/`` and the rest to ``test/``, where ``n_val`` follows the rounding
+rule of :func:`training.data.make_splits`: ``round(n * validation_fraction)`` (Python
+rounding), then at least one image on each side when ``n >= 2`` and the fraction is
+positive, and ``0`` when ``n == 1`` (a lone image goes to test).  Names are numbered
+from zero within each folder: generated index ``k < n_val`` is ``validation/.../val_<k>.png``
+and generated index ``k >= n_val`` is ``test/.../<k - n_val>.png`` (three digits, more when
+needed).  The ``val_`` prefix keeps validation stems distinct from test stems, because
+the masks of both share ``ground_truth/<defect>/``.  No empty folder is written: with
+``validation_fraction=0`` (or only single-image folders) there is no ``validation/`` at
+all, and :func:`training.data.make_splits` then splits ``test/`` itself as for any
+category without a ``validation/`` folder.
 
 Every image is a random crop of the source texture (random position, small rotation,
 random flips, scale jitter 0.9-1.1, mild brightness/contrast jitter), resized to
@@ -30,9 +54,14 @@ pixel where the defect colour happens to round to the original value).  Defects
 cover roughly 0.6-9 % of the image.
 
 Everything is drawn from ``numpy.random.Generator`` streams derived from ``seed``
-(one independent stream per image), so the same seed gives byte-identical files.
+(one independent stream per image), so the same seed gives byte-identical files.  The
+stream of an evaluation image depends only on its generated index, not on whether it
+lands in ``validation/`` or ``test/``: version 1 of this generator (no ``validation/``
+folder, everything in ``test/``) wrote exactly the same images.
 The dataset is written into a temporary sibling folder and renamed into place at the
-end; an interrupted run never leaves a half-written ``<root>/<category>``.
+end; an interrupted run never leaves a half-written ``<root>/<category>``.  A dataset
+written by another generator version (its ``demo_manifest.json`` says so) is replaced
+the same way, even without ``overwrite``.
 
 Command line::
 
@@ -52,12 +81,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["DEMO_CATEGORIES", "DEFECT_TYPES", "write_demo_dataset", "main"]
+__all__ = ["DEFECT_TYPES", "DEMO_CATEGORIES", "main", "write_demo_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +98,10 @@ DEFECT_TYPES: tuple[str, ...] = ("scratch", "hole", "stain", "foreign")
 """Synthetic defect types, in the order their folders are written."""
 
 MANIFEST_NAME = "demo_manifest.json"
-_GENERATOR_VERSION = 1
+_GENERATOR = "training.demo_data"
+# Version 2: explicit validation/ folder (validation_fraction).  Any other version on disk
+# is regenerated, because its layout would silently change what make_splits calls "test".
+_GENERATOR_VERSION = 2
 
 # Gradient-map tints: grayscale 0 maps to the first RGB colour, 255 to the second.
 _TINTS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -91,7 +124,7 @@ _AREA_LIMITS: dict[str, tuple[float, float]] = {
 
 
 # --------------------------------------------------------------------------- sources
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_texture(name: str) -> np.ndarray:
     """Return the grayscale source texture of a category as read-only float32 (H, W)."""
     import skimage.data  # local import: scikit-image is slow to import
@@ -128,7 +161,7 @@ def _warp_crop(
     cx = rng.uniform(half_extent, width - half_extent)
     cy = rng.uniform(half_extent, height - half_extent)
 
-    work = max(out_size, int(round(side)))
+    work = max(out_size, round(side))
     step = side / work  # source pixels per work pixel
     cos_a, sin_a = math.cos(angle), math.sin(angle)
     # dst (u, v) -> centred p = ((u + 0.5) - work / 2) * step, flipped, rotated, + centre.
@@ -249,7 +282,7 @@ def _scratch(rng: np.random.Generator, image: np.ndarray, category: str) -> tupl
     def draw(canvas: np.ndarray, scale: float) -> None:
         for curve, width in strokes:
             pts = np.rint(curve * scale).astype(np.int32)
-            cv2.polylines(canvas, [pts], False, 255, thickness=max(1, int(round(width * scale))), lineType=cv2.LINE_8)
+            cv2.polylines(canvas, [pts], False, 255, thickness=max(1, round(width * scale)), lineType=cv2.LINE_8)
 
     alpha = _coverage_from_drawing(size, draw)
     if rng.random() < 0.5:  # bright scratch: exposed, reflective material
@@ -354,50 +387,99 @@ def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
 
 
-def _looks_complete(category_dir: Path) -> bool:
-    """True when ``category_dir`` has every folder of the demo layout, non-empty, masks included."""
-    if _count_images(category_dir / "train" / "good") == 0 or _count_images(category_dir / "test" / "good") == 0:
+def _validation_count(n: int, fraction: float) -> int:
+    """How many of the ``n`` evaluation images of one folder go to ``validation/``.
+
+    Mirrors the per-folder rule of :func:`training.data.make_splits`, so a demo dataset
+    has the same split sizes as the stratified split of a category without ``validation/``.
+    """
+    n_val = round(n * fraction)
+    if n >= 2 and fraction > 0:
+        n_val = min(max(n_val, 1), n - 1)
+    elif n < 2:
+        n_val = 0
+    return n_val
+
+
+def _placement(n: int, fraction: float) -> list[tuple[str, str]]:
+    """``(split, stem)`` for generated evaluation indices ``0 .. n-1``: validation first, then test."""
+    n_val = _validation_count(n, fraction)
+    return [("validation", f"val_{name}") for name in _image_names(n_val)] + [
+        ("test", name) for name in _image_names(n - n_val)
+    ]
+
+
+def _eval_folders(params: Mapping) -> list[tuple[str, int]]:
+    """``(folder, total image count)`` for ``good`` and every defect type."""
+    return [("good", int(params["n_test_good"]))] + [(d, int(params["n_per_defect"])) for d in DEFECT_TYPES]
+
+
+def _looks_complete(category_dir: Path, params: Mapping) -> bool:
+    """True when ``category_dir`` has every folder of the demo layout ``params`` describes.
+
+    Every expected folder must be non-empty and every anomalous image must have its mask;
+    ``validation/<folder>`` is expected exactly where ``params`` put images in it (so
+    with a positive ``validation_fraction`` a dataset without ``validation/`` is
+    incomplete).  Counts are not compared, as before: a complete dataset written with
+    other sizes is kept (with a warning), not treated as broken.
+    """
+    if _count_images(category_dir / "train" / "good") == 0:
         return False
-    for defect in DEFECT_TYPES:
-        test_dir = category_dir / "test" / defect
-        if _count_images(test_dir) == 0:
-            return False
-        for image in test_dir.iterdir():
-            if image.suffix.lower() == ".png" and not (category_dir / "ground_truth" / defect / f"{image.stem}_mask.png").is_file():
+    fraction = float(params.get("validation_fraction", 0.0))
+    for folder, n in _eval_folders(params):
+        n_val = _validation_count(n, fraction)
+        for split, expected in (("validation", n_val), ("test", n - n_val)):
+            image_dir = category_dir / split / folder
+            if expected == 0:
+                continue
+            if _count_images(image_dir) == 0:
                 return False
+            if folder == "good":
+                continue
+            for image in image_dir.iterdir():
+                mask = category_dir / "ground_truth" / folder / f"{image.stem}_mask.png"
+                if image.suffix.lower() == ".png" and not mask.is_file():
+                    return False
     return True
 
 
 def _counts(category_dir: Path) -> dict[str, int]:
+    """Image counts per folder, ``validation/*`` only when the dataset has that folder."""
     counts = {"train/good": _count_images(category_dir / "train" / "good")}
-    counts["test/good"] = _count_images(category_dir / "test" / "good")
-    for defect in DEFECT_TYPES:
-        counts[f"test/{defect}"] = _count_images(category_dir / "test" / defect)
+    splits = ("validation", "test") if (category_dir / "validation").is_dir() else ("test",)
+    for split in splits:
+        for folder in ("good",) + DEFECT_TYPES:
+            counts[f"{split}/{folder}"] = _count_images(category_dir / split / folder)
     return counts
 
 
 def _generate(target: Path, params: dict) -> None:
     category, size, seed = params["category"], params["image_size"], params["seed"]
+    fraction = params["validation_fraction"]
     train_dir = target / "train" / "good"
-    good_dir = target / "test" / "good"
     train_dir.mkdir(parents=True)
-    good_dir.mkdir(parents=True)
     for i, name in enumerate(_image_names(params["n_train"])):
         _write_png(train_dir / f"{name}.png", _good_image(category, _rng(seed, category, "train", 0, i), size))
-    for i, name in enumerate(_image_names(params["n_test_good"])):
-        _write_png(good_dir / f"{name}.png", _good_image(category, _rng(seed, category, "test_good", 0, i), size))
+    # The random stream of evaluation image i is keyed by its generated index only, not by
+    # where it is placed, so the images are the same as those of generator version 1.
+    # Folders are created on first use: an empty validation/<folder> would make
+    # training.data.scan_validation fail.
+    for i, (split, stem) in enumerate(_placement(params["n_test_good"], fraction)):
+        image_dir = target / split / "good"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        _write_png(image_dir / f"{stem}.png", _good_image(category, _rng(seed, category, "test_good", 0, i), size))
     for d, defect in enumerate(DEFECT_TYPES):
-        image_dir = target / "test" / defect
         mask_dir = target / "ground_truth" / defect
-        image_dir.mkdir(parents=True)
         mask_dir.mkdir(parents=True)
-        for i, name in enumerate(_image_names(params["n_per_defect"])):
+        for i, (split, stem) in enumerate(_placement(params["n_per_defect"], fraction)):
+            image_dir = target / split / defect
+            image_dir.mkdir(parents=True, exist_ok=True)
             rng = _rng(seed, category, "defect", d + 1, i)
             good = _good_image(category, rng, size)
             image, mask = _apply_defect(rng, good, category, defect)
-            _write_png(image_dir / f"{name}.png", image)
-            _write_png(mask_dir / f"{name}_mask.png", mask)
-    manifest = {"generator": "training.demo_data", "version": _GENERATOR_VERSION, **params}
+            _write_png(image_dir / f"{stem}.png", image)
+            _write_png(mask_dir / f"{stem}_mask.png", mask)
+    manifest = {"generator": _GENERATOR, "version": _GENERATOR_VERSION, **params}
     (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -406,6 +488,32 @@ def _read_manifest(category_dir: Path) -> dict | None:
         return json.loads((category_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _is_stale(manifest: dict | None) -> bool:
+    """True when ``manifest`` was written by this generator, but by another version of it."""
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("generator") == _GENERATOR
+        and manifest.get("version") != _GENERATOR_VERSION
+    )
+
+
+def _layout_params(manifest: dict | None, fallback: dict) -> Mapping:
+    """Parameters that describe the layout on disk: a current manifest's, else ``fallback``.
+
+    A complete dataset written with other sizes must be judged by its own layout (it is
+    kept, with a warning), not by the caller's request.
+    """
+    if (
+        isinstance(manifest, dict)
+        and manifest.get("generator") == _GENERATOR
+        and manifest.get("version") == _GENERATOR_VERSION
+        and all(isinstance(manifest.get(k), int) for k in ("n_test_good", "n_per_defect"))
+        and isinstance(manifest.get("validation_fraction"), (int, float))
+    ):
+        return manifest
+    return fallback
 
 
 def _write_demo_dataset(
@@ -417,6 +525,7 @@ def _write_demo_dataset(
     n_train: int,
     n_test_good: int,
     n_per_defect: int,
+    validation_fraction: float,
     overwrite: bool,
 ) -> tuple[Path, bool]:
     """Implementation of :func:`write_demo_dataset`; also returns whether an existing dataset was kept."""
@@ -429,6 +538,10 @@ def _write_demo_dataset(
     for name, value in (("n_train", n_train), ("n_test_good", n_test_good), ("n_per_defect", n_per_defect)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float, np.floating)):
+        raise TypeError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
+    if not 0.0 <= validation_fraction < 1.0:  # also rejects NaN
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
 
     root = Path(root)
     target = root / category
@@ -439,10 +552,23 @@ def _write_demo_dataset(
         "n_train": int(n_train),
         "n_test_good": int(n_test_good),
         "n_per_defect": int(n_per_defect),
+        "validation_fraction": float(validation_fraction),
     }
+    replace = overwrite
     if target.exists() and not overwrite:
-        if _looks_complete(target):
-            manifest = _read_manifest(target)
+        manifest = _read_manifest(target)
+        if _is_stale(manifest):
+            # Written by an older (or newer) generator, e.g. a data/ folder from before the
+            # validation/ folder existed: its test/ is not the test split any more, so keeping
+            # it would be wrong, and refusing would break `make demo`.  Replace it atomically.
+            logger.info(
+                "%s was written by demo generator version %s (current: %d); regenerating it in place",
+                target,
+                manifest.get("version"),
+                _GENERATOR_VERSION,
+            )
+            replace = True
+        elif _looks_complete(target, _layout_params(manifest, params)):
             if manifest is not None and any(manifest.get(k) != v for k, v in params.items()):
                 logger.warning(
                     "%s was written with different parameters (%s); keeping it. Use overwrite=True "
@@ -452,16 +578,17 @@ def _write_demo_dataset(
                 )
             logger.info("kept existing complete dataset %s", target)
             return target, True
-        raise FileExistsError(
-            f"{target} exists but is not a complete demo dataset; pass overwrite=True (--overwrite) to replace it"
-        )
+        else:
+            raise FileExistsError(
+                f"{target} exists but is not a complete demo dataset; pass overwrite=True (--overwrite) to replace it"
+            )
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{category}.partial-", dir=root))
     try:
         os.chmod(tmp, 0o755)
         _generate(tmp, params)
-        if target.exists():  # overwrite=True: move the old one aside, swap in, then delete it
+        if replace and target.exists():  # overwrite or stale: move the old one aside, swap in, delete it
             old = Path(tempfile.mkdtemp(prefix=f".{category}.old-", dir=root))
             os.replace(target, old / category)
             os.replace(tmp, target)
@@ -470,7 +597,7 @@ def _write_demo_dataset(
             try:
                 os.replace(tmp, target)
             except OSError:
-                if _looks_complete(target):  # a concurrent run finished first
+                if _looks_complete(target, _layout_params(_read_manifest(target), params)):  # a concurrent run won
                     shutil.rmtree(tmp, ignore_errors=True)
                     return target, True
                 raise
@@ -490,6 +617,7 @@ def write_demo_dataset(
     n_train: int = 80,
     n_test_good: int = 24,
     n_per_defect: int = 12,
+    validation_fraction: float = 0.4,
     overwrite: bool = False,
 ) -> Path:
     """Write the demo dataset for ``category`` under ``root`` in the MVTec AD layout.
@@ -500,14 +628,28 @@ def write_demo_dataset(
         seed: Non-negative seed; the same seed (and parameters) gives byte-identical files.
         image_size: Side of the square images in pixels (>= 32).
         n_train: Number of defect-free training images (``train/good``).
-        n_test_good: Number of defect-free test images (``test/good``).
-        n_per_defect: Number of test images per defect type in :data:`DEFECT_TYPES`.
+        n_test_good: Total number of defect-free evaluation images, ``validation/good``
+            and ``test/good`` together.
+        n_per_defect: Total number of evaluation images per defect type in
+            :data:`DEFECT_TYPES`, ``validation/<defect>`` and ``test/<defect>`` together.
+        validation_fraction: Share of each evaluation folder written to ``validation/``
+            instead of ``test/``, in ``[0, 1)``; rounded per folder as in
+            :func:`training.data.make_splits` (see the module docstring).  ``0`` writes
+            no ``validation/`` folder.
         overwrite: Replace an existing ``<root>/<category>``.  Without it an existing
-            complete dataset is kept unchanged (logged), and an existing incomplete or
+            complete dataset is kept unchanged (logged; a warning when it was written
+            with other parameters), a dataset written by another version of this
+            generator is regenerated in place (logged), and an existing incomplete or
             foreign folder raises :class:`FileExistsError`.
 
     Returns:
         The category folder ``<root>/<category>``.
+
+    Raises:
+        ValueError: An unknown category or an out-of-range parameter (including a
+            ``validation_fraction`` outside ``[0, 1)``).
+        TypeError: A ``validation_fraction`` that is not a number.
+        FileExistsError: ``<root>/<category>`` exists but is not a complete demo dataset.
 
     The dataset is generated in a temporary sibling folder (``<root>/.<category>.partial-*``)
     and renamed into place only when complete, so an interrupted run never leaves a
@@ -521,6 +663,7 @@ def write_demo_dataset(
         n_train=n_train,
         n_test_good=n_test_good,
         n_per_defect=n_per_defect,
+        validation_fraction=validation_fraction,
         overwrite=overwrite,
     )
     return path
@@ -533,14 +676,15 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Write a small anomaly-detection dataset in the MVTec AD folder layout, made from a "
             "texture photo that ships with scikit-image (no download). Good images are jittered "
-            "crops of the texture; test images add synthetic scratches, holes, stains and "
-            "foreign-material patches with exact ground-truth masks."
+            "crops of the texture; evaluation images add synthetic scratches, holes, stains and "
+            "foreign-material patches with exact ground-truth masks. Evaluation images are split "
+            "per folder into validation/ (named val_000.png ...) and test/, so test/ is the test split."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--root", type=Path, default=Path("data/demo"),
-        help="folder that receives <category>/ (train/, test/, ground_truth/)",
+        help="folder that receives <category>/ (train/, validation/, test/, ground_truth/)",
     )
     parser.add_argument(
         "--category", choices=DEMO_CATEGORIES, default="brick",
@@ -552,10 +696,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--image-size", type=int, default=256, help="side of the square images in pixels (>= 32)")
     parser.add_argument("--n-train", type=int, default=80, help="number of defect-free training images (train/good)")
-    parser.add_argument("--n-test-good", type=int, default=24, help="number of defect-free test images (test/good)")
+    parser.add_argument(
+        "--n-test-good", type=int, default=24,
+        help="total number of defect-free evaluation images (validation/good + test/good)",
+    )
     parser.add_argument(
         "--n-per-defect", type=int, default=12,
-        help=f"number of test images per defect type ({', '.join(DEFECT_TYPES)})",
+        help=f"total number of evaluation images per defect type ({', '.join(DEFECT_TYPES)}), validation + test",
+    )
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.4,
+        help="share of each evaluation folder written to validation/ instead of test/, in [0, 1); rounded per "
+        "folder, at least one image on each side when a folder has two or more; 0 writes no validation/",
     )
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -578,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             n_train=args.n_train,
             n_test_good=args.n_test_good,
             n_per_defect=args.n_per_defect,
+            validation_fraction=args.validation_fraction,
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as exc:
@@ -590,8 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"Wrote demo dataset '{args.category}' to {path} in {elapsed:.1f} s.")
     for folder, count in counts.items():
-        print(f"  {folder:<14} {count:4d} images")
-    print(f"  {'total':<14} {sum(counts.values()):4d} images, masks in {path / 'ground_truth'}")
+        print(f"  {folder:<19} {count:4d} images")
+    print(f"  {'total':<19} {sum(counts.values()):4d} images, masks in {path / 'ground_truth'}")
     return 0
 
 

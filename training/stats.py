@@ -122,8 +122,11 @@ class Calibration(_Strict):
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated float32 scores in [0, 1], same shape as ``raw``."""
         x = np.asarray(raw, dtype=np.float32)
-        k = np.float32(self.gain / (2.0 * self.scale))
-        return np.float32(0.5) * (np.float32(1.0) + np.tanh(k * (x - np.float32(self.threshold))))
+        k = np.float32(self.gain / self.scale)
+        # 0.5 * (1 + tanh(z)) == 1 / (1 + exp(-2 z)); this form keeps float32 precision far below the threshold,
+        # where the tanh form rounds every value to 0 and ties pixels that rank differently (pixel metrics).
+        with np.errstate(over="ignore"):
+            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-k * (x - np.float32(self.threshold))))).astype(np.float32)
 
 
 class Normalization(_Strict):

@@ -1,0 +1,277 @@
+"""``python client/client.py score``: score files, folders or globs with a served detector.
+
+Writes ``results.csv`` and ``results.jsonl`` (one row per image, streamed as results arrive) and
+``summary.json`` into the output folder, prints the summary, and optionally writes heatmaps with a contact
+sheet of the most anomalous images, and an evaluation against ground truth (``--evaluate``).
+
+Exit status: 0 when the run completed (unreadable files are reported in the results and counted, not fatal);
+1 when ``--evaluate`` finds served and recorded metrics that disagree; 2 for bad arguments or an unreachable
+server or model; 130 when interrupted by Ctrl-C (the rows already written are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import ValidationError
+from tritonclient.utils import InferenceServerException
+
+from client.evaluation import (
+    client_memory,
+    compare,
+    evaluation_samples,
+    load_stats,
+    served_metrics,
+    server_memory,
+)
+from client.heatmaps import render_heatmap, write_contact_sheet
+from client.inputs import expand_inputs
+from client.reports import ResultWriter, format_summary, write_json
+from client.scoring import (
+    DEFAULT_URLS,
+    ImageResult,
+    ScoreConfig,
+    ScoringSetupError,
+    score_images,
+)
+from client.tiling import TilingConfig
+from training.layout import DatasetError
+
+#: Longest side of a contact-sheet thumbnail kept in memory while the run goes on.
+THUMBNAIL = 512
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``score`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="client.py score",
+        description="Score image files, folders (recursive) or glob patterns with a served anomaly detector. "
+        "Writes results.csv, results.jsonl and summary.json into --output; unreadable files are reported "
+        "there and counted, never fatal.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", help="image files, folders or quoted glob patterns ('line3/**/*.png')")
+    p.add_argument("-m", "--model", default="ad_inference", help="ensemble to call (the pixel-input one)")
+    p.add_argument("-i", "--protocol", choices=["grpc", "http"], default="grpc", help="wire protocol")
+    p.add_argument("-u", "--url", default=None,
+                   help=f"host:port of that protocol's endpoint (default {DEFAULT_URLS['grpc']} for gRPC, "
+                        f"{DEFAULT_URLS['http']} for HTTP)")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="images (or tiles) per request")
+    p.add_argument("-c", "--concurrency", type=int, default=4, help="requests kept in flight")
+    p.add_argument("-t", "--timeout", type=float, default=120.0, help="seconds to wait for one reply")
+    p.add_argument("--workers", type=int, default=2, help="threads reading and resizing images")
+    p.add_argument("--shared-memory", choices=["none", "system"], default="none",
+                   help="'system': pass pixels and maps through POSIX shared memory (client and server on one host)")
+    p.add_argument("--encoded", action="store_true",
+                   help="send the files' bytes unchanged to <model>_encoded; the server decodes and resizes them "
+                        "(less bandwidth; no tiling)")
+    tiles = p.add_argument_group("tiling (large frames)")
+    tiles.add_argument("--tile-grid", metavar="COLSxROWS", default=None,
+                       help="score every image as a grid of overlapping windows, e.g. 4x3")
+    tiles.add_argument("--tile-size", type=int, default=None,
+                       help="score images larger than this as windows of this many pixels (instead of a grid)")
+    tiles.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with its neighbour")
+    out = p.add_argument_group("outputs")
+    out.add_argument("-o", "--output", type=Path, default=Path("scores"),
+                     help="folder for results.csv, results.jsonl, summary.json (and evaluation.json)")
+    out.add_argument("--heatmaps", type=Path, default=None, metavar="DIR",
+                     help="write a heatmap per image (map over image, score, mask outline at the threshold) "
+                          "and contact_sheet.png of the most anomalous")
+    out.add_argument("--top", type=int, default=16, help="images on the contact sheet")
+    out.add_argument("--heatmaps-anomalous-only", action="store_true",
+                     help="write heatmaps only for images labelled anomalous (the contact sheet still ranks all)")
+    ev = p.add_argument_group("evaluation against ground truth")
+    ev.add_argument("--evaluate", type=Path, default=None, metavar="CATEGORY_DIR",
+                    help="score <CATEGORY_DIR>/test (MVTec AD layout, masks in ground_truth/) and compare image "
+                         "AUROC, pixel AUROC, AUPRO and F1 with the stats JSON's test metrics")
+    ev.add_argument("--stats", type=Path, default=None,
+                    help="stats JSON to compare with (default: <repository>/<model>_scorer/stats.json)")
+    ev.add_argument("-r", "--repository", type=Path, default=Path("model_repository"),
+                    help="model repository the default --stats is read from")
+    ev.add_argument("--metrics-url", default=None,
+                    help="Triton metrics endpoint for the server's memory (default: the server host, port 8002)")
+    ev.add_argument("--server-pid", type=int, default=None,
+                    help="local server process: report the resident memory of it and its backend stubs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    return p
+
+
+def _tiling(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TilingConfig | None:
+    if args.tile_grid is None and args.tile_size is None:
+        return None
+    try:
+        if args.tile_grid is not None:
+            match = re.fullmatch(r"(\d+)[xX](\d+)", args.tile_grid)
+            if not match:
+                parser.error(f"--tile-grid expects COLSxROWS such as 4x3, got {args.tile_grid!r}")
+            return TilingConfig(columns=int(match[1]), rows=int(match[2]), tile_size=args.tile_size,
+                                overlap=args.overlap)
+        return TilingConfig(tile_size=args.tile_size, overlap=args.overlap)
+    except ValidationError as e:
+        parser.error(f"tiling: {e.errors()[0]['msg']}")
+    return None
+
+
+def _heatmap_name(path: str, root: str) -> str:
+    """A flat, unique file name for an image's heatmap (its path below the common root, separators as __)."""
+    relative = os.path.relpath(path, root) if root else os.path.basename(path)
+    stem = os.path.splitext(relative)[0].replace(os.sep, "__").replace("..", "up")
+    return re.sub(r"[^\w.\-]+", "_", stem) + ".png"
+
+
+class _Heatmaps:
+    """Writes heatmaps as results arrive and keeps thumbnails of the ``top`` most anomalous for the sheet."""
+
+    def __init__(self, folder: Path, top: int, anomalous_only: bool, root: str) -> None:
+        self.folder, self.top, self.anomalous_only, self.root = folder, top, anomalous_only, root
+        self.best: list[tuple[float, int, np.ndarray, str]] = []
+        self.written = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, result: ImageResult) -> None:
+        if not result.ok or result.image is None or result.anomaly_map is None:
+            return
+        name = _heatmap_name(result.path, self.root)
+        rendered = render_heatmap(result.image, result.anomaly_map, score=result.score, label=result.label,
+                                  name=os.path.basename(result.path))
+        if not self.anomalous_only or result.label == "anomalous":
+            if not cv2.imwrite(str(self.folder / name), np.ascontiguousarray(rendered[..., ::-1])):
+                raise OSError(f"could not write {self.folder / name}")
+            self.written += 1
+        scale = THUMBNAIL / max(rendered.shape[:2])
+        thumb = cv2.resize(rendered, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rendered
+        where = os.path.relpath(result.path, self.root) if self.root else os.path.basename(result.path)
+        entry = (result.score, self.written, thumb, f"{where}  {result.score:.2f} {result.label}")
+        if len(self.best) < self.top:
+            heapq.heappush(self.best, entry)
+        elif entry[0] > self.best[0][0]:
+            heapq.heapreplace(self.best, entry)
+
+    def finish(self) -> Path | None:
+        if not self.best:
+            return None
+        items = [(thumb, caption) for _, _, thumb, caption in sorted(self.best, key=lambda e: -e[0])]
+        return write_contact_sheet(self.folder / "contact_sheet.png", items,
+                                   title=f"{len(items)} most anomalous images")
+
+
+def _default_metrics_url(url: str) -> str:
+    host = url.rsplit(":", 1)[0] if ":" in url else url
+    return f"{host}:8002"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``score``; returns the exit status (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    inputs = list(args.inputs)
+    samples = []
+    if args.evaluate is not None:
+        try:
+            samples = evaluation_samples(args.evaluate)
+        except DatasetError as e:
+            parser.error(f"--evaluate: {e}")
+        if args.tile_grid or args.tile_size:
+            parser.error("--evaluate scores whole images at the model's input (no tiling)")
+        inputs += [str(s.path) for s in samples]
+    if not inputs:
+        parser.error("give image files, folders or globs to score (or --evaluate CATEGORY_DIR)")
+    try:
+        config = ScoreConfig(
+            model=args.model, url=args.url, protocol=args.protocol, batch_size=args.batch_size,
+            concurrency=args.concurrency, timeout=args.timeout, shared_memory=args.shared_memory,
+            encoded=args.encoded, tiling=_tiling(args, parser), workers=args.workers,
+            maps=bool(args.heatmaps or samples), keep_images=bool(args.heatmaps),
+        )
+    except ValidationError as e:
+        parser.error("; ".join(f"{'.'.join(map(str, x['loc'])) or 'options'}: {x['msg']}" for x in e.errors()))
+
+    try:
+        inputs = expand_inputs(inputs)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    root = os.path.commonpath([os.path.abspath(p) for p in inputs])
+    if os.path.isfile(root):
+        root = os.path.dirname(root)
+    heatmaps = _Heatmaps(args.heatmaps, args.top, args.heatmaps_anomalous_only, root) if args.heatmaps else None
+    kept: dict[str, ImageResult] = {}
+
+    def on_result(result: ImageResult) -> None:
+        writer.write(result)
+        if heatmaps is not None:
+            heatmaps.add(result)
+        if samples:
+            kept[os.path.abspath(result.path)] = ImageResult(**{**result.__dict__, "image": None})
+        if not args.quiet and not result.ok:
+            print(f"error: {result.path}: {result.error}", file=sys.stderr)
+        result.image = None  # heatmaps are written; do not hold full frames
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        with ResultWriter(args.output / "results.csv", args.output / "results.jsonl") as writer:
+            summary = score_images(inputs, config, on_result, progress=not (args.no_progress or args.quiet))
+    except (InferenceServerException, ConnectionError, ScoringSetupError) as e:
+        print(f"score: cannot score on {config.endpoint} ({config.protocol}): {_one_line(e)}", file=sys.stderr)
+        return 2
+    payload: dict[str, Any] = {"config": config.model_dump(mode="json"), **summary.to_dict()}
+    if heatmaps is not None:
+        sheet = heatmaps.finish()
+        payload["heatmaps"] = {"folder": str(args.heatmaps), "written": heatmaps.written,
+                               "contact_sheet": str(sheet) if sheet else None}
+    write_json(args.output / "summary.json", payload)
+    print(format_summary(summary))
+    print(f"results: {args.output / 'results.csv'}, {args.output / 'results.jsonl'}, {args.output / 'summary.json'}")
+    if summary.interrupted:
+        return 130
+    if samples:
+        return _evaluate(args, config, samples, kept, summary.to_dict())
+    return 0
+
+
+def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], run: dict[str, Any]) -> int:
+    """Metrics of the served outputs, compared with the stats JSON; writes evaluation.json."""
+    by_path = {str(s.path): kept.get(os.path.abspath(s.path)) for s in samples}
+    by_path = {k: v for k, v in by_path.items() if v is not None}
+    try:
+        served = served_metrics(samples, by_path)
+    except ValueError as e:
+        print(f"EVALUATE: FAIL: {e}")
+        return 1
+    stats_path = args.stats or args.repository / f"{config.model}_scorer" / "stats.json"
+    report: dict[str, Any] = {
+        "model": config.model, "dataset": str(args.evaluate), "images": len(samples), "served": served,
+        "throughput_images_per_second": run["images_per_second"], "latency_ms": run["latency_ms"],
+        "client_memory": client_memory(),
+        "server_memory": server_memory(args.metrics_url or _default_metrics_url(config.endpoint), args.server_pid),
+    }
+    status = 0
+    if stats_path.is_file():
+        comparison = compare(served, load_stats(stats_path), samples)
+        report.update(stats=str(stats_path), comparison=comparison.to_dict())
+        status = 0 if comparison.agree else 1
+        for k in comparison.served:
+            rec, diff = comparison.recorded[k], comparison.differences[k]
+            print(f"  {k:12s} served {comparison.served[k]:.4f}  recorded "
+                  + (f"{rec:.4f}  |diff| {diff:.4f}" if rec is not None and diff is not None else "-"))
+        if not comparison.counts_match:
+            print(f"  note: {args.evaluate}/test does not have the image counts of the recorded test split")
+        print(f"EVALUATE: {'PASS' if comparison.agree else 'FAIL'}: served metrics "
+              f"{'agree with' if comparison.agree else 'differ from'} {stats_path} (tolerance 0.005)")
+    else:
+        print(f"EVALUATE: served metrics {served}; no stats JSON at {stats_path} to compare with (--stats)")
+    write_json(args.output / "evaluation.json", report)
+    return status
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.message() if isinstance(error, InferenceServerException) else str(error)
+    return " ".join(str(text).split())

@@ -1,0 +1,214 @@
+"""Asynchronous inference over gRPC or HTTP, with an optional system-shared-memory fast path.
+
+:class:`Transport` keeps up to ``concurrency`` requests in flight with tritonclient's async APIs (gRPC
+callbacks, HTTP greenlets) and hands back :class:`Pending` handles that complete in any order. With
+``shared_memory="system"`` each in-flight slot owns a pair of POSIX shared-memory regions registered with the
+server, so the input pixels and the anomaly maps never travel through the socket: it works only when client and
+server share a host (``/dev/shm``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+Protocol = Literal["grpc", "http"]
+#: Output that may travel through shared memory (the only large one); the small ones go over the socket.
+MAP_OUTPUT = "anomaly_map"
+
+
+@dataclass
+class Reply:
+    """One completed request: the requested outputs and when it completed (``time.perf_counter()``)."""
+
+    outputs: dict[str, np.ndarray]
+    done_at: float
+
+
+class Pending:
+    """A request in flight; :meth:`result` blocks until it completes and raises its error if it failed."""
+
+    def __init__(self, future: Future, slot: int, finish) -> None:
+        self._future = future
+        self.slot = slot
+        self._finish = finish
+        self.sent_at = time.perf_counter()
+
+    def done(self) -> bool:
+        """Whether the reply (or error) has arrived."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> Reply:
+        """The reply; raises :class:`InferenceServerException` (or a connection error) when the request failed."""
+        raw, done_at = self._future.result(timeout)
+        return Reply(self._finish(raw, self.slot), done_at)
+
+
+class _Slot:
+    """The shared-memory regions of one in-flight request."""
+
+    def __init__(self, tag: str, index: int, input_bytes: int, map_bytes: int) -> None:
+        self.input_name = f"kd_{tag}_{index}_in"
+        self.map_name = f"kd_{tag}_{index}_map"
+        self.input_bytes, self.map_bytes = input_bytes, map_bytes
+        self.input = shm.create_shared_memory_region(self.input_name, "/" + self.input_name, input_bytes)
+        self.map = shm.create_shared_memory_region(self.map_name, "/" + self.map_name, map_bytes) if map_bytes else None
+
+    def destroy(self) -> None:
+        shm.destroy_shared_memory_region(self.input)
+        if self.map is not None:
+            shm.destroy_shared_memory_region(self.map)
+
+
+class Transport:
+    """Async inference of one model over one protocol.
+
+    Args:
+        protocol: ``"grpc"`` or ``"http"``.
+        url: ``host:port`` of that protocol's endpoint.
+        model: The model (ensemble) to call.
+        input_name: Its input tensor.
+        input_datatype: ``"UINT8"`` (pixels) or ``"BYTES"`` (encoded files).
+        outputs: Output names to request.
+        concurrency: Requests kept in flight.
+        timeout: Seconds to wait for a reply.
+        shared_memory: ``"system"`` to pass pixels and maps through registered shared memory.
+        max_batch: Largest batch (sizes the shared-memory regions).
+        item_shape: Shape of one input row (sizes the regions).
+        map_shape: Shape of one map row, if ``anomaly_map`` is requested.
+    """
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        url: str,
+        model: str,
+        *,
+        input_name: str,
+        input_datatype: str,
+        outputs: list[str],
+        concurrency: int,
+        timeout: float,
+        shared_memory: Literal["none", "system"] = "none",
+        max_batch: int = 1,
+        item_shape: tuple[int, ...] = (),
+        map_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        self.protocol, self.model = protocol, model
+        self.input_name, self.input_datatype = input_name, input_datatype
+        self.outputs, self.timeout = list(outputs), timeout
+        self.module = grpcclient if protocol == "grpc" else httpclient
+        if protocol == "grpc":
+            self.client = grpcclient.InferenceServerClient(url)
+        else:
+            self.client = httpclient.InferenceServerClient(
+                url, concurrency=concurrency, connection_timeout=timeout, network_timeout=timeout
+            )
+        self._slots: list[_Slot] = []
+        self.map_shape = map_shape
+        if shared_memory == "system":
+            if input_datatype != "UINT8":
+                raise ValueError("shared memory carries pixel tensors; encoded input goes over the socket")
+            self._open_slots(concurrency, max_batch, item_shape, map_shape)
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether requests go through shared memory."""
+        return bool(self._slots)
+
+    def _open_slots(self, count: int, max_batch: int, item_shape: tuple[int, ...], map_shape) -> None:
+        tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        input_bytes = max_batch * int(np.prod(item_shape))
+        map_bytes = max_batch * int(np.prod(map_shape)) * 4 if map_shape and MAP_OUTPUT in self.outputs else 0
+        try:
+            for i in range(count):
+                slot = _Slot(tag, i, input_bytes, map_bytes)
+                self._slots.append(slot)
+                self.client.register_system_shared_memory(slot.input_name, "/" + slot.input_name, input_bytes)
+                if map_bytes:
+                    self.client.register_system_shared_memory(slot.map_name, "/" + slot.map_name, map_bytes)
+        except Exception:
+            self.close()
+            raise
+
+    def submit(self, batch: np.ndarray, slot: int) -> Pending:
+        """Send one batch without waiting; ``slot`` (0 .. concurrency-1) must not be in flight already."""
+        tensor = self.module.InferInput(self.input_name, list(batch.shape), self.input_datatype)
+        requested = [self.module.InferRequestedOutput(o) for o in self.outputs]
+        if self._slots:
+            region = self._slots[slot]
+            shm.set_shared_memory_region(region.input, [np.ascontiguousarray(batch)])
+            tensor.set_shared_memory(region.input_name, batch.nbytes)
+            if region.map is not None:
+                nbytes = batch.shape[0] * int(np.prod(self.map_shape)) * 4
+                requested[self.outputs.index(MAP_OUTPUT)].set_shared_memory(region.map_name, nbytes)
+        else:
+            tensor.set_data_from_numpy(batch)
+        future: Future = Future()
+        if self.protocol == "grpc":
+            def on_reply(result, error) -> None:
+                done_at = time.perf_counter()
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result((result, done_at))
+
+            self.client.async_infer(self.model, [tensor], on_reply, outputs=requested, client_timeout=self.timeout)
+        else:
+            handle = self.client.async_infer(self.model, [tensor], outputs=requested)
+            future = _HttpFuture(handle)
+        return Pending(future, slot, self._unpack)
+
+    def _unpack(self, result, slot: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.outputs:
+            if self._slots and name == MAP_OUTPUT and self._slots[slot].map is not None:
+                meta = result.get_output(name)
+                shape = [int(d) for d in (meta["shape"] if isinstance(meta, dict) else meta.shape)]
+                out[name] = shm.get_contents_as_numpy(self._slots[slot].map, np.float32, shape).copy()
+            else:
+                out[name] = result.as_numpy(name)
+        return out
+
+    def close(self) -> None:
+        """Unregister and free the shared-memory regions and close the connection."""
+        for slot in self._slots:
+            for name in (slot.input_name, slot.map_name if slot.map is not None else None):
+                if name:
+                    try:
+                        self.client.unregister_system_shared_memory(name)
+                    except InferenceServerException:
+                        pass  # the server may be gone; the local regions are still freed below
+            slot.destroy()
+        self._slots = []
+        self.client.close()
+
+
+class _HttpFuture(Future):
+    """A Future over tritonclient's HTTP ``InferAsyncRequest`` (greenlet-based, resolved on demand)."""
+
+    def __init__(self, handle) -> None:
+        super().__init__()
+        self._handle = handle
+
+    def done(self) -> bool:
+        return super().done() or self._handle._greenlet.ready()
+
+    def result(self, timeout: float | None = None):
+        if not super().done():
+            try:
+                reply = self._handle.get_result(block=True, timeout=timeout)
+                self.set_result((reply, time.perf_counter()))
+            except Exception as e:  # noqa: BLE001  (stored and re-raised below, like a Future)
+                self.set_exception(e)
+        return super().result()

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Validation of a served anomaly detector end to end over HTTP and gRPC (``python client/client.py``).
+
+Checks server and model readiness and metadata, sends the validation images that the exporter stored in the
+model repository, and checks shapes, dtypes, ranges, agreement with the stored reference outputs (within the
+tolerance stored beside them) and that anomalous images score above good ones. Prints ``PASS: <model>`` and
+exits 0, or ``FAIL: <what>`` and exits 1; a server that cannot be reached is a failure too.
+
+Needs only numpy and tritonclient (and OpenCV for the encoded-input check), so it runs in a slim client image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+LABELS = {"anomalous", "normal"}
+
+
+class CheckFailed(Exception):
+    """A validation check that did not hold; the message says what."""
+
+
+@dataclass
+class Samples:
+    """The exporter's validation inputs and reference outputs for one model."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    names: np.ndarray
+    raw_score: np.ndarray
+    score: np.ndarray
+    label: np.ndarray
+    manifest: dict[str, Any]
+    raw_map: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, folder: Path) -> Samples:
+        """Read ``samples.npz`` and ``manifest.json`` from ``folder``."""
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            with np.load(folder / "samples.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            return cls(manifest=manifest, **{k: arrays[k] for k in cls.__dataclass_fields__ if k in arrays})
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise CheckFailed(f"cannot read validation samples in {folder}: {e}") from e
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The ensemble's outputs and their dtypes."""
+        maps = {"anomaly_map": "FP32"} if self.manifest["has_map"] else {}
+        return {"score": "FP32", **maps, "label": "BYTES", "raw_score": "FP32"}
+
+
+def discover(repository: Path) -> list[str]:
+    """Models in ``repository`` that carry the exporter's validation samples, sorted."""
+    return sorted(p.parent.parent.name for p in Path(repository).glob("*/validation/manifest.json"))
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise CheckFailed(what)
+
+
+def _close(name: str, got: np.ndarray, want: np.ndarray, atol: float) -> float:
+    _check(got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0
+    _check(diff <= atol, f"{name}: max |served - reference| = {diff:.3g} > tolerance {atol:g}")
+    return diff
+
+
+class Protocol:
+    """One protocol's client with the calls this validator needs."""
+
+    def __init__(self, kind: str, url: str, timeout: float) -> None:
+        self.kind = kind
+        self.module = httpclient if kind == "http" else grpcclient
+        if kind == "http":
+            self.client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+        else:
+            self.client = grpcclient.InferenceServerClient(url)
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        """Model metadata as a dict with ``inputs`` and ``outputs`` lists."""
+        if self.kind == "http":
+            return self.client.get_model_metadata(model)
+        return self.client.get_model_metadata(model, as_json=True)
+
+    def infer(self, model: str, spec: dict[str, Any], inputs: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Send a batch for the input ``spec`` (name, datatype); returns the requested outputs."""
+        tensor = self.module.InferInput(spec["name"], list(inputs.shape), spec["datatype"])
+        tensor.set_data_from_numpy(inputs)
+        requested = [self.module.InferRequestedOutput(o) for o in outputs]
+        result = self.client.infer(model, [tensor], outputs=requested)
+        return {o: result.as_numpy(o) for o in outputs}
+
+
+def _check_metadata(proto: Protocol, model: str, spec: dict[str, Any], outputs: dict[str, str]) -> None:
+    meta = proto.metadata(model)
+    inputs = meta["inputs"]
+    name, dtype, shape = spec["name"], spec["datatype"], [-1, *spec["dims"]]
+    _check(len(inputs) == 1 and inputs[0]["name"] == name, f"{model}: expected one input '{name}', got {inputs}")
+    _check(inputs[0]["datatype"] == dtype, f"{model}: input dtype {inputs[0]['datatype']}, expected {dtype}")
+    served_shape = [int(d) for d in inputs[0]["shape"]]
+    _check(served_shape == shape, f"{model}: input shape {served_shape}, expected {shape}")
+    served = {o["name"]: o["datatype"] for o in meta["outputs"]}
+    for name, dtype in outputs.items():
+        _check(served.get(name) == dtype, f"{model}: output '{name}' is {served.get(name)}, expected {dtype}")
+
+
+def _network_outputs(proto: Protocol, model: str) -> tuple[str, str]:
+    """Names of the raw score and raw map outputs (TorchScript models suffix them with ``__<index>``)."""
+    names = [o["name"] for o in proto.metadata(model)["outputs"]]
+    score = next((n for n in names if n.split("__")[0] == "pred_score"), None)
+    amap = next((n for n in names if n.split("__")[0] == "anomaly_map"), None)
+    _check(score is not None and amap is not None, f"{model}: outputs {names} lack pred_score / anomaly_map")
+    return score, amap
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG file bytes (lossless, so decoding gives the same pixels)."""
+    import cv2  # only the encoded-input check needs OpenCV
+
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise CheckFailed("OpenCV could not encode a validation image as PNG")
+    return buffer.tobytes()
+
+
+def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[str]) -> None:
+    """All checks of one model over one protocol; raises :class:`CheckFailed` on the first that fails."""
+    manifest = samples.manifest
+    spec, atol = manifest["input"], float(manifest["atol"])
+    _check(proto.client.is_server_live(), f"{proto.kind}: server is not live")
+    _check(proto.client.is_server_ready(), f"{proto.kind}: server is not ready")
+    for m in [model, *manifest["networks"], *([manifest["encoded_model"]] if manifest.get("encoded_model") else [])]:
+        _check(proto.client.is_model_ready(m), f"{proto.kind}: model '{m}' is not ready")
+    outputs = samples.outputs
+    _check_metadata(proto, model, spec, outputs)
+
+    out = proto.infer(model, spec, samples.inputs, list(outputs))
+    n = len(samples.inputs)
+    score, label, raw = out["score"], out["label"], out["raw_score"]
+    _check(score.shape == (n, 1) and score.dtype == np.float32, f"{model}: score {score.shape} {score.dtype}")
+    _check(label.shape == (n, 1), f"{model}: label shape {label.shape}")
+    _check(bool(np.all((score >= 0) & (score <= 1))), f"{model}: score outside [0, 1]")
+    labels = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in label.ravel()])
+    _check(set(labels) <= LABELS, f"{model}: labels {sorted(set(labels))} not in {sorted(LABELS)}")
+    diffs = [f"raw {_close(f'{model}.raw_score', raw, samples.raw_score, atol):.1e}",
+             f"score {_close(f'{model}.score', score, samples.score, atol):.1e}"]
+    if samples.anomaly_map is not None:
+        amap = out["anomaly_map"]
+        _check(amap.dtype == np.float32, f"{model}: anomaly_map dtype {amap.dtype}")
+        _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: anomaly_map outside [0, 1]")
+        diffs.append(f"map {_close(f'{model}.anomaly_map', amap, samples.anomaly_map, atol):.1e}")
+    # A raw score within the tolerance of the threshold may legitimately flip; every other label must match.
+    decided = np.abs(samples.raw_score.ravel() - float(manifest["image_threshold"])) > atol
+    mismatch = decided & (labels != samples.label.ravel())
+    _check(not mismatch.any(), f"{model}: labels differ from the reference for {list(samples.names[mismatch])}")
+    good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
+    if good.size and bad.size:
+        _check(bad.mean() > good.mean(), f"{model}: anomalous inputs score {bad.mean():.3f} on average, good {good.mean():.3f}")
+        log.append(f"{proto.kind}: {model}: mean score good {good.mean():.3f}, anomalous {bad.mean():.3f}")
+    log.append(f"{proto.kind}: {model}: {n} inputs, max |diff| " + ", ".join(diffs))
+
+    single = proto.infer(model, spec, samples.inputs[:1], ["score"])["score"]
+    _close(f"{model}.score (batch of 1)", single, samples.score[:1], atol)
+
+    encoded = manifest.get("encoded_model")
+    if encoded:
+        # Lossless PNG of the exact input pixels: the server-side decoder must reproduce the raw-pixel results.
+        files = np.array([[encode_png(image)] for image in samples.inputs], dtype=object)
+        got = proto.infer(encoded, {"name": "image_bytes", "datatype": "BYTES"}, files, ["score", "raw_score"])
+        d = [f"{o} {_close(f'{encoded}.{o}', got[o], ref, atol):.1e}"
+             for o, ref in (("raw_score", samples.raw_score), ("score", samples.score))]
+        log.append(f"{proto.kind}: {encoded} (PNG files decoded by the server): max |diff| " + ", ".join(d))
+
+    references = [samples.raw_score] + ([samples.raw_map] if samples.raw_map is not None else [])
+    for network in manifest["networks"]:
+        names = [o["name"] for o in proto.metadata(network)["outputs"]]
+        _check(len(names) == len(references), f"{network}: outputs {names}, expected {len(references)}")
+        got = proto.infer(network, spec, samples.inputs, names)
+        d = [f"{o} {_close(f'{network}.{o}', got[o], ref, atol):.1e}" for o, ref in zip(names, references)]
+        log.append(f"{proto.kind}: {network}: max |diff| " + ", ".join(d))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; defaults match triton_startup_script.sh."""
+    parser = argparse.ArgumentParser(
+        description="Validate a served anomaly detector end to end; prints PASS: <model> or FAIL: <what>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-u", "--url", default="localhost:8000", help="HTTP endpoint host:port")
+    parser.add_argument("-g", "--grpc-url", default="localhost:8001", help="gRPC endpoint host:port")
+    parser.add_argument("-i", "--protocol", choices=["http", "grpc", "both"], default="both", help="protocol(s) to test")
+    parser.add_argument("-m", "--model", default=None,
+                        help="ensemble model to validate (default: every model in the repository with validation samples)")
+    parser.add_argument("-r", "--repository", type=Path, default=Path("model_repository"),
+                        help="model repository holding <model>/validation/ (the exporter's samples)")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="validation folder for --model (default: <repository>/<model>/validation)")
+    parser.add_argument("-t", "--timeout", type=float, default=60.0, help="network timeout in seconds")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the PASS / FAIL line")
+    return parser
+
+
+def validate_model(model: str, samples: Samples, args: argparse.Namespace, log: list[str]) -> None:
+    """Every check of one model over the chosen protocol(s)."""
+    for kind in ["http", "grpc"] if args.protocol == "both" else [args.protocol]:
+        proto = Protocol(kind, args.url if kind == "http" else args.grpc_url, args.timeout)
+        try:
+            validate_protocol(proto, model, samples, log)
+        finally:
+            proto.client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate each model; prints one PASS/FAIL line per model; returns 0 only if all pass."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.samples and not args.model:
+        parser.error("--samples belongs to one model: give --model too")
+    models = [args.model] if args.model else discover(args.repository)
+    if not models:
+        print(f"FAIL: no model with validation samples in {args.repository} (run kd-export first)")
+        return 1
+    failures = 0
+    for model in models:
+        log: list[str] = []
+        try:
+            samples = Samples.load(args.samples or args.repository / model / "validation")
+            validate_model(model, samples, args, log)
+        except (CheckFailed, InferenceServerException, ConnectionError, OSError) as e:
+            failures += 1
+            if log and not args.quiet:
+                print("\n".join(log))
+            reason = str(e) if isinstance(e, CheckFailed) else f"{model}: {type(e).__name__}: {e}"
+            print(f"FAIL: {reason}")
+            continue
+        if not args.quiet:
+            print("\n".join(log))
+        print(f"PASS: {model}")
+    return 1 if failures else 0
+
+
