@@ -98,8 +98,9 @@ def _as_map(anomaly_map: Any) -> np.ndarray:
         raise ValueError(f"anomaly_map must be (h, w) or (1, h, w), got shape {original_shape}")
     if anomaly_map.size == 0:
         raise ValueError(f"anomaly_map is empty (shape {original_shape})")
-    # cv2.resize takes neither float16 nor float64 maps of every layout; float32 is its native type.
-    result = np.ascontiguousarray(anomaly_map, dtype=np.float32)
+    # Always a copy: the map is clipped in place later, which must not touch the caller's array; and float32
+    # because cv2.resize takes no float16.
+    result = np.array(anomaly_map, dtype=np.float32, order="C")
     if not np.isfinite(result).all():
         bad = int(np.count_nonzero(~np.isfinite(result)))
         raise ValueError(f"anomaly_map has {bad} NaN or infinite value(s); the model output is broken")

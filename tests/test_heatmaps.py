@@ -126,6 +126,14 @@ def test_out_of_range_map_values_are_clipped() -> None:
     np.testing.assert_array_equal(over, one)
 
 
+def test_inputs_are_left_unchanged() -> None:
+    image = gray_image(64, 64)
+    anomaly_map = np.full((64, 64), 2.0, np.float32)  # Full resolution: no resize that would copy it anyway.
+    render_heatmap(image, anomaly_map, score=0.9, label="anomalous", name="x")
+    assert np.all(anomaly_map == 2.0)
+    assert np.all(image == 128)
+
+
 def test_label_sets_the_box_colour() -> None:
     image = gray_image(300, 400)
     anomaly_map = np.zeros((64, 64), np.float32)
