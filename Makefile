@@ -14,7 +14,7 @@ IMAGE_SIZE ?= 256
 EPOCHS ?= 40
 SEED ?= 0
 
-.PHONY: install data train export serve stop validate demo compare test clean help
+.PHONY: install data train export serve stop validate demo score compare bench-client test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,15 @@ demo: train export  ## the main job: data, training, export, server, client PASS
 	rc=0; $(PY) client/client.py --repository $(REPO) || rc=$$?; \
 	./triton_startup_script.sh stop; exit $$rc
 
+score: install  ## score the demo test images on the served model: CSV/JSONL, heatmaps, served metrics vs the stats JSON
+	@./triton_startup_script.sh start --mode embedded --model-repository $(REPO) && \
+	rc=0; $(PY) client/client.py score --evaluate $(DATA)/$(CATEGORY) --repository $(REPO) --output scores \
+		--heatmaps scores/heatmaps --server-pid "$$(cat .triton/server.pid)" || rc=$$?; \
+	./triton_startup_script.sh stop; exit $$rc
+
+bench-client: install  ## time the client's paths (pixels, shared memory, encoded JPEG; gRPC and HTTP) on $(REPO)
+	$(VENV)/bin/kd-bench-client --repository $(REPO) --images $(DATA)/$(CATEGORY)/test
+
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)
 
@@ -58,5 +67,5 @@ test: install  ## run the test suite (starts real tritonserver instances on free
 	$(PY) -m pytest
 
 clean:  ## remove outputs (data, runs, exported models), keep .venv
-	rm -rf $(DATA) $(RUN) .triton
+	rm -rf $(DATA) $(RUN) .triton scores
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -196,7 +196,8 @@ def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[s
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; defaults match triton_startup_script.sh."""
     parser = argparse.ArgumentParser(
-        description="Validate a served anomaly detector end to end; prints PASS: <model> or FAIL: <what>.",
+        description="Validate a served anomaly detector end to end; prints PASS: <model> or FAIL: <what>. "
+        "To score your own images instead: client.py score --help.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("-u", "--url", default="localhost:8000", help="HTTP endpoint host:port")
