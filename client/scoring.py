@@ -334,7 +334,10 @@ def score_images(
 def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: ThreadPoolExecutor, emit) -> None:
     """The pipeline: prefetch jobs, batch their units, keep requests in flight, emit finished jobs."""
     config = preparer.config
-    lookahead = max(2 * config.concurrency * config.batch_size, 2 * config.workers)
+    # Prefetch enough rows to keep every slot busy, counted in rows (a tiled frame is many rows) and capped when
+    # whole decoded frames are kept for heatmaps (a 12-megapixel frame is 36 MB).
+    rows_wanted = 2 * config.concurrency * config.batch_size
+    rows_per_job = 1.0
     prepared: deque[Future] = deque()
     next_path = 0
     units: deque[tuple[_Job, int]] = deque()  # (job, unit index) waiting for a batch
@@ -342,17 +345,24 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
     pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
     free_slots = list(range(config.concurrency))
 
+    def lookahead() -> int:
+        jobs = max(2 * config.workers, round(rows_wanted / rows_per_job))
+        return min(jobs, 4 * config.workers + 4) if config.keep_images else jobs
+
     def refill() -> None:
         nonlocal next_path
-        while next_path < len(paths) and len(prepared) < lookahead:
+        while next_path < len(paths) and len(prepared) < lookahead():
             prepared.append(pool.submit(preparer, next_path, paths[next_path]))
             next_path += 1
 
     def take_units(n: int) -> list[tuple[_Job, int]]:
         """Up to ``n`` units, pulling prepared jobs in order (error jobs are emitted at once)."""
+        nonlocal rows_per_job
         while len(units) < n and (prepared or next_path < len(paths)):
             refill()
             job = prepared.popleft().result()
+            if job.units is not None:
+                rows_per_job = 0.8 * rows_per_job + 0.2 * len(job.units)
             refill()
             if job.units is None:
                 emit(job)

@@ -257,3 +257,39 @@ def test_export_ships_the_one_image_codec(exported: ExportResult) -> None:
 
     shipped = exported.repository / exported.names.decoder / "1" / "imageio.py"
     assert shipped.read_text() == Path(training.imageio.__file__).read_text()
+
+
+def test_ctrl_c_stops_the_command_cleanly(server: TritonServer, demo_root: Path, tmp_path: Path) -> None:
+    """A real SIGINT to ``client.py score``: exit 130, every row written so far kept, the summary says so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = min((demo_root / "brick" / "test" / "good").glob("*.png"))
+    for i in range(400):
+        shutil.copy(source, images / f"{i:04d}.png")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "client/client.py", "score", str(images), "-u", server.grpc_url,
+                             "-b", "1", "-c", "1", "-o", str(out), "--no-progress"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (out / "results.csv").is_file() and len((out / "results.csv").read_text().splitlines()) > 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rows = _read_csv(out / "results.csv")
+    assert summary["interrupted"] and 5 <= summary["scored"] < 400
+    assert len(rows) == summary["scored"] and summary["not_scored"] == 400 - summary["scored"]
+    assert "not scored (interrupted)" in stdout
+    assert server.is_ready()
