@@ -38,11 +38,11 @@ class Reply:
 class Pending:
     """A request in flight; :meth:`result` blocks until it completes and raises its error if it failed."""
 
-    def __init__(self, future: Future, slot: int, finish) -> None:
+    def __init__(self, future: Future, slot: int, finish, sent_at: float) -> None:
         self._future = future
         self.slot = slot
         self._finish = finish
-        self.sent_at = time.perf_counter()
+        self.sent_at = sent_at
 
     def done(self) -> bool:
         """Whether the reply (or error) has arrived."""
@@ -143,6 +143,7 @@ class Transport:
 
     def submit(self, batch: np.ndarray, slot: int) -> Pending:
         """Send one batch without waiting; ``slot`` (0 .. concurrency-1) must not be in flight already."""
+        sent_at = time.perf_counter()  # latency includes serialisation, as a caller experiences it
         tensor = self.module.InferInput(self.input_name, list(batch.shape), self.input_datatype)
         requested = [self.module.InferRequestedOutput(o) for o in self.outputs]
         if self._slots:
@@ -167,7 +168,7 @@ class Transport:
         else:
             handle = self.client.async_infer(self.model, [tensor], outputs=requested)
             future = _HttpFuture(handle)
-        return Pending(future, slot, self._unpack)
+        return Pending(future, slot, self._unpack, sent_at)
 
     def _unpack(self, result, slot: int) -> dict[str, np.ndarray]:
         out = {}
