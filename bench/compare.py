@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.train import train
 
     write_demo_dataset(args.data_root, args.category, seed=args.seed, image_size=args.image_size)
-    common = dict(data_root=args.data_root, category=args.category, image_size=args.image_size, epochs=args.epochs,
-                  seed=args.seed)
+    common = {"data_root": args.data_root, "category": args.category, "image_size": args.image_size, "epochs": args.epochs,
+                  "seed": args.seed}
     runs = {
         "ad_inference": args.runs / "rd4ad",
         "ad_inference_student": args.runs / "student",

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="threads reading and resizing images")
     p.add_argument("--shared-memory", choices=["none", "system"], default="none",
                    help="'system': pass pixels and maps through POSIX shared memory (client and server on one host)")
+    p.add_argument("--map-format", choices=["fp32", "uint8"], default="fp32",
+                   help="maps for --heatmaps / --evaluate: 'uint8' asks <model>_map8 for 0..255 maps (4x fewer bytes)")
     p.add_argument("--encoded", action="store_true",
                    help="send the files' bytes unchanged to <model>_encoded; the server decodes and resizes them "
                         "(less bandwidth; no tiling)")
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ScoreConfig(
             model=args.model, url=args.url, protocol=args.protocol, batch_size=args.batch_size,
             concurrency=args.concurrency, timeout=args.timeout, shared_memory=args.shared_memory,
-            encoded=args.encoded, tiling=_tiling(args, parser), workers=args.workers,
+            encoded=args.encoded, tiling=_tiling(args, parser), workers=args.workers, map_format=args.map_format,
             maps=bool(args.heatmaps or samples), keep_images=bool(args.heatmaps),
         )
     except ValidationError as e:

@@ -36,6 +36,9 @@ from training.imageio import ImageDecodeError, decode_image, resize_to
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 ENCODED_SUFFIX = "_encoded"
+SCORE_ONLY_SUFFIX = "_score"
+MAP8_SUFFIX = "_map8"
+MAP_U8_OUTPUT = "anomaly_map_u8"
 ENCODED_INPUT = "image_bytes"
 ANOMALOUS = "anomalous"
 
@@ -59,6 +62,9 @@ class ScoreConfig(BaseModel):
     encoded: bool = Field(False, description="send the files' bytes to <model>_encoded; the server decodes")
     tiling: TilingConfig | None = Field(None, description="sliding windows for large frames")
     maps: bool = Field(False, description="request anomaly maps (heatmaps, pixel metrics)")
+    map_format: Literal["fp32", "uint8"] = Field(
+        "fp32", description="'uint8': maps as 0..255 from <model>_map8, a quarter of the bytes (resolution 1/255)"
+    )
     keep_images: bool = Field(False, description="keep each decoded image on its result (heatmaps)")
     workers: int = Field(2, ge=1, le=64, description="threads reading and preparing images")
 
@@ -76,9 +82,19 @@ class ScoreConfig(BaseModel):
         return self.url or DEFAULT_URLS[self.protocol]
 
     @property
-    def served_model(self) -> str:
-        """The model the requests go to."""
-        return self.model + ENCODED_SUFFIX if self.encoded else self.model
+    def candidates(self) -> list[str]:
+        """Models that can serve these options, best first (repositories exported before the output profiles
+        existed have only ``<model>``)."""
+        if self.encoded:
+            return [self.model + ENCODED_SUFFIX]
+        if not self.maps:
+            return [self.model + SCORE_ONLY_SUFFIX, self.model]  # no map computed or sent at all
+        return [self.model + MAP8_SUFFIX] if self.map_format == "uint8" else [self.model]
+
+    @property
+    def map_output(self) -> str:
+        """The output carrying the map."""
+        return MAP_U8_OUTPUT if self.map_format == "uint8" and not self.encoded else MAP_OUTPUT
 
 
 @dataclass
@@ -169,6 +185,7 @@ class _Job:
 class ModelInfo:
     """What the client needs to know about the served model."""
 
+    served: str
     input_name: str
     input_datatype: str
     size: int | None
@@ -181,25 +198,26 @@ def model_info(config: ScoreConfig) -> ModelInfo:
     module = grpcclient if config.protocol == "grpc" else httpclient
     client = module.InferenceServerClient(config.endpoint)
     try:
-        served = config.served_model
-        if not client.is_model_ready(served):
-            raise InferenceServerException(f"model '{served}' is not ready on {config.endpoint}")
+        served = next((m for m in config.candidates if client.is_model_ready(m)), None)
+        if served is None:
+            raise InferenceServerException(f"model '{config.candidates[0]}' is not ready on {config.endpoint}")
         kwargs = {"as_json": True} if config.protocol == "grpc" else {}
         meta = client.get_model_metadata(served, **kwargs)
         cfg = client.get_model_config(served, **kwargs)
         cfg = cfg.get("config", cfg)
-        base = client.get_model_metadata(config.model, **kwargs) if config.encoded else meta
+        base = client.get_model_metadata(config.model, **kwargs) if served != config.model else meta
     finally:
         client.close()
     inp = meta["inputs"][0]
     shape = [int(d) for d in base["inputs"][0]["shape"]]
     outputs = {o["name"]: [int(d) for d in o["shape"]] for o in meta["outputs"]}
     return ModelInfo(
+        served=served,
         input_name=inp["name"],
         input_datatype=inp["datatype"],
         size=shape[1] if len(shape) == 4 else None,
         max_batch_size=int(cfg.get("max_batch_size", cfg.get("maxBatchSize", 1)) or 1),
-        map_shape=tuple(outputs[MAP_OUTPUT][1:]) if MAP_OUTPUT in outputs else None,
+        map_shape=next((tuple(outputs[n][1:]) for n in (MAP_OUTPUT, MAP_U8_OUTPUT) if n in outputs), None),
     )
 
 
@@ -284,23 +302,23 @@ def score_images(
     info = model_info(config)
     if config.batch_size > info.max_batch_size:
         raise ScoringSetupError(f"batch size {config.batch_size} exceeds the model's max_batch_size {info.max_batch_size}")
-    outputs = ["score", "raw_score", "label", *([MAP_OUTPUT] if config.maps else [])]
+    outputs = ["score", "raw_score", "label", *([config.map_output] if config.maps else [])]
     if config.maps and info.map_shape is None:
         raise ScoringSetupError(f"model '{config.model}' has no anomaly_map output (a vector model?)")
     if info.size is None:
         raise ScoringSetupError(f"model '{config.model}' does not take images")
     transport = Transport(
-        config.protocol, config.endpoint, config.served_model,
+        config.protocol, config.endpoint, info.served,
         input_name=info.input_name, input_datatype=info.input_datatype, outputs=outputs,
         concurrency=config.concurrency, timeout=config.timeout, shared_memory=config.shared_memory,
         max_batch=config.batch_size, item_shape=(info.size, info.size, 3), map_shape=info.map_shape,
     )
-    summary = RunSummary(model=config.served_model, protocol=config.protocol, images=len(paths))
+    summary = RunSummary(model=info.served, protocol=config.protocol, images=len(paths))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), unit="img", desc=f"scoring {config.served_model}", dynamic_ncols=True)
+        bar = tqdm(total=len(paths), unit="img", desc=f"scoring {info.served}", dynamic_ncols=True)
 
     def emit(job: _Job) -> None:
         result = _finish(job, config)
@@ -412,13 +430,22 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
                 float(out["score"][row, 0]),
                 float(out["raw_score"][row, 0]),
                 label.decode() if isinstance(label, bytes) else str(label),
-                np.array(out[MAP_OUTPUT][row]) if MAP_OUTPUT in out else None,  # a copy: frees the reply buffer
+                _map_row(out, row),
             )
             job.done_at = reply.done_at
             if job.resolved:
                 emit(job)
                 # The job's arrays are no longer needed once emitted; drop them to bound memory.
                 job.units = job.units[:0] if job.units is not None else None
+
+
+def _map_row(out: dict[str, np.ndarray], row: int) -> np.ndarray | None:
+    """One image's 0..1 map as float32 (a copy, which frees the reply buffer); UINT8 maps are read back as v/255."""
+    if MAP_OUTPUT in out:
+        return np.array(out[MAP_OUTPUT][row], dtype=np.float32)
+    if MAP_U8_OUTPUT in out:
+        return out[MAP_U8_OUTPUT][row].astype(np.float32) / np.float32(255.0)
+    return None
 
 
 def _message(error: BaseException) -> str:

@@ -142,7 +142,8 @@ def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[s
     spec, atol = manifest["input"], float(manifest["atol"])
     _check(proto.client.is_server_live(), f"{proto.kind}: server is not live")
     _check(proto.client.is_server_ready(), f"{proto.kind}: server is not ready")
-    for m in [model, *manifest["networks"], *([manifest["encoded_model"]] if manifest.get("encoded_model") else [])]:
+    extra = [*(manifest.get("profiles") or {}).values(), *([manifest["encoded_model"]] if manifest.get("encoded_model") else [])]
+    for m in [model, *manifest["networks"], *extra]:
         _check(proto.client.is_model_ready(m), f"{proto.kind}: model '{m}' is not ready")
     outputs = samples.outputs
     _check_metadata(proto, model, spec, outputs)
@@ -174,6 +175,19 @@ def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[s
 
     single = proto.infer(model, spec, samples.inputs[:1], ["score"])["score"]
     _close(f"{model}.score (batch of 1)", single, samples.score[:1], atol)
+
+    profiles = manifest.get("profiles") or {}
+    if "score" in profiles:  # the score-only ensemble: no map computed, same scores and labels
+        got = proto.infer(profiles["score"], spec, samples.inputs, ["score", "raw_score", "label"])
+        _check(set(got) == {"score", "raw_score", "label"}, f"{profiles['score']}: outputs {sorted(got)}")
+        d = _close(f"{profiles['score']}.score", got["score"], samples.score, atol)
+        log.append(f"{proto.kind}: {profiles['score']} (score only): max |diff| score {d:.1e}")
+    if "map8" in profiles and samples.anomaly_map is not None:  # UINT8 map: v / 255 within half a step
+        got = proto.infer(profiles["map8"], spec, samples.inputs, ["score", "anomaly_map_u8"])
+        _check(got["anomaly_map_u8"].dtype == np.uint8, f"{profiles['map8']}: map dtype {got['anomaly_map_u8'].dtype}")
+        d = _close(f"{profiles['map8']}.anomaly_map_u8 / 255", got["anomaly_map_u8"] / 255.0, samples.anomaly_map,
+                   atol + 0.5 / 255)
+        log.append(f"{proto.kind}: {profiles['map8']} (UINT8 map): max |diff| map {d:.1e}")
 
     encoded = manifest.get("encoded_model")
     if encoded:

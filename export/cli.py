@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
         + ". Without --run: runs/demo",
     )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per network instance (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per network instance (default: cores / instances)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="network instances; 1 (all cores) gives the lowest latency, one per core the most "
+                             "throughput under load")
+    parser.add_argument("--max-queue-delay-us", type=int, default=0,
+                        help="microseconds the network waits to fill a batch (0: batch what is already queued)")
+    parser.add_argument("--gpu", choices=["none", "cuda", "tensorrt"], default="none",
+                        help="ONNX Runtime GPU accelerator written into the ONNX model's config for the NGC server "
+                             "(tensorrt: FP16 engines, cached); CPU instances ignore it")
     return parser
 
 
@@ -53,14 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (1 on a failed export, with the reason)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from export.network import ExportParityError
     from export.repository import export_runs
+    from export.triton_config import ServingConfig
     from training.stats import StatsError
 
     try:
         runs = [_resolve(spec) for spec in (args.run or ["runs/demo"])]
-        results = export_runs(runs, args.repository, threads=args.threads)
-    except (ExportParityError, StatsError, FileNotFoundError, ValueError) as e:
+        serving = ServingConfig(instances=args.instances, threads=args.threads,
+                                max_queue_delay_us=args.max_queue_delay_us, gpu=args.gpu)
+        results = export_runs(runs, args.repository, serving=serving)
+    except (ExportParityError, StatsError, FileNotFoundError, ValueError, ValidationError) as e:
         print(f"kd-export: export failed, repository unchanged: {e}", file=sys.stderr)
         return 1
     for result in results:

@@ -19,16 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
-import training.stats
-from export.network import PARITY_ATOL, ParityReport, check_parity, export_onnx, export_torchscript
-from export.scorer.scorer import Scorer
 import training.imageio
+import training.stats
+from export.network import (
+    PARITY_ATOL,
+    ParityReport,
+    check_parity,
+    export_onnx,
+    export_torchscript,
+)
+from export.scorer.scorer import Scorer
 from export.triton_config import (
     ModelNames,
+    ServingConfig,
     decoder_config,
     encoded_ensemble_config,
     ensemble_config,
     network_config,
+    profile_ensemble_config,
     scorer_config,
 )
 from training.checkpoint import load_deployable
@@ -97,7 +105,9 @@ def _swap_in(staging: Path, repository: Path, folders: list[str]) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) -> tuple[list[ParityReport], list[str]]:
+def _stage_run(
+    run_dir: Path, names: ModelNames, staging: Path, serving: ServingConfig
+) -> tuple[list[ParityReport], list[str]]:
     """Export one run's models into ``staging``; returns the parity reports and the model folders written.
 
     Raises before the swap on any problem.
@@ -114,15 +124,20 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
     export_torchscript(model, spec, ts_path)
     eager, parity = check_parity(model, spec, samples["inputs"], onnx_path, ts_path)
 
-    _write(staging / names.onnx / "config.pbtxt", network_config(names, spec, torchscript=False, threads=threads))
-    _write(staging / names.torchscript / "config.pbtxt", network_config(names, spec, torchscript=True, threads=threads))
+    threads = serving.threads_per_instance(os.cpu_count() or 1)
+    for torchscript, folder in ((False, names.onnx), (True, names.torchscript)):
+        config = network_config(names, spec, torchscript=torchscript, threads=threads, serving=serving)
+        _write(staging / folder / "config.pbtxt", config)
     _write(staging / names.scorer / "config.pbtxt", scorer_config(names, spec))
     shutil.copy2(paths.stats, staging / names.scorer / "stats.json")
     _copy_sources(staging / names.scorer / "1")
     _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
     (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
-    encoded = spec.input.datatype == "UINT8"  # image models also take encoded files
-    if encoded:
+    image = spec.input.datatype == "UINT8"  # image models: output profiles and encoded files
+    if image:
+        for profile, name in (("score", names.score_only), ("map8", names.map8)):
+            _write(staging / name / "config.pbtxt", profile_ensemble_config(names, spec, profile))
+            (staging / name / "1").mkdir(parents=True)
         _write(staging / names.decoder / "config.pbtxt", decoder_config(names, spec))
         _copy_decoder_sources(staging / names.decoder / "1")
         _write(staging / names.encoded / "config.pbtxt", encoded_ensemble_config(names, spec))
@@ -142,7 +157,8 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
     manifest = {
         "model": names.ensemble,
         "networks": [names.onnx, names.torchscript],
-        "encoded_model": names.encoded if encoded else None,
+        "encoded_model": names.encoded if image else None,
+        "profiles": {"score": names.score_only, "map8": names.map8} if image else {},
         "input": asdict(spec.input),
         "has_map": spec.has_map,
         "method": stats.model.method,
@@ -152,23 +168,29 @@ def _stage_run(run_dir: Path, names: ModelNames, staging: Path, threads: int) ->
         "parity": [asdict(r) for r in parity],
     }
     _write(validation / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    return parity, names.folders(encoded=encoded)
+    return parity, names.folders(image=image)
 
 
 def export_runs(
-    runs: Sequence[tuple[Path, str]], repository: Path, *, threads: int | None = None
+    runs: Sequence[tuple[Path, str]],
+    repository: Path,
+    *,
+    threads: int | None = None,
+    serving: ServingConfig | None = None,
 ) -> list[ExportResult]:
     """Export several trained runs into ``repository`` in one atomic step.
 
     Each run becomes four models under its ensemble name ``name``: ``<name>`` (what clients call),
-    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get two more for encoded
-    input, ``<name>_decoder`` and ``<name>_encoded`` (the ensemble that takes image files). Other models in the
+    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get four more: the output
+    profiles ``<name>_score`` (no map) and ``<name>_map8`` (UINT8 map), and for encoded input ``<name>_decoder`` and
+    ``<name>_encoded`` (the ensemble that takes image files). Other models in the
     repository are kept.
 
     Args:
         runs: ``(run folder, ensemble name)`` pairs.
         repository: The Triton model repository (created if missing).
-        threads: CPU threads per network instance; default: all cores.
+        threads: CPU threads per network instance (shorthand for ``serving.threads``).
+        serving: Network instances, threads, batching delay, GPU accelerator; default :class:`ServingConfig`.
 
     Returns:
         One :class:`ExportResult` per run, in order.
@@ -182,7 +204,9 @@ def export_runs(
     all_names = [ModelNames(name) for _, name in runs]
     if len({n.name for n in all_names}) != len(all_names):
         raise ValueError(f"ensemble names must be unique, got {[n.name for n in all_names]}")
-    threads = threads or os.cpu_count() or 1
+    serving = serving or ServingConfig()
+    if threads is not None:
+        serving = serving.model_copy(update={"threads": threads})
     repository = Path(repository).resolve()
     repository.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
@@ -190,7 +214,7 @@ def export_runs(
     try:
         folders: list[str] = []
         for (run_dir, _), names in zip(runs, all_names):
-            parity, written = _stage_run(Path(run_dir), names, staging, threads)
+            parity, written = _stage_run(Path(run_dir), names, staging, serving)
             results.append(ExportResult(repository, names, parity))
             folders += written
         _swap_in(staging, repository, folders)

@@ -9,14 +9,42 @@ Triton where the model can run on either device (GPU when present, else CPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from training.inference import NetworkSpec
 
 #: Largest batch any model accepts; dynamic batching groups requests up to it.
 MAX_BATCH_SIZE = 8
-#: How long the network waits to fill a batch. Small: on CPU a batch costs about the sum of its images.
-MAX_QUEUE_DELAY_US = 2000
-SCORE, MAP, LABEL, RAW_SCORE = "score", "anomaly_map", "label", "raw_score"
+#: How long the network waits to fill a batch: none. On CPU a batch costs about the sum of its images, so waiting
+#: only adds latency (2 ms measured at concurrency 1, see bench/serving.py); under load, requests that queue while
+#: an instance is busy still go in one batch.
+MAX_QUEUE_DELAY_US = 0
+
+
+class ServingConfig(BaseModel):
+    """How the network models run: instances, threads, batching delay and GPU acceleration.
+
+    The defaults favour latency on a CPU: one instance using every core (``threads=None``). Several instances of
+    one thread each trade single-request latency for throughput under load (bench/serving.py measures both).
+    """
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    instances: int = Field(1, ge=1, le=64, description="network instances (run in parallel)")
+    threads: int | None = Field(None, ge=1, description="intra-op threads per instance (default: cores / instances)")
+    max_queue_delay_us: int = Field(MAX_QUEUE_DELAY_US, ge=0, description="wait to fill a batch (microseconds)")
+    gpu: Literal["none", "cuda", "tensorrt"] = Field(
+        "none", description="ONNX Runtime accelerator on a GPU server: 'cuda' or 'tensorrt' (FP16); ignored on CPU",
+    )
+
+    def threads_per_instance(self, cores: int) -> int:
+        """Intra-op threads for each instance on a machine with ``cores`` cores."""
+        return self.threads or max(1, cores // self.instances)
+
+
+SCORE, MAP, MAP_U8, LABEL, RAW_SCORE = "score", "anomaly_map", "anomaly_map_u8", "label", "raw_score"
 #: Input of the encoded-image ensemble: one encoded file per batch row.
 ENCODED_INPUT = "image_bytes"
 
@@ -48,6 +76,16 @@ class ModelNames:
         return self.name
 
     @property
+    def score_only(self) -> str:
+        """The ensemble that returns score, label and raw score alone: no map is computed or sent."""
+        return f"{self.name}_score"
+
+    @property
+    def map8(self) -> str:
+        """The ensemble that returns the map as UINT8 0..255 (a quarter of the FP32 map's bytes)."""
+        return f"{self.name}_map8"
+
+    @property
     def decoder(self) -> str:
         """The Python-backend step that decodes encoded images (image models only)."""
         return f"{self.name}_decoder"
@@ -57,10 +95,10 @@ class ModelNames:
         """What clients call with encoded image files (PNG, JPEG, ...): decoder -> network -> scorer."""
         return f"{self.name}_encoded"
 
-    def folders(self, *, encoded: bool) -> list[str]:
-        """Every model folder of the detector (with the encoded-input pair when ``encoded``)."""
+    def folders(self, *, image: bool) -> list[str]:
+        """Every model folder of the detector (image models add the output profiles and encoded input)."""
         base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
-        return [*base, self.decoder, self.encoded] if encoded else base
+        return [*base, self.score_only, self.map8, self.decoder, self.encoded] if image else base
 
 
 def torchscript_output_name(name: str, index: int) -> str:
@@ -76,7 +114,26 @@ def _io(kind: str, tensors: list[str]) -> str:
     return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
 
 
-def network_config(names: ModelNames, spec: NetworkSpec, *, torchscript: bool, threads: int) -> str:
+def _gpu_accelerator(gpu: str) -> str:
+    """ONNX Runtime's GPU execution provider for the native backend; a CPU instance ignores it."""
+    if gpu == "none":
+        return ""
+    if gpu == "cuda":
+        return "optimization { execution_accelerators { gpu_execution_accelerator : [ { name : \"cuda\" } ] } }\n"
+    return (
+        "optimization { execution_accelerators { gpu_execution_accelerator : [ {\n"
+        '  name : "tensorrt"\n'
+        '  parameters { key: "precision_mode" value: "FP16" }\n'
+        '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+        '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+        '  parameters { key: "trt_engine_cache_path" value: "/tmp/kd-trt-cache" }\n'
+        "} ] } }\n"
+    )
+
+
+def network_config(
+    names: ModelNames, spec: NetworkSpec, *, torchscript: bool, threads: int, serving: ServingConfig | None = None
+) -> str:
     """Config of the network model.
 
     Args:
@@ -84,10 +141,12 @@ def network_config(names: ModelNames, spec: NetworkSpec, *, torchscript: bool, t
         spec: The network's input and outputs.
         torchscript: ``pytorch_libtorch`` with ``model.pt`` instead of ``onnxruntime_onnx`` with ``model.onnx``.
         threads: Intra-op threads per instance (the cores a CPU instance should use).
+        serving: Instances, batching delay and GPU accelerator (defaults: :class:`ServingConfig`).
 
     Returns:
         The ``config.pbtxt`` text.
     """
+    serving = serving or ServingConfig()
     outputs = [
         _tensor(torchscript_output_name(o.name, i) if torchscript else o.name, o.datatype, o.dims)
         for i, o in enumerate(spec.outputs)
@@ -108,9 +167,10 @@ def network_config(names: ModelNames, spec: NetworkSpec, *, torchscript: bool, t
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         + _io("input", [_tensor(inp.name, inp.datatype, inp.dims)])
         + _io("output", outputs)
-        + f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}\n"
-        + "instance_group [ { count: 1 } ]\n"
+        + f"dynamic_batching {{ max_queue_delay_microseconds: {serving.max_queue_delay_us} }}\n"
+        + f"instance_group [ {{ count: {serving.instances} }} ]\n"
         + params
+        + ("" if torchscript else _gpu_accelerator(serving.gpu))
         + "model_warmup [ {\n"
         + '  name: "zeros" batch_size: 1\n'
         + f'  inputs {{ key: "{inp.name}" value {{ data_type: TYPE_{inp.datatype} dims: [ {", ".join(map(str, inp.dims))} ] zero_data: true }} }}\n'
@@ -118,18 +178,31 @@ def network_config(names: ModelNames, spec: NetworkSpec, *, torchscript: bool, t
     )
 
 
-def _scorer_outputs(spec: NetworkSpec) -> list[str]:
-    outputs = [_tensor(SCORE, "FP32", (1,))]
-    if spec.has_map:
-        outputs.append(_tensor(MAP, "FP32", spec.outputs[1].dims))
-    return [*outputs, _tensor(LABEL, "STRING", (1,)), _tensor(RAW_SCORE, "FP32", (1,))]
+#: Output profiles of an image detector: which scorer outputs each ensemble returns (``None``: the full set).
+PROFILES = {"full": (SCORE, MAP, LABEL, RAW_SCORE), "score": (SCORE, LABEL, RAW_SCORE), "map8": (SCORE, MAP_U8, LABEL, RAW_SCORE)}
+
+
+def _scorer_outputs(spec: NetworkSpec, only: tuple[str, ...] | None = None) -> list[str]:
+    dims = spec.outputs[1].dims if spec.has_map else ()
+    available = {SCORE: ("FP32", (1,)), MAP: ("FP32", dims), MAP_U8: ("UINT8", dims),
+                 LABEL: ("STRING", (1,)), RAW_SCORE: ("FP32", (1,))}
+    if not spec.has_map:
+        available = {k: v for k, v in available.items() if k not in (MAP, MAP_U8)}
+    names = [n for n in (only or available) if n in available]
+    return [_tensor(n, *available[n]) for n in names]
 
 
 def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
-    """Config of the Python-backend scorer (CPU: it is a few vectorised numpy operations)."""
+    """Config of the Python-backend scorer (CPU: it is a few vectorised numpy operations).
+
+    The raw map input is optional: the score-only ensemble leaves it out and the scorer then computes no map.
+    """
+    inputs = [_tensor(o.name, o.datatype, o.dims) for o in spec.outputs]
+    if spec.has_map:
+        inputs[1] = inputs[1].replace(" }", " optional: true }")
     return (
         f'name: "{names.scorer}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io("input", [_tensor(o.name, o.datatype, o.dims) for o in spec.outputs])
+        + _io("input", inputs)
         + _io("output", _scorer_outputs(spec))
         + "dynamic_batching { }\n"
         + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
@@ -148,14 +221,23 @@ def decoder_config(names: ModelNames, spec: NetworkSpec) -> str:
     )
 
 
-def _ensemble(name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str, first: list[str]) -> str:
+def _ensemble(
+    name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str, first: list[str], profile: str = "full"
+) -> str:
     """An ensemble whose steps are ``first`` (already formatted; they must produce ``spec.input.name``),
-    then the network (ONNX), then the scorer."""
+    then the network (ONNX), then the scorer, returning the scorer outputs of ``profile`` (see :data:`PROFILES`).
+
+    Triton asks each step for every output its ``output_map`` names, whatever the client requested: so the
+    score-only profile maps neither the network's raw map nor a scorer map, and no map is computed or copied.
+    """
     inp = spec.input
+    outputs = [t for t in _scorer_outputs(spec, PROFILES[profile])]
+    scorer_out = [n for n in PROFILES[profile] if f'name: "{n}"' in "".join(outputs)]
+    needs_map = spec.has_map and (MAP in scorer_out or MAP_U8 in scorer_out)
     raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
-    net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
-    scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in spec.outputs)
-    scorer_out = [SCORE, MAP, LABEL, RAW_SCORE] if spec.has_map else [SCORE, LABEL, RAW_SCORE]
+    used = [o for o in spec.outputs if o.name == "pred_score" or needs_map]
+    net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in used)
+    scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in used)
     scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
     steps = [
         *first,
@@ -166,7 +248,7 @@ def _ensemble(name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str
     return (
         f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
         + _io("input", [input_tensor])
-        + _io("output", _scorer_outputs(spec))
+        + _io("output", outputs)
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(steps)
         + "\n  ]\n}\n"
@@ -182,6 +264,13 @@ def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
     """
     inp = spec.input
     return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [])
+
+
+def profile_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str) -> str:
+    """Config of an output-profile ensemble of an image detector: ``score`` (no map) or ``map8`` (UINT8 map)."""
+    inp = spec.input
+    name = {"score": names.score_only, "map8": names.map8}[profile]
+    return _ensemble(name, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [], profile)
 
 
 def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:

@@ -326,6 +326,17 @@ class _Response:
         self.error = error
 
 
+class _Request(dict):
+    """A request: its input arrays by name, and the outputs it asks for (none named = all)."""
+
+    def __init__(self, inputs: dict, wanted: tuple[str, ...] = ()) -> None:
+        super().__init__(inputs)
+        self.wanted = wanted
+
+    def requested_output_names(self) -> set:
+        return set(self.wanted)
+
+
 class _TritonError(Exception):
     INVALID_ARG = 3
 
@@ -363,8 +374,8 @@ def test_backend_batches_and_isolates_errors_without_triton(
     })
     input_name, output_names = MODELS[model]
     good = [_images(n, seed=n) for n in (1, 3, 2)]
-    requests = [{input_name: good[0]}, {input_name: _images(1, seed=9, size=4)}, {input_name: good[1]},
-                {}, {input_name: good[2].astype(np.float32)}]
+    requests = [_Request({input_name: good[0]}), _Request({input_name: _images(1, seed=9, size=4)}),
+                _Request({input_name: good[1]}), _Request({}), _Request({input_name: good[2].astype(np.float32)})]
     responses = instance.execute(requests)
     assert len(responses) == len(requests)
     assert responses[0].error is None and responses[2].error is None
@@ -377,10 +388,13 @@ def test_backend_batches_and_isolates_errors_without_triton(
     # All-good requests run together in one call and are split back per request.
     calls, run = [], instance._run
     instance._run = lambda inputs: calls.append(inputs) or run(inputs)
-    responses = instance.execute([{input_name: g} for g in good])
+    responses = instance.execute([_Request({input_name: g}) for g in good])
     assert len(calls) == 1
     for response, images in zip(responses, good):
         np.testing.assert_allclose(response.outputs[output_names[1]], _expected(images)[1], rtol=1e-5)
+    # A caller that asks for one output (an ensemble step mapping only the score) gets only that one.
+    only = instance.execute([_Request({input_name: good[0]}, wanted=(output_names[0],))])[0]
+    assert set(only.outputs) == {output_names[0]}
 
 
 def _config_json(path: Path) -> str:

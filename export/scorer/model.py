@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scorer import ScoredBatch, Scorer, ScorerInputError  # noqa: E402  (shipped beside this file)
+from scorer import ScoredBatch, Scorer, ScorerInputError, map_to_uint8  # noqa: E402  (shipped beside this file)
 from stats import load_stats  # noqa: E402
 
 STATS_FILE = "stats.json"
@@ -38,11 +38,14 @@ class TritonPythonModel:
         """One response per request, in order; all requests calibrated in one vectorised pass."""
         responses: list = [None] * len(requests)
         scores, maps, owners = [], [], []
+        wanted = [set(r.requested_output_names()) or set(self.output_dtypes) for r in requests]
         for i, request in enumerate(requests):
             raw_score = pb_utils.get_input_tensor_by_name(request, "pred_score").as_numpy()
             raw_map = None
-            if self.scorer.has_map:
-                raw_map = pb_utils.get_input_tensor_by_name(request, "anomaly_map").as_numpy()
+            map_tensor = pb_utils.get_input_tensor_by_name(request, "anomaly_map") if self.scorer.has_map else None
+            # The map is optional: the score-only ensemble does not send it, and then none is computed.
+            if map_tensor is not None and wanted[i] & {"anomaly_map", "anomaly_map_u8"}:
+                raw_map = map_tensor.as_numpy()
                 if raw_score.shape[0] != raw_map.shape[0]:
                     responses[i] = _error(f"pred_score has {raw_score.shape[0]} rows, anomaly_map {raw_map.shape[0]}")
                     continue
@@ -51,8 +54,11 @@ class TritonPythonModel:
             owners.append(i)
         if not owners:
             return responses
+        with_map = [m is not None for m in maps]
         try:
-            batch = self.scorer(np.concatenate(scores), np.concatenate(maps) if self.scorer.has_map else None)
+            if any(with_map) and not all(with_map):
+                raise ScorerInputError("mixed")  # some requests want maps, some not: score them one by one
+            batch = self.scorer(np.concatenate(scores), np.concatenate(maps) if all(with_map) else None)
         except ScorerInputError:
             batch = None  # find the offending request(s) one by one instead of failing them all
         start = 0
@@ -60,19 +66,24 @@ class TritonPythonModel:
             n = s.shape[0]
             try:
                 one = self.scorer(s, m) if batch is None else _rows(batch, start, start + n)
-                responses[i] = self._response(one, s)
+                responses[i] = self._response(one, s, wanted[i])
             except ScorerInputError as e:
                 responses[i] = _error(str(e))
             start += n
         return responses
 
-    def _response(self, scored: ScoredBatch, raw_score: np.ndarray):
-        tensors = [pb_utils.Tensor("score", scored.score.astype(self.output_dtypes["score"]))]
+    def _response(self, scored: ScoredBatch, raw_score: np.ndarray, wanted: set):
+        values = {"score": scored.score, "label": scored.label, "raw_score": raw_score}
         if scored.anomaly_map is not None:
-            tensors.append(pb_utils.Tensor("anomaly_map", scored.anomaly_map.astype(self.output_dtypes["anomaly_map"])))
-        tensors.append(pb_utils.Tensor("label", scored.label.astype(self.output_dtypes["label"])))
-        # Echoed so that every ensemble output comes from this step (see export/triton_config.py).
-        tensors.append(pb_utils.Tensor("raw_score", raw_score.astype(self.output_dtypes["raw_score"])))
+            values["anomaly_map"] = scored.anomaly_map
+            if "anomaly_map_u8" in wanted:
+                values["anomaly_map_u8"] = map_to_uint8(scored.anomaly_map)
+        # raw_score is echoed so that every ensemble output comes from this step (see export/triton_config.py).
+        tensors = [
+            pb_utils.Tensor(name, value.astype(self.output_dtypes[name]))
+            for name, value in values.items()
+            if name in wanted and name in self.output_dtypes
+        ]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
 

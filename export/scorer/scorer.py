@@ -16,6 +16,11 @@ ANOMALOUS = b"anomalous"
 NORMAL = b"normal"
 
 
+def map_to_uint8(anomaly_map: np.ndarray) -> np.ndarray:
+    """A 0..1 map as uint8 0..255 (rounded): a quarter of the bytes, resolution 1/255; ``v / 255`` reads it back."""
+    return np.rint(np.clip(anomaly_map, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+
 class ScorerInputError(ValueError):
     """A request whose raw outputs cannot be scored (wrong shape, non-finite values)."""
 
@@ -27,7 +32,7 @@ class ScoredBatch:
     score: np.ndarray
     """``(N, 1)`` float32 in [0, 1]; 0.5 is the decision threshold."""
     anomaly_map: np.ndarray | None
-    """``(N, 1, H, W)`` float32 in [0, 1]; 0.5 is the pixel threshold. ``None`` for vector models."""
+    """``(N, 1, H, W)`` float32 in [0, 1]; 0.5 is the pixel threshold. ``None`` when no raw map was given."""
     label: np.ndarray
     """``(N, 1)`` object array of ``b"anomalous"`` / ``b"normal"``."""
 
@@ -56,7 +61,8 @@ class Scorer:
 
         Args:
             raw_score: ``(N, 1)`` raw scores.
-            raw_map: ``(N, 1, H, W)`` raw anomaly maps (image models), ``None`` for vector models.
+            raw_map: ``(N, 1, H, W)`` raw anomaly maps of an image model, or ``None`` (vector models, and image
+                models asked for the score alone).
 
         Returns:
             The :class:`ScoredBatch`.
@@ -68,8 +74,8 @@ class Scorer:
         n = raw_score.shape[0] if raw_score.ndim else 0
         if raw_score.shape != (n, 1):
             raise ScorerInputError(f"expected pred_score (N, 1), got {raw_score.shape}")
-        if (raw_map is None) != (self.map_shape is None):
-            raise ScorerInputError("anomaly_map is required for image models and absent for vector models")
+        if raw_map is not None and self.map_shape is None:
+            raise ScorerInputError("vector models have no anomaly_map")
         if raw_map is not None:
             raw_map = np.asarray(raw_map, dtype=np.float32)
             if raw_map.shape != (n, *self.map_shape):

@@ -67,16 +67,18 @@ class BatchingModel:
             arrays.append(array)
         return arrays
 
-    def _respond(self, arrays: list) -> "pb_utils.InferenceResponse":
+    def _respond(self, arrays: list, wanted: set) -> "pb_utils.InferenceResponse":
+        # Only what the caller asked for: an ensemble step that maps just the score skips copying the map.
         tensors = [
             pb_utils.Tensor(name, np.ascontiguousarray(array, dtype=dtype))
             for (name, dtype), array in zip(self.outputs, arrays)
+            if not wanted or name in wanted
         ]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    def _run_one(self, arrays: list) -> "pb_utils.InferenceResponse":
+    def _run_one(self, arrays: list, wanted: set) -> "pb_utils.InferenceResponse":
         try:
-            return self._respond(self._run(arrays))
+            return self._respond(self._run(arrays), wanted)
         except Exception as exc:  # The framework rejects e.g. a wrong shape: that request fails, the model stays up.
             return error_response(f"model '{self.model_name}': {exc}")
 
@@ -91,6 +93,7 @@ class BatchingModel:
         """
         responses: list = [None] * len(requests)
         inputs = {}
+        wanted = [set(request.requested_output_names()) for request in requests]
         for index, request in enumerate(requests):
             try:
                 inputs[index] = self._read(request)
@@ -113,9 +116,9 @@ class BatchingModel:
                 bounds = np.cumsum(sizes)[:-1]
                 parts = [np.split(r, bounds) for r in results]
                 for k, i in enumerate(order):
-                    responses[i] = self._respond([p[k] for p in parts])
+                    responses[i] = self._respond([p[k] for p in parts], wanted[i])
 
         for index, arrays in inputs.items():
             if responses[index] is None:
-                responses[index] = self._run_one(arrays)
+                responses[index] = self._run_one(arrays, wanted[index])
         return responses

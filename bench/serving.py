@@ -1,0 +1,233 @@
+"""``kd-bench``: how close serving comes to the model's own cost, for every detector in a model repository.
+
+In one run, on the same exported models and the same machine:
+
+* in-process ONNX Runtime (the ``<model>_onnx`` graph) at batch 1, 2, 4 and 8: the limit serving can approach;
+* the served ensemble (network + Python scorer) over gRPC and HTTP at concurrency 1, 2, 4 and 8, single-image
+  requests through dynamic batching, score only (what a production line asks for), every reply checked;
+* the server's resident memory (server + backend stubs);
+* with ``--perf-analyzer PATH`` (the binary from the ``tritonclient==2.51.0`` wheel, see README), the same
+  concurrency sweep measured by Triton's perf_analyzer as a cross-check.
+
+Each served figure is also given as a ratio of the in-process one at the same effective batch (concurrency c
+against ONNX Runtime at batch c). Targets: throughput at concurrency 4 >= 0.9x, p99 at concurrency 1 <= 1.2x.
+Writes JSON, a PNG plot (throughput and p99 against concurrency) and, with ``--readme``, a table into README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.measure import Timing, ort_run, ort_session, process_tree_rss, served_run
+
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+THROUGHPUT_TARGET, P99_TARGET = 0.9, 1.2
+
+
+def discover(repository: Path, only: list[str] | None) -> list[dict]:
+    """The detectors of ``repository`` (models with the exporter's validation manifest), with their inputs."""
+    models = []
+    for manifest_path in sorted(repository.glob("*/validation/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        if only and manifest["model"] not in only:
+            continue
+        with np.load(manifest_path.parent / "samples.npz", allow_pickle=False) as z:
+            inputs = z["inputs"]
+        models.append({"name": manifest["model"], "method": manifest["method"], "input": manifest["input"],
+                       "has_map": manifest["has_map"], "onnx": repository / f"{manifest['model']}_onnx" / "1" / "model.onnx",
+                       "inputs": inputs})
+    if not models:
+        raise FileNotFoundError(f"no exported detector in {repository} (run kd-export or make compare)")
+    return models
+
+
+def perf_analyzer_sweep(binary: Path, url: str, model: str, input_spec: dict, concurrency: list[int]) -> list[dict]:
+    """perf_analyzer over gRPC at each concurrency (random uint8/float data, score only); its own figures."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pa.csv"
+        shape = ",".join(str(d) for d in input_spec["dims"])
+        cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--shape", f"{input_spec['name']}:{shape}",
+               "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:1", "-p", "3000",
+               "--max-trials", "10", "--stability-percentage", "50", "-f", str(out), "--percentile", "99"]
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+        if done.returncode != 0 or not out.is_file():
+            return [{"error": (done.stderr or done.stdout).strip()[-500:]}]
+        with open(out, newline="") as f:
+            for row in csv.DictReader(f):
+                c = int(row["Concurrency"])
+                if c in concurrency:
+                    rows.append({"concurrency": c, "images_per_second": float(row["Inferences/Second"]),
+                                 "p99_ms": float(row["p99 latency"]) / 1000.0})
+    return rows
+
+
+def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
+    """Every figure of one detector."""
+    session = ort_session(model["onnx"], args.threads)
+    ort = {b: ort_run(session, model["inputs"], b, args.seconds) for b in sorted({1, 8, *args.concurrency})}
+    del session
+    served: dict[str, dict[int, Timing]] = {}
+    for protocol in args.protocols:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        served[protocol] = {
+            c: served_run(url, protocol, model["name"], model["input"], model["inputs"], concurrency=c,
+                          seconds=args.seconds)
+            for c in args.concurrency
+        }
+    extra = {}
+    if model["has_map"] and "grpc" in args.protocols:
+        # What the full-resolution float32 map costs when a client asks for it too.
+        extra["grpc_c4_with_map"] = served_run(server.grpc_url, "grpc", model["name"], model["input"],
+                                               model["inputs"], concurrency=4, seconds=args.seconds,
+                                               outputs=("score", "anomaly_map")).to_dict()
+    result = {
+        "model": model["name"], "method": model["method"],
+        "ort": {str(b): t.to_dict() for b, t in ort.items()},
+        "served": {p: {str(c): t.to_dict() for c, t in runs.items()} for p, runs in served.items()},
+        "ratios": {
+            p: {
+                "throughput_c4_vs_ort_b4": runs[4].images_per_second / ort[4].images_per_second if 4 in runs else None,
+                "p99_c1_vs_ort_b1": runs[1].p99_ms / ort[1].p99_ms if 1 in runs else None,
+                "throughput_vs_ort_same_batch": {str(c): t.images_per_second / ort[c].images_per_second
+                                                 for c, t in runs.items()},
+            }
+            for p, runs in served.items()
+        },
+        **extra,
+    }
+    if args.perf_analyzer:
+        result["perf_analyzer"] = perf_analyzer_sweep(args.perf_analyzer, server.grpc_url, model["name"],
+                                                      model["input"], args.concurrency)
+    return result
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1."""
+    lines = [
+        ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 vs ORT b4 (>= 0.9) "
+        "| p99 c1 served / ORT b1 ms (<= 1.2x) |"),
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ort = r["ort"]
+        for protocol, runs in r["served"].items():
+            ratio = r["ratios"][protocol]
+            ok_t = "yes" if ratio["throughput_c4_vs_ort_b4"] >= THROUGHPUT_TARGET else "no"
+            ok_p = "yes" if ratio["p99_c1_vs_ort_b1"] <= P99_TARGET else "no"
+            lines.append(
+                f"| {r['model']} | {protocol} | {ort['1']['images_per_second']:.0f} / {ort['4']['images_per_second']:.0f}"
+                f" / {ort['8']['images_per_second']:.0f} | {runs['1']['images_per_second']:.0f} / "
+                f"{runs['4']['images_per_second']:.0f} / {runs['8']['images_per_second']:.0f} | "
+                f"{ratio['throughput_c4_vs_ort_b4']:.2f} ({ok_t}) | {runs['1']['p99_ms']:.1f} / "
+                f"{ort['1']['p99_ms']:.1f} = {ratio['p99_c1_vs_ort_b1']:.2f}x ({ok_p}) |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], concurrency: list[int], path: Path) -> None:
+    """Throughput and p99 against concurrency, one row of panels per detector; ORT in-process dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3 * len(results)), squeeze=False)
+    for row, r in zip(axes, results):
+        ort_t = [r["ort"][str(c)]["images_per_second"] for c in concurrency]
+        ort_p = [r["ort"][str(c)]["p99_ms"] for c in concurrency]
+        row[0].plot(concurrency, ort_t, "k--", label="ONNX Runtime in-process (batch = c)")
+        row[1].plot(concurrency, ort_p, "k--", label="ONNX Runtime in-process (batch = c)")
+        for protocol, runs in r["served"].items():
+            row[0].plot(concurrency, [runs[str(c)]["images_per_second"] for c in concurrency], "o-", label=protocol)
+            row[1].plot(concurrency, [runs[str(c)]["p99_ms"] for c in concurrency], "o-", label=protocol)
+        row[0].set_title(f"{r['model']}: images/s")
+        row[1].set_title(f"{r['model']}: p99 latency (ms)")
+        for ax in row:
+            ax.set_xlabel("concurrency (requests in flight)")
+            ax.set_xticks(concurrency)
+            ax.grid(alpha=0.3)
+        row[0].set_ylim(bottom=0)
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_readme(readme: Path, table: str, command: str) -> None:
+    """Replace the text between the bench markers of ``readme`` with the table and the command."""
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} markers")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{table}\n\n`{command}` on {platform.machine()}, "
+                      f"{os.cpu_count()} CPU cores\n{README_END}{tail}", encoding="utf-8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`: "),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--repository", type=Path, default=Path("runs/compare/model_repository"),
+                   help="exported repository (make compare writes one with every detector)")
+    p.add_argument("--models", nargs="*", default=None, help="ensemble names to measure (default: all)")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each timed run")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="requests in flight")
+    p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
+    p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads in-process (default: all cores)")
+    p.add_argument("--perf-analyzer", type=Path, default=None, help="perf_analyzer binary for a cross-check")
+    p.add_argument("--output", type=Path, default=Path("runs/bench/serving.json"), help="JSON results")
+    p.add_argument("--plot", type=Path, default=Path("runs/bench/serving.png"), help="PNG plot")
+    p.add_argument("--readme", type=Path, default=None, help="README.md to write the table into")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table."""
+    from serving.embedded import TritonServer, free_port
+
+    args = build_parser().parse_args(argv)
+    if not {1, 4, 8} <= set(args.concurrency):
+        print("kd-bench: --concurrency must include 1, 4 and 8 (the targets and the table use them)", file=sys.stderr)
+        return 2
+    models = discover(args.repository, args.models)
+    results = []
+    with TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(),
+                      metrics_port=free_port()) as server:
+        for model in models:
+            print(f"measuring {model['name']} ...", file=sys.stderr)
+            results.append(bench_model(model, server, args))
+        memory = process_tree_rss(server.process.pid)
+    table = markdown_table(results)
+    print(table)
+    print(f"server + backend stubs resident memory: {memory / 2**20:.0f} MiB" if memory else "")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "arch": platform.machine()},
+                                       "server_rss_bytes": memory, "seconds": args.seconds,
+                                       "results": results}, indent=2) + "\n")
+    plot(results, args.concurrency, args.plot)
+    print(f"wrote {args.output} and {args.plot}")
+    if args.readme:
+        write_readme(args.readme, table, "make bench")
+    failures = sum(t["failures"] for r in results for runs in r["served"].values() for t in runs.values())
+    if failures:
+        print(f"kd-bench: {failures} served requests failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
