@@ -13,8 +13,9 @@ BACKBONE ?= efficientnet_lite0
 IMAGE_SIZE ?= 256
 EPOCHS ?= 40
 SEED ?= 0
+BENCH_REPO ?= runs/compare/model_repository
 
-.PHONY: install data train export serve stop validate demo score compare bench-client test clean help
+.PHONY: install data train export serve stop validate demo score compare bench bench-client test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +57,9 @@ score: install  ## score the demo test images on the served model: CSV/JSONL, he
 	rc=0; $(PY) client/client.py score --evaluate $(DATA)/$(CATEGORY) --repository $(REPO) --output scores \
 		--heatmaps scores/heatmaps --server-pid "$$(cat .triton/server.pid)" || rc=$$?; \
 	./triton_startup_script.sh stop; exit $$rc
+
+bench: install  ## serving vs in-process ONNX Runtime for every detector of $(BENCH_REPO) (run make compare first)
+	$(VENV)/bin/kd-bench --repository $(BENCH_REPO) --readme README.md
 
 bench-client: install  ## time the client's paths (pixels, shared memory, encoded JPEG; gRPC and HTTP) on $(REPO)
 	$(VENV)/bin/kd-bench-client --repository $(REPO) --images $(DATA)/$(CATEGORY)/test

@@ -14,14 +14,14 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from bench.measure import ort_run, ort_session, served_run
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +51,6 @@ def gflops(model: torch.nn.Module, example: torch.Tensor) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(example[:1])
     return counter.get_total_flops() / 1e9
-
-
-def ort_throughput(onnx_path: Path, input_name: str, inputs: np.ndarray, batch: int, seconds: float, threads: int) -> float:
-    """In-process ONNX Runtime images/s at a fixed batch size: the limit serving can approach."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
-    session.run(None, {input_name: x})  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {input_name: x})
-        done += batch
-    return done / (time.perf_counter() - start)
-
-
-def served_throughput(url: str, model: str, spec: dict, inputs: np.ndarray, seconds: float, concurrency: int = 4) -> float:
-    """Images/s through the served ensemble over gRPC, ``concurrency`` single-image requests in flight."""
-    import tritonclient.grpc as grpcclient
-
-    def worker(k: int) -> int:
-        client = grpcclient.InferenceServerClient(url)
-        done, start = 0, time.perf_counter()
-        try:
-            while time.perf_counter() - start < seconds:
-                x = inputs[(k + done) % len(inputs)][None]
-                tensor = grpcclient.InferInput(spec["name"], list(x.shape), spec["datatype"])
-                tensor.set_data_from_numpy(np.ascontiguousarray(x))
-                client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("score")])
-                done += 1
-        finally:
-            client.close()
-        return done
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        total = sum(pool.map(worker, range(concurrency)))
-    return total / (time.perf_counter() - start)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -179,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for result in results:
         name = result.names.name
-        model, spec, stats = load_deployable(runs[name])
+        model, _spec, stats = load_deployable(runs[name])
         samples = np.load(RunPaths(runs[name]).samples)["inputs"]
         onnx_path = result.repository / result.names.onnx / "1" / "model.onnx"
         m = stats.test_metrics
@@ -187,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             model=name, method=stats.model.method, backbone=stats.model.backbone, parameters=stats.model.parameters,
             gflops=gflops(model, torch.from_numpy(samples)), image_auroc=m.image_auroc, pixel_auroc=m.pixel_auroc,
             aupro=m.aupro,
-            ort_batch1=ort_throughput(onnx_path, spec.input.name, samples, 1, args.seconds, args.threads),
-            ort_batch8=ort_throughput(onnx_path, spec.input.name, samples, 8, args.seconds, args.threads),
+            ort_batch1=ort_run(session := ort_session(onnx_path, args.threads), samples, 1, args.seconds).images_per_second,
+            ort_batch8=ort_run(session, samples, 8, args.seconds).images_per_second,
         ))
         log.info("%s: %s", name, rows[-1])
 
@@ -198,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         for row, result in zip(rows, results):
             samples = np.load(RunPaths(runs[row.model]).samples)["inputs"]
             manifest = json.loads((result.repository / row.model / "validation" / "manifest.json").read_text())
-            row.served_grpc = served_throughput(server.grpc_url, row.model, manifest["input"], samples, args.seconds)
+            row.served_grpc = served_run(server.grpc_url, "grpc", row.model, manifest["input"], samples,
+                                         concurrency=4, seconds=args.seconds).images_per_second
 
     table = markdown_table(rows)
     print(table)

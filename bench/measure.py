@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from client.evaluation import server_memory
 from client.transport import Transport
 
 
@@ -120,6 +121,4 @@ def served_run(
 
 def process_tree_rss(pid: int) -> int | None:
     """Resident bytes of a process and its descendants (server + backend stubs); Linux only."""
-    from client.evaluation import server_memory
-
     return server_memory(None, pid).get("process_tree_rss_bytes")

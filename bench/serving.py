@@ -4,7 +4,8 @@ In one run, on the same exported models and the same machine:
 
 * in-process ONNX Runtime (the ``<model>_onnx`` graph) at batch 1, 2, 4 and 8: the limit serving can approach;
 * the served ensemble (network + Python scorer) over gRPC and HTTP at concurrency 1, 2, 4 and 8, single-image
-  requests through dynamic batching, score only (what a production line asks for), every reply checked;
+  requests through dynamic batching, score only (what a production line asks for: the ``<model>_score``
+  ensemble, which computes no map), every reply checked; plus one run at concurrency 4 with the full map;
 * the server's resident memory (server + backend stubs);
 * with ``--perf-analyzer PATH`` (the binary from the ``tritonclient==2.51.0`` wheel, see README), the same
   concurrency sweep measured by Triton's perf_analyzer as a cross-check.
@@ -43,7 +44,9 @@ def discover(repository: Path, only: list[str] | None) -> list[dict]:
             continue
         with np.load(manifest_path.parent / "samples.npz", allow_pickle=False) as z:
             inputs = z["inputs"]
-        models.append({"name": manifest["model"], "method": manifest["method"], "input": manifest["input"],
+        score_model = (manifest.get("profiles") or {}).get("score", manifest["model"])
+        models.append({"name": manifest["model"], "score_model": score_model, "method": manifest["method"],
+                       "input": manifest["input"],
                        "has_map": manifest["has_map"], "onnx": repository / f"{manifest['model']}_onnx" / "1" / "model.onnx",
                        "inputs": inputs})
     if not models:
@@ -82,7 +85,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     for protocol in args.protocols:
         url = server.grpc_url if protocol == "grpc" else server.http_url
         served[protocol] = {
-            c: served_run(url, protocol, model["name"], model["input"], model["inputs"], concurrency=c,
+            c: served_run(url, protocol, model["score_model"], model["input"], model["inputs"], concurrency=c,
                           seconds=args.seconds)
             for c in args.concurrency
         }
@@ -108,7 +111,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         **extra,
     }
     if args.perf_analyzer:
-        result["perf_analyzer"] = perf_analyzer_sweep(args.perf_analyzer, server.grpc_url, model["name"],
+        result["perf_analyzer"] = perf_analyzer_sweep(args.perf_analyzer, server.grpc_url, model["score_model"],
                                                       model["input"], args.concurrency)
     return result
 

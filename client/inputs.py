@@ -25,7 +25,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     """Image files named by ``inputs``, without duplicates, in the order given (folders and globs sorted).
 
     A file given explicitly is kept whatever its suffix (so a corrupt ``.png`` or a ``.jpe`` is reported, not
-    skipped); folders and globs contribute files with an image suffix (:data:`IMAGE_EXTENSIONS`).
+    skipped); folders and globs contribute files with an image suffix (:data:`IMAGE_EXTENSIONS`); ``@FILE``
+    reads one path per line from FILE (a missing listed file becomes an error row, not a crash).
 
     Raises:
         FileNotFoundError: An input matches nothing, or nothing at all was found.
@@ -33,6 +34,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     inputs = list(inputs)
     found: list[Path] = []
     for item in inputs:
+        if str(item).startswith("@"):  # a list file, e.g. the not_scored.txt of an earlier run
+            listed = Path(str(item)[1:]).read_text(encoding="utf-8").splitlines()
+            found += [Path(line) for line in listed if line.strip()]
+            continue
         path = Path(item)
         if path.is_dir():
             found += _folder(path)

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "there and counted, never fatal.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", help="image files, folders or quoted glob patterns ('line3/**/*.png')")
+    p.add_argument("inputs", nargs="*",
+                   help="image files, folders or quoted glob patterns ('line3/**/*.png'); @FILE reads paths from FILE")
     p.add_argument("-m", "--model", default="ad_inference", help="ensemble to call (the pixel-input one)")
     p.add_argument("-i", "--protocol", choices=["grpc", "http"], default="grpc", help="wire protocol")
     p.add_argument("-u", "--url", default=None,
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Triton metrics endpoint for the server's memory (default: the server host, port 8002)")
     ev.add_argument("--server-pid", type=int, default=None,
                     help="local server process: report the resident memory of it and its backend stubs")
+    p.add_argument("--retries", type=int, default=6,
+                   help="resends of a request while the server is unreachable (waits 0.5 s, doubling, at most 8 s); "
+                        "files still unscored are listed in not_scored.txt")
+    p.add_argument("--tls-root", default=None, help="PEM CA certificate: talk gRPC over TLS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     return p
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, url=args.url, protocol=args.protocol, batch_size=args.batch_size,
             concurrency=args.concurrency, timeout=args.timeout, shared_memory=args.shared_memory,
             encoded=args.encoded, tiling=_tiling(args, parser), workers=args.workers, map_format=args.map_format,
+            retries=args.retries, tls_root=args.tls_root,
             maps=bool(args.heatmaps or samples), keep_images=bool(args.heatmaps),
         )
     except ValidationError as e:
@@ -206,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         root = os.path.dirname(root)
     heatmaps = _Heatmaps(args.heatmaps, args.top, args.heatmaps_anomalous_only, root) if args.heatmaps else None
     kept: dict[str, ImageResult] = {}
+    failures: dict[str, str] = {}
 
     def on_result(result: ImageResult) -> None:
         writer.write(result)
@@ -213,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             heatmaps.add(result)
         if samples:
             kept[os.path.abspath(result.path)] = ImageResult(**{**result.__dict__, "image": None})
-        if not args.quiet and not result.ok:
-            print(f"error: {result.path}: {result.error}", file=sys.stderr)
+        if not result.ok:
+            failures[result.path] = result.error or ""
+            if not args.quiet:
+                print(f"error: {result.path}: {result.error}", file=sys.stderr)
         result.image = None  # heatmaps are written; do not hold full frames
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -229,8 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         sheet = heatmaps.finish()
         payload["heatmaps"] = {"folder": str(args.heatmaps), "written": heatmaps.written,
                                "contact_sheet": str(sheet) if sheet else None}
+    unscored = [p for p, reason in failures.items() if reason.startswith("not scored")]
+    if unscored:  # the server went away: list what to send again with `score @not_scored.txt`
+        (args.output / "not_scored.txt").write_text("".join(f"{p}\n" for p in unscored), encoding="utf-8")
+        payload["not_scored_list"] = str(args.output / "not_scored.txt")
     write_json(args.output / "summary.json", payload)
     print(format_summary(summary))
+    if unscored:
+        print(f"{len(unscored)} images not scored (server unreachable): score them again with "
+              f"`client.py score @{args.output / 'not_scored.txt'}`")
     print(f"results: {args.output / 'results.csv'}, {args.output / 'results.jsonl'}, {args.output / 'summary.json'}")
     if summary.interrupted:
         return 130

@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from pydantic import BaseModel, Field, model_validator
 from tritonclient.utils import InferenceServerException
 
 from client.inputs import expand_inputs
 from client.tiling import Box, MapStitcher, TilingConfig, cut_tiles, tile_boxes
-from client.transport import MAP_OUTPUT, Transport
+from client.transport import MAP_OUTPUT, Transport, connect
 from training.imageio import ImageDecodeError, decode_image, resize_to
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
@@ -67,6 +65,9 @@ class ScoreConfig(BaseModel):
     )
     keep_images: bool = Field(False, description="keep each decoded image on its result (heatmaps)")
     workers: int = Field(2, ge=1, le=64, description="threads reading and preparing images")
+    retries: int = Field(6, ge=0, le=100, description="resends of a request when the server is unreachable")
+    backoff: float = Field(0.5, gt=0, description="first wait before a resend, doubled each time (capped at 8 s)")
+    tls_root: str | None = Field(None, description="PEM CA certificate: gRPC over TLS")
 
     @model_validator(mode="after")
     def _compatible(self) -> ScoreConfig:
@@ -141,6 +142,7 @@ class RunSummary:
     anomalous: int = 0
     normal: int = 0
     not_scored: int = 0
+    retries: int = 0
     interrupted: bool = False
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -195,8 +197,7 @@ class ModelInfo:
 
 def model_info(config: ScoreConfig) -> ModelInfo:
     """Ask the server for the model's input, batch limit and map shape; raises if it is not ready."""
-    module = grpcclient if config.protocol == "grpc" else httpclient
-    client = module.InferenceServerClient(config.endpoint)
+    client = connect(config.protocol, config.endpoint, timeout=config.timeout, tls_root=config.tls_root)
     try:
         served = next((m for m in config.candidates if client.is_model_ready(m)), None)
         if served is None:
@@ -312,6 +313,7 @@ def score_images(
         input_name=info.input_name, input_datatype=info.input_datatype, outputs=outputs,
         concurrency=config.concurrency, timeout=config.timeout, shared_memory=config.shared_memory,
         max_batch=config.batch_size, item_shape=(info.size, info.size, 3), map_shape=info.map_shape,
+        tls_root=config.tls_root,
     )
     summary = RunSummary(model=info.served, protocol=config.protocol, images=len(paths))
     bar = None
@@ -336,7 +338,7 @@ def score_images(
     start = time.perf_counter()
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="prepare")
     try:
-        _run(paths, _Preparer(config, info), transport, pool, emit)
+        _run(paths, _Preparer(config, info), transport, pool, emit, summary)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -349,7 +351,18 @@ def score_images(
     return summary
 
 
-def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: ThreadPoolExecutor, emit) -> None:
+def _unreachable(error: BaseException) -> bool:
+    """Whether a failure means the server is down or restarting (worth a resend), not that it refused the input."""
+    if not isinstance(error, InferenceServerException):
+        return True  # connection refused / reset (HTTP), timeouts
+    text = f"{error.status()} {error.message()}".lower()
+    # "unknown model" / "not ready": the model existed when the run started, so the server is restarting.
+    return any(s in text for s in ("unavailable", "connect", "socket closed", "not healthy", "shared memory region",
+                                   "deadline", "reset", "unknown model", "not ready"))
+
+
+def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: ThreadPoolExecutor, emit,
+         summary: RunSummary) -> None:
     """The pipeline: prefetch jobs, batch their units, keep requests in flight, emit finished jobs."""
     config = preparer.config
     # Prefetch enough rows to keep every slot busy, counted in rows (a tiled frame is many rows) and capped when
@@ -360,7 +373,7 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
     next_path = 0
     units: deque[tuple[_Job, int]] = deque()  # (job, unit index) waiting for a batch
     retry: deque[tuple[_Job, int]] = deque()  # units of a failed batch, to be sent alone
-    pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
+    pending: deque[tuple[Any, list[tuple[_Job, int]], int]] = deque()  # (handle, units, attempt)
     free_slots = list(range(config.concurrency))
 
     def lookahead() -> int:
@@ -388,13 +401,46 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
             units.extend((job, i) for i in range(len(job.units)))
         return [units.popleft() for _ in range(min(n, len(units)))]
 
-    def send(batch_units: list[tuple[_Job, int]]) -> None:
+    down: list[str] = []  # set once retries are spent: the rest is reported at once, not retried file by file
+
+    def fail(batch_units: list[tuple[_Job, int]], reason: str) -> None:
+        for job, _ in batch_units:
+            job.failed += 1
+            job.error = job.error or reason
+            if job.resolved:
+                emit(job)
+
+    def send(batch_units: list[tuple[_Job, int]], attempt: int = 0) -> None:
+        if down:
+            fail(batch_units, down[0])
+            return
         batch = np.stack([job.units[i] for job, i in batch_units])
         slot = free_slots.pop()
-        handle = transport.submit(batch, slot)
+        try:
+            handle = transport.submit(batch, slot)
+        except Exception:
+            free_slots.append(slot)
+            raise
         for job, _ in batch_units:
             job.sent_at = handle.sent_at if job.sent_at is None else job.sent_at
-        pending.append((handle, batch_units))
+        pending.append((handle, batch_units, attempt))
+
+    def resend(batch_units: list[tuple[_Job, int]], attempt: int, error: BaseException) -> bool:
+        """After a wait that doubles each time, send again; False once the retries are spent."""
+        while attempt < config.retries:
+            time.sleep(min(config.backoff * 2**attempt, 8.0))
+            attempt += 1
+            summary.retries += 1
+            try:
+                if transport.shared_memory:
+                    transport.reregister()
+                send(batch_units, attempt)
+                return True
+            except Exception as e:  # noqa: BLE001  (still down: wait longer)
+                error = e
+        down.append(f"not scored: server unreachable after {config.retries} retries ({_message(error)})")
+        fail(batch_units, down[0])
+        return False
 
     refill()
     while True:
@@ -408,11 +454,17 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
             send(batch_units)
         if not pending:
             break
-        handle, batch_units = pending.popleft()
+        handle, batch_units, attempt = pending.popleft()
         try:
             reply = handle.result()
-        except (InferenceServerException, ConnectionError, OSError) as e:
+        except Exception as e:  # noqa: BLE001  (every failure is either resent or reported per file)
             free_slots.append(handle.slot)
+            if down:
+                fail(batch_units, down[0])
+                continue
+            if _unreachable(e):
+                resend(batch_units, attempt, e)
+                continue
             if len(batch_units) > 1:
                 retry.extend(batch_units)  # find the offending file(s): each unit alone
                 continue

@@ -35,6 +35,19 @@ class Reply:
     done_at: float
 
 
+def connect(protocol: Protocol, url: str, *, concurrency: int = 1, timeout: float = 60.0,
+            tls_root: str | None = None):
+    """A tritonclient client for ``protocol``; ``tls_root`` (a PEM CA file) turns on TLS for gRPC."""
+    if protocol == "grpc":
+        if tls_root:
+            return grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(tls_root))
+        return grpcclient.InferenceServerClient(url)
+    if tls_root:
+        raise ValueError("TLS is configured for the gRPC endpoint; use --protocol grpc")
+    return httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=timeout,
+                                            network_timeout=timeout)
+
+
 class Pending:
     """A request in flight; :meth:`result` blocks until it completes and raises its error if it failed."""
 
@@ -86,6 +99,7 @@ class Transport:
         max_batch: Largest batch (sizes the shared-memory regions).
         item_shape: Shape of one input row (sizes the regions).
         map_shape: Shape of one map row, if ``anomaly_map`` is requested.
+        tls_root: PEM CA certificate for gRPC over TLS.
     """
 
     def __init__(
@@ -103,17 +117,13 @@ class Transport:
         max_batch: int = 1,
         item_shape: tuple[int, ...] = (),
         map_shape: tuple[int, ...] | None = None,
+        tls_root: str | None = None,
     ) -> None:
         self.protocol, self.model = protocol, model
         self.input_name, self.input_datatype = input_name, input_datatype
         self.outputs, self.timeout = list(outputs), timeout
         self.module = grpcclient if protocol == "grpc" else httpclient
-        if protocol == "grpc":
-            self.client = grpcclient.InferenceServerClient(url)
-        else:
-            self.client = httpclient.InferenceServerClient(
-                url, concurrency=concurrency, connection_timeout=timeout, network_timeout=timeout
-            )
+        self.client = connect(protocol, url, concurrency=concurrency, timeout=timeout, tls_root=tls_root)
         self._slots: list[_Slot] = []
         self.map_shape = map_shape
         if shared_memory == "system":
@@ -140,6 +150,17 @@ class Transport:
         except Exception:
             self.close()
             raise
+
+    def reregister(self) -> None:
+        """Register the shared-memory regions again (a restarted server has forgotten them)."""
+        for slot in self._slots:
+            for name, size in ((slot.input_name, slot.input_bytes), (slot.map_name, slot.map_bytes)):
+                if name and size:
+                    try:
+                        self.client.unregister_system_shared_memory(name)
+                    except InferenceServerException:
+                        pass
+                    self.client.register_system_shared_memory(name, "/" + name, size)
 
     def submit(self, batch: np.ndarray, slot: int) -> Pending:
         """Send one batch without waiting; ``slot`` (0 .. concurrency-1) must not be in flight already."""

@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -167,6 +168,9 @@ class TritonServer:
         workdir: Path | None = None,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        model_control: str = "none",
+        admin_key: str | None = None,
+        grpc_tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
@@ -176,6 +180,12 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="kd-triton-")) if workdir is None else Path(workdir).resolve()
         self.log_path = Path(log_path).resolve() if log_path is not None else self.workdir / "server.log"
         self.extra_args = list(extra_args)
+        if model_control not in ("none", "explicit"):
+            raise ValueError(f"model_control must be 'none' or 'explicit', got {model_control!r}")
+        if model_control == "explicit" and not admin_key:
+            raise ValueError("explicit model control exposes load/unload: give an admin_key to restrict those APIs")
+        self.model_control, self.admin_key = model_control, admin_key
+        self.grpc_tls = tuple(Path(p).resolve() for p in grpc_tls) if grpc_tls else None
         self.process: subprocess.Popen | None = None
         self._log_offset = 0  # Where this run's output starts in an appended log file.
 
@@ -202,7 +212,9 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            "--model-control-mode=none",
+            f"--model-control-mode={self.model_control}",
+            *(["--load-model=*"] if self.model_control == "explicit" else []),
+            *self._hardening(),
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
@@ -211,6 +223,20 @@ class TritonServer:
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             *self.extra_args,
         ]
+
+    def _hardening(self) -> list[str]:
+        """Restricted APIs behind the admin key, and TLS on gRPC (Triton's deployment guide)."""
+        args = []
+        if self.admin_key:
+            # Changing what is served, or reading its statistics and logs, needs the key; inference, health,
+            # metadata and model config (clients read max_batch_size from it) do not.
+            apis = "model-repository,logging,trace,statistics"
+            args += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
+                     f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}"]
+        if self.grpc_tls:
+            cert, key = self.grpc_tls
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        return args
 
     def start(self) -> TritonServer:
         """Starts the server in the background (without waiting for it to be ready).
@@ -337,6 +363,10 @@ class TritonServer:
         self.stop()
 
 
+#: Header that carries the admin key of the restricted APIs (HTTP header; gRPC metadata key).
+ADMIN_HEADER = "admin-key"
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -368,8 +398,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                         help="model repository folder (<model>/config.pbtxt, <model>/<version>/...)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address the HTTP, gRPC and metrics endpoints bind to; anything but loopback exposes "
-                             "an unauthenticated server (a warning is printed)")
+                        help="address the HTTP, gRPC and metrics endpoints bind to. Anything but loopback restricts "
+                             "the repository, statistics, logging and trace APIs to requests carrying the "
+                             "admin key (a random one is generated and printed unless --admin-key is given); "
+                             "inference itself stays unauthenticated, so put a TLS proxy in front")
+    parser.add_argument("--admin-key", default=os.environ.get("KD_TRITON_ADMIN_KEY"),
+                        help="key for the restricted APIs, sent as the 'admin-key' header "
+                             "(default: $KD_TRITON_ADMIN_KEY)")
+    parser.add_argument("--model-control", choices=["none", "explicit"], default="none",
+                        help="'explicit' allows loading and unloading models through the (restricted) repository "
+                             "API, e.g. to reload a re-exported model without a restart")
+    parser.add_argument("--grpc-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--grpc-key", type=Path, default=None, help="PEM private key of --grpc-cert")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (KServe v2 protocol)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (KServe v2 protocol)")
     parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (/metrics)")
@@ -390,10 +430,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The server's exit code (128 + signal number if a signal ended it), or 1 if it never became ready.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.grpc_cert is None) != (args.grpc_key is None):
+        parser.error("--grpc-cert and --grpc-key go together")
+    admin_key = args.admin_key
+    if not admin_key and (args.model_control == "explicit" or not _is_loopback(args.host)):
+        admin_key = secrets.token_urlsafe(24)
+        print(f"admin key for the restricted APIs (header '{ADMIN_HEADER}'): {admin_key}", flush=True)
     if not _is_loopback(args.host):
-        print(f"WARNING: binding to {args.host}: the server has no authentication; anyone who can reach this "
-              "address can run and inspect models", file=sys.stderr)
+        print(f"WARNING: binding to {args.host}: inference is unauthenticated; anyone who can reach this address "
+              "can run models (the management APIs need the admin key)", file=sys.stderr)
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port,
@@ -401,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         host=args.host,
         log_path=args.log_file,
+        model_control=args.model_control,
+        admin_key=admin_key,
+        grpc_tls=(args.grpc_cert, args.grpc_key) if args.grpc_cert else None,
     )
     stopping = False
 

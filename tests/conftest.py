@@ -108,3 +108,26 @@ def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         code = srv.stop()
         assert code == 0, f"tritonserver did not shut down cleanly (exit {code}):\n{srv.log_tail()}"
+
+
+#: Reliability figures recorded by tests/test_reliability.py, printed at the end of the run.
+RELIABILITY: dict[str, dict[str, int]] = {}
+
+
+@pytest.fixture(scope="session")
+def reliability() -> dict[str, dict[str, int]]:
+    """Where reliability tests record what they tried: ``{test: {"inputs": n, "requests": n, ...}}``."""
+    return RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the reliability figures: inputs tried, requests sent, faults injected, failures seen."""
+    if not RELIABILITY:
+        return
+    terminalreporter.section("reliability figures")
+    keys = ("inputs", "requests", "faults", "failures")
+    terminalreporter.write_line(f"{'test':72s} " + " ".join(f"{k:>9s}" for k in keys))
+    for name, figures in sorted(RELIABILITY.items()):
+        terminalreporter.write_line(f"{name:72s} " + " ".join(f"{figures.get(k, 0):9d}" for k in keys))
+    totals = {k: sum(f.get(k, 0) for f in RELIABILITY.values()) for k in keys}
+    terminalreporter.write_line(f"{'total':72s} " + " ".join(f"{totals[k]:9d}" for k in keys))

@@ -106,7 +106,7 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("kind", ["http", "grpc"])
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(
-    kind: str, case: str, server: TritonServer, exported: ExportResult
+    kind: str, case: str, server: TritonServer, exported: ExportResult, reliability
 ) -> None:
     array, dtype, expected = BAD_REQUESTS[case]
     with pytest.raises(InferenceServerException) as info:
@@ -120,6 +120,9 @@ def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(
     samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
     good = _infer(kind, server, "ad_inference", samples["inputs"][:1])["score"]
     np.testing.assert_allclose(good, samples["score"][:1], atol=1e-3)
+    figures = reliability.setdefault("bad requests (shape, dtype, empty, oversized, batch)", {"inputs": 0, "requests": 0})
+    figures["inputs"] += 1
+    figures["requests"] += 2
 
 
 def test_unknown_model_is_named(server: TritonServer) -> None:
