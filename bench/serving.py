@@ -54,25 +54,59 @@ def discover(repository: Path, only: list[str] | None) -> list[dict]:
     return models
 
 
+PERF_ANALYZER_WHEEL = "tritonclient==2.51.0"
+
+
+def fetch_perf_analyzer(dest: Path) -> Path:
+    """perf_analyzer from the ``tritonclient==2.51.0`` wheel (the PyPI ``perf-analyzer`` needs a newer glibc).
+
+    Only the binary is taken out of the wheel (installing that tritonclient would pin protobuf < 5); the two
+    libraries it links, libb64 and libcudart, come from the nvidia-pytriton wheel under their plain names.
+    """
+    binary = dest / "perf_analyzer"
+    if binary.is_file():
+        return binary
+    import glob
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PERF_ANALYZER_WHEEL, "-d", str(dest)],
+                   check=True)
+    wheel = next(dest.glob("tritonclient-2.51.0-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        member = next(n for n in z.namelist() if n.endswith("/bin/perf_analyzer"))
+        binary.write_bytes(z.read(member))
+    binary.chmod(0o755)
+    import site
+
+    libs = Path(next(p for p in site.getsitepackages() if (Path(p) / "nvidia_pytriton.libs").is_dir())) / "nvidia_pytriton.libs"
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        target = dest / name
+        if not target.exists():
+            target.symlink_to(Path(glob.glob(str(libs / pattern))[0]))
+    return binary
+
+
 def perf_analyzer_sweep(binary: Path, url: str, model: str, input_spec: dict, concurrency: list[int]) -> list[dict]:
-    """perf_analyzer over gRPC at each concurrency (random uint8/float data, score only); its own figures."""
+    """perf_analyzer over gRPC at each concurrency (random data, the score-only model); its own figures."""
     rows = []
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    shape = ",".join(str(d) for d in input_spec["dims"])
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pa.csv"
-        shape = ",".join(str(d) for d in input_spec["dims"])
-        cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--shape", f"{input_spec['name']}:{shape}",
-               "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:1", "-p", "3000",
-               "--max-trials", "10", "--stability-percentage", "50", "-f", str(out), "--percentile", "99"]
-        env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-        if done.returncode != 0 or not out.is_file():
-            return [{"error": (done.stderr or done.stdout).strip()[-500:]}]
-        with open(out, newline="") as f:
-            for row in csv.DictReader(f):
-                c = int(row["Concurrency"])
-                if c in concurrency:
-                    rows.append({"concurrency": c, "images_per_second": float(row["Inferences/Second"]),
-                                 "p99_ms": float(row["p99 latency"]) / 1000.0})
+        for c in concurrency:
+            out = Path(tmp) / f"pa{c}.csv"
+            # Loose stability settings: 2 shared cores never give perf_analyzer's default 10% stability.
+            cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--shape", f"{input_spec['name']}:{shape}",
+                   "--concurrency-range", f"{c}:{c}", "-p", "2000", "--max-trials", "6",
+                   "--stability-percentage", "50", "-f", str(out), "--percentile", "99"]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+            if done.returncode != 0 or not out.is_file():
+                rows.append({"concurrency": c, "error": (done.stderr or done.stdout).strip()[-300:]})
+                continue
+            with open(out, newline="") as f:
+                row = next(csv.DictReader(f))
+            rows.append({"concurrency": c, "images_per_second": float(row["Inferences/Second"]),
+                         "p99_ms": float(row["p99 latency"]) / 1000.0})
     return rows
 
 
@@ -191,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="requests in flight")
     p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads in-process (default: all cores)")
-    p.add_argument("--perf-analyzer", type=Path, default=None, help="perf_analyzer binary for a cross-check")
+    p.add_argument("--perf-analyzer", default=None,
+                   help="perf_analyzer binary for a cross-check, or 'auto' to fetch it into .cache/perf_analyzer/")
     p.add_argument("--output", type=Path, default=Path("runs/bench/serving.json"), help="JSON results")
     p.add_argument("--plot", type=Path, default=Path("runs/bench/serving.png"), help="PNG plot")
     p.add_argument("--readme", type=Path, default=None, help="README.md to write the table into")
@@ -203,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     from serving.embedded import TritonServer, free_port
 
     args = build_parser().parse_args(argv)
+    if args.perf_analyzer == "auto":
+        args.perf_analyzer = fetch_perf_analyzer(Path(".cache/perf_analyzer"))
+    elif args.perf_analyzer:
+        args.perf_analyzer = Path(args.perf_analyzer)
     if not {1, 4, 8} <= set(args.concurrency):
         print("kd-bench: --concurrency must include 1, 4 and 8 (the targets and the table use them)", file=sys.stderr)
         return 2

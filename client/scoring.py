@@ -15,10 +15,13 @@ Example::
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -337,11 +340,15 @@ def score_images(
 
     start = time.perf_counter()
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="prepare")
+    stop = threading.Event()
+    previous = _catch_ctrl_c(stop)
     try:
-        _run(paths, _Preparer(config, info), transport, pool, emit, summary)
-    except KeyboardInterrupt:
+        _run(paths, _Preparer(config, info), transport, pool, emit, summary, stop)
+    except (KeyboardInterrupt, _Stopped):
         summary.interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         summary.seconds = time.perf_counter() - start
         pool.shutdown(wait=False, cancel_futures=True)
         transport.close()
@@ -349,6 +356,38 @@ def score_images(
             bar.close()
     summary.not_scored = summary.images - summary.scored - summary.errors
     return summary
+
+
+class _Stopped(Exception):
+    """Ctrl-C was pressed: stop submitting, keep what was written."""
+
+
+def _catch_ctrl_c(stop: threading.Event):
+    """Turn the first Ctrl-C into ``stop`` (checked between steps, so no library call is cut in half); a second
+    one interrupts at once. Returns the previous handler (None when not in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    return previous
+
+
+def _wait(future, stop: threading.Event):
+    """``future.result()``, polling so that a Ctrl-C (``stop``) is noticed within a quarter of a second."""
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return future.result(timeout=0.25)
+        except FutureTimeout:
+            continue
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -362,7 +401,7 @@ def _unreachable(error: BaseException) -> bool:
 
 
 def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: ThreadPoolExecutor, emit,
-         summary: RunSummary) -> None:
+         summary: RunSummary, stop: threading.Event) -> None:
     """The pipeline: prefetch jobs, batch their units, keep requests in flight, emit finished jobs."""
     config = preparer.config
     # Prefetch enough rows to keep every slot busy, counted in rows (a tiled frame is many rows) and capped when
@@ -391,7 +430,7 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
         nonlocal rows_per_job
         while len(units) < n and (prepared or next_path < len(paths)):
             refill()
-            job = prepared.popleft().result()
+            job = _wait(prepared.popleft(), stop)
             if job.units is not None:
                 rows_per_job = 0.8 * rows_per_job + 0.2 * len(job.units)
             refill()
@@ -428,7 +467,8 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
     def resend(batch_units: list[tuple[_Job, int]], attempt: int, error: BaseException) -> bool:
         """After a wait that doubles each time, send again; False once the retries are spent."""
         while attempt < config.retries:
-            time.sleep(min(config.backoff * 2**attempt, 8.0))
+            if stop.wait(min(config.backoff * 2**attempt, 8.0)):
+                raise _Stopped
             attempt += 1
             summary.retries += 1
             try:
@@ -454,9 +494,13 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
             send(batch_units)
         if not pending:
             break
+        if stop.is_set():
+            raise _Stopped
         handle, batch_units, attempt = pending.popleft()
         try:
-            reply = handle.result()
+            reply = _wait(handle, stop)
+        except _Stopped:
+            raise
         except Exception as e:  # noqa: BLE001  (every failure is either resent or reported per file)
             free_slots.append(handle.slot)
             if down:

@@ -273,19 +273,22 @@ def test_ctrl_c_stops_the_command_cleanly(server: TritonServer, demo_root: Path,
         shutil.copy(source, images / f"{i:04d}.png")
     out = tmp_path / "out"
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "client/client.py", "score", str(images), "-u", server.grpc_url,
-                             "-b", "1", "-c", "1", "-o", str(out), "--no-progress"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if (out / "results.csv").is_file() and len((out / "results.csv").read_text().splitlines()) > 5:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    # Output to files, not pipes: nothing the child prints can block it while the test waits.
+    with open(tmp_path / "stdout.txt", "w") as stdout_file, open(tmp_path / "stderr.txt", "w") as stderr_file:
+        proc = subprocess.Popen([sys.executable, "client/client.py", "score", str(images), "-u", server.grpc_url,
+                                 "-b", "1", "-c", "1", "-o", str(out), "--no-progress"], cwd=root,
+                                stdout=stdout_file, stderr=stderr_file)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if (out / "results.csv").is_file() and len((out / "results.csv").read_text().splitlines()) > 5:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=90)
+        finally:
+            proc.kill()
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, stderr
     summary = json.loads((out / "summary.json").read_text())
     rows = _read_csv(out / "results.csv")
