@@ -90,7 +90,8 @@ class ScoreConfig(BaseModel):
         """Models that can serve these options, best first (repositories exported before the output profiles
         existed have only ``<model>``)."""
         if self.encoded:
-            return [self.model + ENCODED_SUFFIX]
+            full = self.model + ENCODED_SUFFIX
+            return [full] if self.maps else [full + SCORE_ONLY_SUFFIX, full]
         if not self.maps:
             return [self.model + SCORE_ONLY_SUFFIX, self.model]  # no map computed or sent at all
         return [self.model + MAP8_SUFFIX] if self.map_format == "uint8" else [self.model]

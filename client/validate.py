@@ -189,6 +189,12 @@ def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[s
                    atol + 0.5 / 255)
         log.append(f"{proto.kind}: {profiles['map8']} (UINT8 map): max |diff| map {d:.1e}")
 
+    if "encoded_score" in profiles:  # PNG files in, the score alone out
+        files = np.array([[encode_png(image)] for image in samples.inputs], dtype=object)
+        got = proto.infer(profiles["encoded_score"], {"name": "image_bytes", "datatype": "BYTES"}, files, ["score"])
+        d = _close(f"{profiles['encoded_score']}.score", got["score"], samples.score, atol)
+        log.append(f"{proto.kind}: {profiles['encoded_score']} (PNG files, score only): max |diff| score {d:.1e}")
+
     encoded = manifest.get("encoded_model")
     if encoded:
         # Lossless PNG of the exact input pixels: the server-side decoder must reproduce the raw-pixel results.

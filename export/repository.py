@@ -140,8 +140,9 @@ def _stage_run(
             (staging / name / "1").mkdir(parents=True)
         _write(staging / names.decoder / "config.pbtxt", decoder_config(names, spec))
         _copy_decoder_sources(staging / names.decoder / "1")
-        _write(staging / names.encoded / "config.pbtxt", encoded_ensemble_config(names, spec))
-        (staging / names.encoded / "1").mkdir(parents=True)
+        for profile, name in (("full", names.encoded), ("score", names.encoded_score)):
+            _write(staging / name / "config.pbtxt", encoded_ensemble_config(names, spec, profile))
+            (staging / name / "1").mkdir(parents=True)
 
     raw = dict(zip((o.name for o in spec.outputs), eager))
     scored = Scorer(stats)(raw["pred_score"], raw.get("anomaly_map"))
@@ -158,7 +159,8 @@ def _stage_run(
         "model": names.ensemble,
         "networks": [names.onnx, names.torchscript],
         "encoded_model": names.encoded if image else None,
-        "profiles": {"score": names.score_only, "map8": names.map8} if image else {},
+        "profiles": {"score": names.score_only, "map8": names.map8, "encoded_score": names.encoded_score}
+        if image else {},
         "input": asdict(spec.input),
         "has_map": spec.has_map,
         "method": stats.model.method,
@@ -182,8 +184,8 @@ def export_runs(
 
     Each run becomes four models under its ensemble name ``name``: ``<name>`` (what clients call),
     ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get four more: the output
-    profiles ``<name>_score`` (no map) and ``<name>_map8`` (UINT8 map), and for encoded input ``<name>_decoder`` and
-    ``<name>_encoded`` (the ensemble that takes image files). Other models in the
+    profiles ``<name>_score`` (no map) and ``<name>_map8`` (UINT8 map), and for encoded input ``<name>_decoder``,
+    ``<name>_encoded`` (the ensemble that takes image files) and ``<name>_encoded_score`` (files in, score out). Other models in the
     repository are kept.
 
     Args:

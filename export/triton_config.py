@@ -95,10 +95,16 @@ class ModelNames:
         """What clients call with encoded image files (PNG, JPEG, ...): decoder -> network -> scorer."""
         return f"{self.name}_encoded"
 
+    @property
+    def encoded_score(self) -> str:
+        """Encoded image files in, the score alone out (a camera stream that needs no maps)."""
+        return f"{self.name}_encoded_score"
+
     def folders(self, *, image: bool) -> list[str]:
         """Every model folder of the detector (image models add the output profiles and encoded input)."""
         base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
-        return [*base, self.score_only, self.map8, self.decoder, self.encoded] if image else base
+        extra = [self.score_only, self.map8, self.decoder, self.encoded, self.encoded_score]
+        return [*base, *extra] if image else base
 
 
 def torchscript_output_name(name: str, index: int) -> str:
@@ -273,11 +279,13 @@ def profile_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str) 
     return _ensemble(name, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [], profile)
 
 
-def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
-    """Config of the encoded-input ensemble: image file bytes -> decoder -> network (ONNX) -> scorer."""
+def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str = "full") -> str:
+    """Config of an encoded-input ensemble: image file bytes -> decoder -> network (ONNX) -> scorer, with the
+    outputs of ``profile`` (``full``: ``<name>_encoded``; ``score``: ``<name>_encoded_score``)."""
     decode = (
         f'    {{ model_name: "{names.decoder}" model_version: -1\n'
         f'      input_map {{ key: "{ENCODED_INPUT}" value: "{ENCODED_INPUT}" }}\n'
         f'      output_map {{ key: "{spec.input.name}" value: "{spec.input.name}" }} }}'
     )
-    return _ensemble(names.encoded, spec, names, _tensor(ENCODED_INPUT, "STRING", (1,)), [decode])
+    name = names.encoded_score if profile == "score" else names.encoded
+    return _ensemble(name, spec, names, _tensor(ENCODED_INPUT, "STRING", (1,)), [decode], profile)

@@ -173,7 +173,8 @@ def test_score_config_rejects_impossible_combinations() -> None:
     with pytest.raises(ValueError):
         ScoreConfig(batch_size=0)
     assert ScoreConfig(protocol="http").endpoint == "localhost:8000"
-    assert ScoreConfig(encoded=True).candidates == ["ad_inference_encoded"]
+    assert ScoreConfig(encoded=True).candidates == ["ad_inference_encoded_score", "ad_inference_encoded"]
+    assert ScoreConfig(encoded=True, maps=True).candidates == ["ad_inference_encoded"]
     assert ScoreConfig().candidates == ["ad_inference_score", "ad_inference"]  # score alone: no map computed
     assert ScoreConfig(maps=True).candidates == ["ad_inference"]
     assert ScoreConfig(maps=True, map_format="uint8").candidates == ["ad_inference_map8"]
