@@ -40,6 +40,7 @@ from client.scoring import (
     ImageResult,
     ScoreConfig,
     ScoringSetupError,
+    error_text,
     score_images,
 )
 from client.tiling import TilingConfig
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         with ResultWriter(args.output / "results.csv", args.output / "results.jsonl") as writer:
             summary = score_images(inputs, config, on_result, progress=not (args.no_progress or args.quiet))
     except (InferenceServerException, ConnectionError, ScoringSetupError) as e:
-        print(f"score: cannot score on {config.endpoint} ({config.protocol}): {_one_line(e)}", file=sys.stderr)
+        print(f"score: cannot score on {config.endpoint} ({config.protocol}): {error_text(e)}", file=sys.stderr)
         return 2
     payload: dict[str, Any] = {"config": config.model_dump(mode="json"), **summary.to_dict()}
     if heatmaps is not None:
@@ -289,7 +290,3 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
     write_json(args.output / "evaluation.json", report)
     return status
 
-
-def _one_line(error: BaseException) -> str:
-    text = error.message() if isinstance(error, InferenceServerException) else str(error)
-    return " ".join(str(text).split())

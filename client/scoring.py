@@ -479,7 +479,7 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
                 return True
             except Exception as e:  # noqa: BLE001  (still down: wait longer)
                 error = e
-        down.append(f"not scored: server unreachable after {config.retries} retries ({_message(error)})")
+        down.append(f"not scored: server unreachable after {config.retries} retries ({error_text(error)})")
         fail(batch_units, down[0])
         return False
 
@@ -515,7 +515,7 @@ def _run(paths: Sequence[str], preparer: _Preparer, transport: Transport, pool: 
                 continue
             job, _ = batch_units[0]
             job.failed += 1
-            job.error = job.error or f"server: {_message(e)}"
+            job.error = job.error or f"server: {error_text(e)}"
             if job.resolved:
                 emit(job)
             continue
@@ -545,6 +545,7 @@ def _map_row(out: dict[str, np.ndarray], row: int) -> np.ndarray | None:
     return None
 
 
-def _message(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
+    """A failure as one line: the server's message for a Triton error, else the exception's text."""
     text = error.message() if isinstance(error, InferenceServerException) else str(error)
     return " ".join(str(text).split())

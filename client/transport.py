@@ -58,10 +58,6 @@ class Pending:
         self._finish = finish
         self.sent_at = sent_at
 
-    def done(self) -> bool:
-        """Whether the reply (or error) has arrived."""
-        return self._future.done()
-
     def result(self, timeout: float | None = None) -> Reply:
         """The reply; raises :class:`InferenceServerException` (or a connection error) when the request failed."""
         raw, done_at = self._future.result(timeout)
