@@ -188,14 +188,22 @@ def network_config(
 PROFILES = {"full": (SCORE, MAP, LABEL, RAW_SCORE), "score": (SCORE, LABEL, RAW_SCORE), "map8": (SCORE, MAP_U8, LABEL, RAW_SCORE)}
 
 
+def _scorer_tensors(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every output the scorer can produce for this network: name -> (datatype, dims)."""
+    tensors = {SCORE: ("FP32", (1,))}
+    if spec.has_map:
+        tensors.update({MAP: ("FP32", spec.outputs[1].dims), MAP_U8: ("UINT8", spec.outputs[1].dims)})
+    return {**tensors, LABEL: ("STRING", (1,)), RAW_SCORE: ("FP32", (1,))}
+
+
+def _scorer_output_names(spec: NetworkSpec, only: tuple[str, ...] | None = None) -> list[str]:
+    available = _scorer_tensors(spec)
+    return [n for n in (only or available) if n in available]
+
+
 def _scorer_outputs(spec: NetworkSpec, only: tuple[str, ...] | None = None) -> list[str]:
-    dims = spec.outputs[1].dims if spec.has_map else ()
-    available = {SCORE: ("FP32", (1,)), MAP: ("FP32", dims), MAP_U8: ("UINT8", dims),
-                 LABEL: ("STRING", (1,)), RAW_SCORE: ("FP32", (1,))}
-    if not spec.has_map:
-        available = {k: v for k, v in available.items() if k not in (MAP, MAP_U8)}
-    names = [n for n in (only or available) if n in available]
-    return [_tensor(n, *available[n]) for n in names]
+    available = _scorer_tensors(spec)
+    return [_tensor(n, *available[n]) for n in _scorer_output_names(spec, only)]
 
 
 def scorer_config(names: ModelNames, spec: NetworkSpec) -> str:
@@ -237,8 +245,8 @@ def _ensemble(
     score-only profile maps neither the network's raw map nor a scorer map, and no map is computed or copied.
     """
     inp = spec.input
-    outputs = [t for t in _scorer_outputs(spec, PROFILES[profile])]
-    scorer_out = [n for n in PROFILES[profile] if f'name: "{n}"' in "".join(outputs)]
+    outputs = _scorer_outputs(spec, PROFILES[profile])
+    scorer_out = _scorer_output_names(spec, PROFILES[profile])
     needs_map = spec.has_map and (MAP in scorer_out or MAP_U8 in scorer_out)
     raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
     used = [o for o in spec.outputs if o.name == "pred_score" or needs_map]
