@@ -7,6 +7,8 @@ In one run, on the same exported models and the same machine:
   requests through dynamic batching, score only (what a production line asks for: the ``<model>_score``
   ensemble, which computes no map), every reply checked; plus one run at concurrency 4 with the full map;
 * the server's resident memory (server + backend stubs);
+* for image models, where one request's time goes at concurrency 1 (Triton's statistics: queue, input, compute,
+  output per composing model), for the full ensemble and for the score-only one;
 * with ``--perf-analyzer PATH`` (the binary from the ``tritonclient==2.51.0`` wheel, see README), the same
   concurrency sweep measured by Triton's perf_analyzer as a cross-check.
 
@@ -110,6 +112,42 @@ def perf_analyzer_sweep(binary: Path, url: str, model: str, input_spec: dict, co
     return rows
 
 
+def _stats(url: str) -> dict[str, dict[str, int]]:
+    """Triton's cumulative per-model statistics: successes and nanoseconds queued / in input / infer / output."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        raw = client.get_inference_statistics(as_json=True)["model_stats"]
+    finally:
+        client.close()
+    keys = {"queue": "queue", "compute_input": "input", "compute_infer": "infer", "compute_output": "output"}
+    out = {}
+    for m in raw:
+        s = m.get("inference_stats", {})
+        out[m["name"]] = {"count": int(s.get("success", {}).get("count", 0)),
+                          **{v: int(s.get(k, {}).get("ns", 0)) for k, v in keys.items()}}
+    return out
+
+
+def breakdown(server, model: dict, seconds: float) -> dict:
+    """Where the time of one request goes at concurrency 1 (gRPC), per composing model, for the full ensemble
+    (score requested, but the map is computed: what every request cost before the score-only profile) and for the
+    score-only ensemble: milliseconds per request queued, copying inputs, computing, copying outputs."""
+    result = {}
+    for label, name in (("full ensemble", model["name"]), ("score only", model["score_model"])):
+        before = _stats(server.grpc_url)
+        served_run(server.grpc_url, "grpc", name, model["input"], model["inputs"], concurrency=1, seconds=seconds)
+        after = _stats(server.grpc_url)
+        parts = {}
+        for m, a in after.items():
+            n = a["count"] - before.get(m, {}).get("count", 0)
+            if n > 0 and m.startswith(model["name"]):
+                parts[m] = {k: (a[k] - before[m][k]) / n / 1e6 for k in ("queue", "input", "infer", "output")}
+        result[label] = parts
+    return result
+
+
 def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     """Every figure of one detector."""
     session = ort_session(model["onnx"], args.threads)
@@ -144,6 +182,8 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         },
         **extra,
     }
+    if model["has_map"]:
+        result["breakdown_c1_ms"] = breakdown(server, model, args.seconds)
     if args.perf_analyzer:
         result["perf_analyzer"] = perf_analyzer_sweep(args.perf_analyzer, server.grpc_url, model["score_model"],
                                                       model["input"], args.concurrency)
