@@ -1,0 +1,48 @@
+"""The benchmarks run end to end (figures are not asserted: speed targets live in the benchmarks' output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import client_paths, serving
+from export.repository import ExportResult
+
+pytestmark = pytest.mark.server
+
+
+def test_kd_bench_writes_json_plot_and_readme_table(
+    exported_all: list[ExportResult], tmp_path: Path, capsys
+) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{serving.README_BEGIN}\nold\n{serving.README_END}\nrest\n")
+    repository = exported_all[0].repository
+    rc = serving.main(["--repository", str(repository), "--models", "ad_inference", "kdae_digits",
+                       "--seconds", "0.3", "--output", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
+                       "--readme", str(readme)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert [r["model"] for r in data["results"]] == ["ad_inference", "kdae_digits"]
+    for r in data["results"]:
+        assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8"}
+        assert all(t["failures"] == 0 and t["images_per_second"] > 0 for p in r["served"].values() for t in p.values())
+        assert r["ort"]["1"]["p99_ms"] > 0 and r["ratios"]["grpc"]["throughput_c4_vs_ort_b4"] > 0
+    assert "ad_inference_scorer" in data["results"][0]["breakdown_c1_ms"]["score only"]
+    assert data["server_rss_bytes"] > 0 and (tmp_path / "b.png").stat().st_size > 10_000
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "| ad_inference | grpc |" in text
+
+
+def test_kd_bench_client_times_every_transport_path(
+    exported: ExportResult, demo_root: Path, tmp_path: Path
+) -> None:
+    rc = client_paths.main(["--repository", str(exported.repository), "--images", str(demo_root / "brick" / "test"),
+                            "--count", "16", "--batch-size", "4", "--concurrency", "2",
+                            "--output", str(tmp_path / "c.json")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert len(rows) == 12 and all(r["images_per_second"] > 0 for r in rows)
+    encoded = [r for r in rows if r["encoded"]]
+    assert all(r["bytes_sent_per_image"] < 64 * 64 * 3 for r in encoded)
