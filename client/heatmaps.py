@@ -372,7 +372,7 @@ def render_heatmap(
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def _write_rgb(path: Path, rgb: np.ndarray) -> Path:
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     """Writes an RGB array as PNG, or JPEG for ``.jpg``/``.jpeg``; a path without a suffix gets ``.png``."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -413,7 +413,7 @@ def write_heatmap(path: Path, image: np.ndarray, anomaly_map: np.ndarray, **kwar
         TypeError: For inputs of the wrong type (see :func:`render_heatmap`).
         OSError: If the folder or file cannot be written; the message names the path.
     """
-    return _write_rgb(path, render_heatmap(image, anomaly_map, **kwargs))
+    return write_rgb(path, render_heatmap(image, anomaly_map, **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------ contact sheet
@@ -580,4 +580,4 @@ def write_contact_sheet(path: Path, items: Sequence[tuple[np.ndarray, str]], **k
         ValueError: For invalid inputs or an unsupported suffix.
         OSError: If the folder or file cannot be written; the message names the path.
     """
-    return _write_rgb(path, contact_sheet(items, **kwargs))
+    return write_rgb(path, contact_sheet(items, **kwargs))

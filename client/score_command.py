@@ -32,7 +32,7 @@ from client.evaluation import (
     served_metrics,
     server_memory,
 )
-from client.heatmaps import render_heatmap, write_contact_sheet
+from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
 from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
 from client.scoring import (
@@ -152,8 +152,7 @@ class _Heatmaps:
         rendered = render_heatmap(result.image, result.anomaly_map, score=result.score, label=result.label,
                                   name=os.path.basename(result.path))
         if not self.anomalous_only or result.label == "anomalous":
-            if not cv2.imwrite(str(self.folder / name), np.ascontiguousarray(rendered[..., ::-1])):
-                raise OSError(f"could not write {self.folder / name}")
+            write_rgb(self.folder / name, rendered)
             self.written += 1
         scale = THUMBNAIL / max(rendered.shape[:2])
         thumb = cv2.resize(rendered, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rendered

@@ -22,6 +22,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from client.transport import connect
+
 LABELS = {"anomalous", "normal"}
 
 
@@ -84,10 +86,7 @@ class Protocol:
     def __init__(self, kind: str, url: str, timeout: float) -> None:
         self.kind = kind
         self.module = httpclient if kind == "http" else grpcclient
-        if kind == "http":
-            self.client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
-        else:
-            self.client = grpcclient.InferenceServerClient(url)
+        self.client = connect(kind, url, timeout=timeout)
 
     def metadata(self, model: str) -> dict[str, Any]:
         """Model metadata as a dict with ``inputs`` and ``outputs`` lists."""
