@@ -133,7 +133,12 @@ def _tree_rss(pid: int) -> int | None:
 
 
 def server_memory(metrics_url: str | None, pid: int | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    """Server memory from Triton's metrics endpoint (host memory in use) and, for a local pid, its process tree."""
+    """Server memory: Triton's host-memory gauges and, for a local pid, the resident memory of its process tree.
+
+    ``nv_cpu_memory_used_bytes`` is the whole machine's RAM in use as Triton polls it, not the server's own; Triton
+    leaves it at 0 until its first poll and where it cannot read /proc, so a 0 is reported as missing, not as a size.
+    The process-tree figure is the one that measures the server (and its Python backend stubs).
+    """
     out: dict[str, Any] = {}
     if metrics_url:
         url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
@@ -145,6 +150,9 @@ def server_memory(metrics_url: str | None, pid: int | None = None, timeout: floa
                 name = line.split("{")[0].split(" ")[0]
                 if name in ("nv_cpu_memory_used_bytes", "nv_gpu_memory_used_bytes"):
                     out[name] = out.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+            for name in [k for k, v in out.items() if v == 0]:
+                del out[name]
+                out.setdefault("not_reported", []).append(name)
         except (OSError, ValueError) as e:
             out["metrics_error"] = str(e)
     if pid:

@@ -215,7 +215,10 @@ def test_evaluate_reproduces_the_stats_json(
     assert report["throughput_images_per_second"] > 0 and report["latency_ms"]["p99"] > 0
     assert report["client_memory"]["peak_rss_bytes"] > 10e6
     assert report["server_memory"]["process_tree_rss_bytes"] > 50e6
-    assert report["server_memory"]["nv_cpu_memory_used_bytes"] > 0
+    # Triton's host gauge is machine-wide and 0 until its first poll: present means a real size, absent is named.
+    memory = report["server_memory"]
+    assert memory.get("nv_cpu_memory_used_bytes", 1) > 0
+    assert "nv_cpu_memory_used_bytes" in memory or "nv_cpu_memory_used_bytes" in memory["not_reported"]
     assert "EVALUATE: PASS" in printed
 
 
