@@ -171,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     speedup = student.ort_batch8 / teacher.ort_batch8
     loss = 100 * ((teacher.image_auroc or 0) - (student.image_auroc or 0))
     verdict = "meets" if speedup >= 5 and loss <= 2 else "misses"
-    print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {loss:+.1f} points image AUROC lost: "
-          f"{verdict} the target (>= 5x, <= 2 points)")
+    # A student can score higher than its teacher on a small test split: say so instead of "-0.8 points lost".
+    change = f"{loss:.1f} points of image AUROC lost" if loss > 0 else f"{-loss:.1f} points of image AUROC gained"
+    print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {change}: "
+          f"{verdict} the target (>= 5x, <= 2 points lost)")
     if str(args.readme):
-        write_readme(args.readme, table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {loss:.1f} points of "
-                     f"image AUROC lost ({verdict} the >= 5x / <= 2 points target).\n", "kd-compare")
+        write_readme(args.readme, table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} ({verdict} the "
+                     f">= 5x / <= 2 points lost target).\n", "kd-compare")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from client.evaluation import server_memory
+from client.evaluation import process_tree, server_memory
 from client.transport import Transport
 
 
@@ -38,6 +38,18 @@ class Timing:
         """JSON-ready."""
         return asdict(self)
 
+    @classmethod
+    def median(cls, runs: list[Timing]) -> Timing:
+        """The typical run of several: the median of each figure, requests and failures summed."""
+        def med(field: str) -> float:
+            return float(np.median([getattr(t, field) for t in runs]))
+
+        return cls(med("images_per_second"), med("p50_ms"), med("p95_ms"), med("p99_ms"),
+                   sum(t.requests for t in runs), sum(t.failures for t in runs))
+
+
+ORT_WARMUP_RUNS = 3
+
 
 def ort_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSession:
     """A CPU ONNX Runtime session with ``threads`` intra-op threads (default: every core)."""
@@ -51,7 +63,7 @@ def ort_run(session: ort.InferenceSession, inputs: np.ndarray, batch: int, secon
     """In-process ONNX Runtime at a fixed batch size, back to back for ``seconds``: the limit serving approaches."""
     name = session.get_inputs()[0].name
     x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
-    for _ in range(3):
+    for _ in range(ORT_WARMUP_RUNS):
         session.run(None, {name: x})  # warm-up: first runs allocate
     latencies, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(latencies) < 5:
@@ -122,3 +134,29 @@ def served_run(
 def process_tree_rss(pid: int) -> int | None:
     """Resident bytes of a process and its descendants (server + backend stubs); Linux only."""
     return server_memory(None, pid).get("process_tree_rss_bytes")
+
+
+def tree_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) each process of a server tree has used so far, by role: ``tritonserver`` or, for
+    a Python-backend stub, the model instance it runs (``<model>_<group>_<instance>``, the stub's second-last
+    argument). Differences of two calls say where the CPU went in between. Linux only."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for p in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # exited since the walk
+        fields = stat.rsplit(")", 1)[1].split()
+        argv = [a for a in argv if a]
+        role = argv[-2] if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 2 else (
+            Path(argv[0]).name if argv else str(p))
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    t = os.times()
+    return t.user + t.system

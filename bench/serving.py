@@ -13,7 +13,10 @@ In one run, on the same exported models and the same machine:
   concurrency sweep measured by Triton's perf_analyzer as a cross-check.
 
 Each served figure is also given as a ratio of the in-process one at the same effective batch (concurrency c
-against ONNX Runtime at batch c). Targets: throughput at concurrency 4 >= 0.9x, p99 at concurrency 1 <= 1.2x.
+against ONNX Runtime at batch c). The two are measured interleaved, in rounds, and each ratio is the median of the
+per-round ratios (with its range), so that the machine's drift does not masquerade as serving overhead. Targets:
+throughput at concurrency 4 >= 0.9x, p99 at concurrency 1 <= 1.2x. The CPU every process of the served path spends
+per image (client, server, each backend stub) is recorded too: what serving adds, measured in a steadier unit.
 Writes JSON, a PNG plot (throughput and p99 against concurrency) and, with ``--readme``, a table into README.md.
 """
 
@@ -31,7 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.measure import Timing, ort_run, ort_session, process_tree_rss, served_run
+from bench.measure import (
+    ORT_WARMUP_RUNS,
+    Timing,
+    ort_run,
+    ort_session,
+    own_cpu_seconds,
+    process_tree_rss,
+    served_run,
+    tree_cpu_seconds,
+)
 
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 THROUGHPUT_TARGET, P99_TARGET = 0.9, 1.2
@@ -148,19 +160,79 @@ def breakdown(server, model: dict, seconds: float) -> dict:
     return result
 
 
+def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """In-process and served runs interleaved: each round measures ONNX Runtime at batch c and, right after it, the
+    server at concurrency c over each protocol, for every c; ``args.rounds`` rounds.
+
+    Why interleaved: on a shared virtual machine the same in-process run drifts by up to 2x over minutes (measured:
+    ORT batch 1 at 71 then 38 img/s ten seconds apart, nothing else running). Measuring all of one side and then
+    all of the other would turn that drift into a fake ratio; a ratio taken within a round compares like with like.
+
+    Returns ``ort[c]`` and ``served[protocol][c]``, one :class:`Timing` per round, and the CPU each run used per
+    image: ``cpu["ort"][c]`` (this process) and ``cpu["served"][protocol][c]`` (client and every server process).
+    """
+    session = ort_session(model["onnx"], args.threads)
+    ort: dict[int, list[Timing]] = {c: [] for c in args.concurrency}
+    served: dict[str, dict[int, list[Timing]]] = {p: {c: [] for c in args.concurrency} for p in args.protocols}
+    cpu: dict = {"ort": {c: [] for c in args.concurrency},
+                 "served": {p: {c: [] for c in args.concurrency} for p in args.protocols}}
+    for _ in range(args.rounds):
+        for c in args.concurrency:
+            before = own_cpu_seconds()
+            t = ort_run(session, model["inputs"], c, args.seconds)
+            ort[c].append(t)
+            cpu["ort"][c].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * c))
+            for protocol in args.protocols:
+                url = server.grpc_url if protocol == "grpc" else server.http_url
+                before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+                t = served_run(url, protocol, model["score_model"], model["input"], model["inputs"], concurrency=c,
+                               seconds=args.seconds)
+                after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+                served[protocol][c].append(t)
+                images = t.requests + t.failures + c  # c warm-up requests ran inside the window too
+                split = {role: (after[role] - before.get(role, 0.0)) * 1000.0 / images for role in after}
+                split["client"] = (client_after - client_before) * 1000.0 / images
+                cpu["served"][protocol][c].append(split)
+    return ort, served, cpu
+
+
+def cpu_split(cpu: dict, model: dict, concurrency: int = 4) -> dict:
+    """CPU milliseconds per image at ``concurrency`` (median over rounds): in-process ONNX Runtime, and each process
+    of the served path (client, tritonserver, one entry per busy backend stub).
+
+    ``serving`` is everything the served path spends besides the network's own stub (client, server core, scorer)
+    and ``overhead`` that as a share of the in-process network: what serving adds to the model's own cost. CPU time
+    is far steadier than throughput on a shared machine, so this is the figure to watch when a change is tried.
+    ``network_vs_in_process`` compares the network's stub with the same graph in-process (ONNX Runtime's idle
+    spinning between batches shows there)."""
+    network = f"{model['name']}_onnx_"
+    out: dict = {"ort_in_process": float(np.median(cpu["ort"][concurrency]))}
+    for protocol, by_c in cpu["served"].items():
+        rounds = by_c[concurrency]
+        roles = sorted({role for split in rounds for role in split})
+        median = {role: float(np.median([split.get(role, 0.0) for split in rounds])) for role in roles}
+        median = {role: ms for role, ms in median.items() if ms >= 0.01}  # idle stubs of other models
+        own = sum(ms for role, ms in median.items() if role.startswith(network))
+        rest = sum(ms for role, ms in median.items() if not role.startswith(network))
+        base = out["ort_in_process"]
+        out[protocol] = {"ms_per_image": median, "network": own, "serving": rest,
+                         "overhead": rest / base if base > 0 else None,
+                         "network_vs_in_process": own / base if base > 0 else None}
+    return out
+
+
+def paired_ratio(served: list[Timing], ort: list[Timing], field: str) -> dict:
+    """Served over in-process, round by round: the median ratio and its range across rounds."""
+    per_round = [getattr(s, field) / getattr(o, field) for s, o in zip(served, ort)]
+    return {"median": float(np.median(per_round)), "min": min(per_round), "max": max(per_round),
+            "per_round": per_round}
+
+
 def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     """Every figure of one detector."""
-    session = ort_session(model["onnx"], args.threads)
-    ort = {b: ort_run(session, model["inputs"], b, args.seconds) for b in sorted({1, 8, *args.concurrency})}
-    del session
-    served: dict[str, dict[int, Timing]] = {}
-    for protocol in args.protocols:
-        url = server.grpc_url if protocol == "grpc" else server.http_url
-        served[protocol] = {
-            c: served_run(url, protocol, model["score_model"], model["input"], model["inputs"], concurrency=c,
-                          seconds=args.seconds)
-            for c in args.concurrency
-        }
+    ort_rounds, served_rounds, cpu = paired_rounds(model, server, args)
+    ort = {c: Timing.median(runs) for c, runs in ort_rounds.items()}
+    served = {p: {c: Timing.median(runs) for c, runs in by_c.items()} for p, by_c in served_rounds.items()}
     extra = {}
     if model["has_map"] and "grpc" in args.protocols:
         # What the full-resolution float32 map costs when a client asks for it too.
@@ -171,14 +243,19 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         "model": model["name"], "method": model["method"],
         "ort": {str(b): t.to_dict() for b, t in ort.items()},
         "served": {p: {str(c): t.to_dict() for c, t in runs.items()} for p, runs in served.items()},
+        "cpu_ms_per_image_c4": cpu_split(cpu, model),
+        "rounds": {"ort": {str(c): [t.to_dict() for t in runs] for c, runs in ort_rounds.items()},
+                   "served": {p: {str(c): [t.to_dict() for t in runs] for c, runs in by_c.items()}
+                              for p, by_c in served_rounds.items()}},
         "ratios": {
             p: {
-                "throughput_c4_vs_ort_b4": runs[4].images_per_second / ort[4].images_per_second if 4 in runs else None,
-                "p99_c1_vs_ort_b1": runs[1].p99_ms / ort[1].p99_ms if 1 in runs else None,
-                "throughput_vs_ort_same_batch": {str(c): t.images_per_second / ort[c].images_per_second
-                                                 for c, t in runs.items()},
+                "throughput_c4_vs_ort_b4": paired_ratio(by_c[4], ort_rounds[4], "images_per_second"),
+                "p99_c1_vs_ort_b1": paired_ratio(by_c[1], ort_rounds[1], "p99_ms"),
+                "throughput_vs_ort_same_batch": {
+                    str(c): paired_ratio(runs, ort_rounds[c], "images_per_second")["median"]
+                    for c, runs in by_c.items()},
             }
-            for p, runs in served.items()
+            for p, by_c in served_rounds.items()
         },
         **extra,
     }
@@ -190,25 +267,35 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     return result
 
 
+def _overhead_text(cpu: dict, protocol: str) -> str:
+    """'+2.4 ms on 41.9 ms = +6%': CPU per image the served path spends besides the network, against the network's
+    own in-process CPU per image (the percentage is left out where the model costs next to nothing)."""
+    split, base = cpu[protocol], cpu["ort_in_process"]
+    text = f"+{split['serving']:.2f} ms on {base:.2f} ms"
+    return text + (f" = +{100 * split['overhead']:.0f}%" if split["overhead"] is not None and split["overhead"] < 10
+                   else "")
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1."""
     lines = [
-        ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 vs ORT b4 (>= 0.9) "
-        "| p99 c1 served / ORT b1 ms (<= 1.2x) |"),
-        "|---|---|---|---|---|---|",
+        ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 / ORT b4 [range] (>= 0.9) "
+        "| p99 c1 served / ORT b1 ms: ratio [range] (<= 1.2x) | serving CPU per image at c4 |"),
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ort = r["ort"]
         for protocol, runs in r["served"].items():
-            ratio = r["ratios"][protocol]
-            ok_t = "yes" if ratio["throughput_c4_vs_ort_b4"] >= THROUGHPUT_TARGET else "no"
-            ok_p = "yes" if ratio["p99_c1_vs_ort_b1"] <= P99_TARGET else "no"
+            t4, p1 = r["ratios"][protocol]["throughput_c4_vs_ort_b4"], r["ratios"][protocol]["p99_c1_vs_ort_b1"]
+            ok_t = "yes" if t4["median"] >= THROUGHPUT_TARGET else "no"
+            ok_p = "yes" if p1["median"] <= P99_TARGET else "no"
             lines.append(
                 f"| {r['model']} | {protocol} | {ort['1']['images_per_second']:.0f} / {ort['4']['images_per_second']:.0f}"
                 f" / {ort['8']['images_per_second']:.0f} | {runs['1']['images_per_second']:.0f} / "
                 f"{runs['4']['images_per_second']:.0f} / {runs['8']['images_per_second']:.0f} | "
-                f"{ratio['throughput_c4_vs_ort_b4']:.2f} ({ok_t}) | {runs['1']['p99_ms']:.1f} / "
-                f"{ort['1']['p99_ms']:.1f} = {ratio['p99_c1_vs_ort_b1']:.2f}x ({ok_p}) |"
+                f"{t4['median']:.2f} [{t4['min']:.2f}-{t4['max']:.2f}] ({ok_t}) | {runs['1']['p99_ms']:.1f} / "
+                f"{ort['1']['p99_ms']:.1f}: {p1['median']:.2f}x [{p1['min']:.2f}-{p1['max']:.2f}] ({ok_p}) | "
+                f"{_overhead_text(r['cpu_ms_per_image_c4'], protocol)} |"
             )
     return "\n".join(lines)
 
@@ -265,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=Path("runs/compare/model_repository"),
                    help="exported repository (make compare writes one with every detector)")
     p.add_argument("--models", nargs="*", default=None, help="ensemble names to measure (default: all)")
-    p.add_argument("--seconds", type=float, default=4.0, help="length of each timed run")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each timed run")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of in-process and served runs, interleaved; ratios are per round, then the median")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="requests in flight")
     p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads in-process (default: all cores)")
@@ -303,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "arch": platform.machine()},
                                        "server_rss_bytes": memory, "seconds": args.seconds,
+                                       "rounds": args.rounds,
                                        "results": results}, indent=2) + "\n")
     plot(results, args.concurrency, args.plot)
     print(f"wrote {args.output} and {args.plot}")

@@ -113,22 +113,34 @@ def client_memory() -> dict[str, int]:
     return {"peak_rss_bytes": int(peak if sys.platform == "darwin" else peak * 1024)}
 
 
-def _tree_rss(pid: int) -> int | None:
-    """Resident memory of a process and its descendants (the server and its Python-backend stubs), Linux only."""
-    total, todo, seen = 0, [pid], set()
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (the server and its Python-backend stubs), Linux only; [] if it is gone."""
+    found, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        found.append(p)
+    return found
+
+
+def _tree_rss(pid: int) -> int | None:
+    """Resident memory of a process and its descendants (the server and its Python-backend stubs), Linux only."""
+    total, pids = 0, process_tree(pid)
+    if not pids:
+        return None
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
         except (OSError, StopIteration, ValueError):
-            if p == pid:
-                return None
+            continue  # exited since the walk
     return total
 
 

@@ -20,7 +20,7 @@ def test_kd_bench_writes_json_plot_and_readme_table(
     readme.write_text(f"intro\n{serving.README_BEGIN}\nold\n{serving.README_END}\nrest\n")
     repository = exported_all[0].repository
     rc = serving.main(["--repository", str(repository), "--models", "ad_inference", "kdae_digits",
-                       "--seconds", "0.3", "--output", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
+                       "--seconds", "0.3", "--rounds", "2", "--output", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
                        "--readme", str(readme)])
     assert rc == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "b.json").read_text())
@@ -28,7 +28,11 @@ def test_kd_bench_writes_json_plot_and_readme_table(
     for r in data["results"]:
         assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8"}
         assert all(t["failures"] == 0 and t["images_per_second"] > 0 for p in r["served"].values() for t in p.values())
-        assert r["ort"]["1"]["p99_ms"] > 0 and r["ratios"]["grpc"]["throughput_c4_vs_ort_b4"] > 0
+        assert r["ort"]["1"]["p99_ms"] > 0
+        # Ratios are taken round by round (in-process and served runs interleaved), then the median.
+        assert len(r["rounds"]["ort"]["4"]) == 2 and len(r["rounds"]["served"]["http"]["1"]) == 2
+        ratio = r["ratios"]["grpc"]["throughput_c4_vs_ort_b4"]
+        assert len(ratio["per_round"]) == 2 and 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     assert "ad_inference_scorer" in data["results"][0]["breakdown_c1_ms"]["score only"]
     assert data["server_rss_bytes"] > 0 and (tmp_path / "b.png").stat().st_size > 10_000
     text = readme.read_text()
