@@ -108,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         with TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port()) as server:
             for protocol in ("grpc", "http"):
-                url = server.grpc_url if protocol == "grpc" else server.http_url
                 for maps in (False, True):
                     for shared_memory, encoded in VARIANTS:
-                        row = run_variant(url, protocol, files, shared_memory=shared_memory, encoded=encoded,
+                        row = run_variant(server.url(protocol), protocol, files, shared_memory=shared_memory, encoded=encoded,
                                           maps=maps, model=args.model, batch_size=args.batch_size,
                                           concurrency=args.concurrency, size=size)
                         print(f"{_label(row)}, maps {maps}: {row['images_per_second']:.0f} images/s, "

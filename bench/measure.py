@@ -150,8 +150,8 @@ def tree_cpu_seconds(pid: int) -> dict[str, float]:
             continue  # exited since the walk
         fields = stat.rsplit(")", 1)[1].split()
         argv = [a for a in argv if a]
-        role = argv[-2] if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 2 else (
-            Path(argv[0]).name if argv else str(p))
+        is_stub = len(argv) > 2 and argv[0].endswith("triton_python_backend_stub")
+        role = argv[-2] if is_stub else (Path(argv[0]).name if argv else str(p))
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 

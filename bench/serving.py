@@ -183,17 +183,22 @@ def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, 
             ort[c].append(t)
             cpu["ort"][c].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * c))
             for protocol in args.protocols:
-                url = server.grpc_url if protocol == "grpc" else server.http_url
-                before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
-                t = served_run(url, protocol, model["score_model"], model["input"], model["inputs"], concurrency=c,
-                               seconds=args.seconds)
-                after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+                t, split = _served_with_cpu(server, protocol, model, c, args.seconds)
                 served[protocol][c].append(t)
-                images = t.requests + t.failures + c  # c warm-up requests ran inside the window too
-                split = {role: (after[role] - before.get(role, 0.0)) * 1000.0 / images for role in after}
-                split["client"] = (client_after - client_before) * 1000.0 / images
                 cpu["served"][protocol][c].append(split)
     return ort, served, cpu
+
+
+def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, seconds: float) -> tuple[Timing, dict]:
+    """One score-only served run, and the CPU milliseconds per image each process spent on it (client included)."""
+    before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+    t = served_run(server.url(protocol), protocol, model["score_model"], model["input"], model["inputs"],
+                   concurrency=concurrency, seconds=seconds)
+    after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+    images = t.requests + t.failures + concurrency  # the warm-up requests ran inside the window too
+    split = {role: (after[role] - before.get(role, 0.0)) * 1000.0 / images for role in after}
+    split["client"] = (client_after - client_before) * 1000.0 / images
+    return t, split
 
 
 def cpu_split(cpu: dict, model: dict, concurrency: int = 4) -> dict:

@@ -199,6 +199,10 @@ class TritonServer:
         """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` expects it."""
         return f"{self.host}:{self.grpc_port}"
 
+    def url(self, protocol: str) -> str:
+        """``host:port`` of the ``"grpc"`` or ``"http"`` endpoint."""
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
     def command(self) -> list[str]:
         """Returns the ``tritonserver`` command line (the backend directory must exist to run it)."""
         return [

@@ -20,8 +20,8 @@ def test_kd_bench_writes_json_plot_and_readme_table(
     readme.write_text(f"intro\n{serving.README_BEGIN}\nold\n{serving.README_END}\nrest\n")
     repository = exported_all[0].repository
     rc = serving.main(["--repository", str(repository), "--models", "ad_inference", "kdae_digits",
-                       "--seconds", "0.3", "--rounds", "2", "--output", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
-                       "--readme", str(readme)])
+                       "--seconds", "0.3", "--rounds", "2", "--output", str(tmp_path / "b.json"),
+                       "--plot", str(tmp_path / "b.png"), "--readme", str(readme)])
     assert rc == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "b.json").read_text())
     assert [r["model"] for r in data["results"]] == ["ad_inference", "kdae_digits"]

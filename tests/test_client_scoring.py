@@ -27,10 +27,6 @@ pytestmark = pytest.mark.server
 MOSAIC_GRID, MOSAIC_UP = 4, 4
 
 
-def _url(server: TritonServer, protocol: str) -> str:
-    return server.grpc_url if protocol == "grpc" else server.http_url
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -72,7 +68,7 @@ def test_score_folder_end_to_end(
 ) -> None:
     folder = mixed_folder["frame.png"].parent
     out, heat = tmp_path / "out", tmp_path / "heatmaps"
-    rc = client_main(["score", str(folder), "-i", protocol, "-u", _url(server, protocol), "-b", "4", "-c", "3",
+    rc = client_main(["score", str(folder), "-i", protocol, "-u", server.url(protocol), "-b", "4", "-c", "3",
                       "-o", str(out), "--heatmaps", str(heat), "--top", "4", "--no-progress"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
@@ -116,7 +112,7 @@ def test_score_folder_end_to_end(
 def _scores(server: TritonServer, paths: list[Path], **options) -> dict[str, tuple[float, float, str]]:
     protocol = options.pop("protocol", "grpc")
     results = []
-    summary = score_images([str(p) for p in paths], ScoreConfig(protocol=protocol, url=_url(server, protocol), **options),
+    summary = score_images([str(p) for p in paths], ScoreConfig(protocol=protocol, url=server.url(protocol), **options),
                            results.append)
     assert summary.scored + summary.errors == summary.images and not summary.interrupted
     return {Path(r.path).name: (r.score, r.raw_score, r.label) if r.ok else r.error for r in results}

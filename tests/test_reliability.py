@@ -167,7 +167,7 @@ def test_many_concurrent_clients_every_response_checked(
     def worker(k: int) -> None:
         protocol = "grpc" if k % 2 else "http"
         module = grpcclient if protocol == "grpc" else httpclient
-        client = module.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+        client = module.InferenceServerClient(server.url(protocol))
         rng = np.random.default_rng(k)
         try:
             for _ in range(per_client):
