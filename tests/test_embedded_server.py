@@ -62,7 +62,9 @@ output [
   { name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] },
   { name: "MAP" data_type: TYPE_FP32 dims: [ -1, -1 ] }
 ]
-dynamic_batching {}
+# A queue delay makes grouping deterministic: with none, a fast model on a slow machine can finish each request
+# before the next arrives, and the batching test saw 40 executions for 40 requests in CI.
+dynamic_batching { max_queue_delay_microseconds: 20000 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
 parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 """
@@ -75,7 +77,9 @@ output [
   { name: "SCORE__0" data_type: TYPE_FP32 dims: [ 1 ] },
   { name: "MAP__1" data_type: TYPE_FP32 dims: [ 8, 8 ] }
 ]
-dynamic_batching {}
+# A queue delay makes grouping deterministic: with none, a fast model on a slow machine can finish each request
+# before the next arrives, and the batching test saw 40 executions for 40 requests in CI.
+dynamic_batching { max_queue_delay_microseconds: 20000 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
 parameters { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "1" } }
 """
