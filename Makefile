@@ -15,7 +15,7 @@ EPOCHS ?= 40
 SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 
-.PHONY: install data train export serve stop validate demo score compare bench bench-client test clean help
+.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +63,9 @@ bench: install  ## serving vs in-process ONNX Runtime for every detector of $(BE
 
 bench-client: install  ## time the client's paths (pixels, shared memory, encoded JPEG; gRPC and HTTP) on $(REPO)
 	$(VENV)/bin/kd-bench-client --repository $(REPO) --images $(DATA)/$(CATEGORY)/test
+
+bench-metrics: install  ## time pixel AUROC and AUPRO on an MVTec-sized synthetic test set
+	$(VENV)/bin/kd-bench-metrics
 
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)

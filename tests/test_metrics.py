@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from bench.metrics import synthetic_maps
 from training.metrics import aupro, evaluate, f1_at_threshold, f1_optimal_threshold, image_auroc, pixel_auroc
 
 
@@ -100,16 +100,12 @@ def test_aupro_noisy_matches_reference():
     assert aupro(masks, maps, fpr_limit=0.1) == pytest.approx(_reference_aupro(masks, maps, 0.1), abs=0.01)
 
 
-def test_aupro_fast_enough():
-    rng = np.random.default_rng(0)
-    masks = np.zeros((60, 256, 256), dtype=np.uint8)
-    masks[:30, 100:140, 60:90] = 1
-    masks[:30:3, 10:20, 200:250] = 1
-    maps = (rng.normal(size=masks.shape) + 2.0 * masks).astype(np.float32)
-    start = time.perf_counter()
+def test_aupro_on_an_mvtec_sized_set():
+    # Its speed is a figure of kd-bench-metrics, not an assertion here: CI machines differ.
+    masks, maps = synthetic_maps(60, 256)
     value = aupro(masks, maps)
-    assert time.perf_counter() - start < 2.0
     assert 0.5 < value < 1.0
+    assert aupro(masks, maps + 5.0 * masks) > value  # clearer defects, higher overlap
 
 
 # --------------------------------------------------------------------------- F1
