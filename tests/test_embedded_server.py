@@ -53,6 +53,8 @@ class Tiny(torch.nn.Module):
         return x.mean(dim=(1, 2, 3)).unsqueeze(1), x.mean(dim=3) * 2.0
 
 
+# Both models wait up to 20 ms to fill a batch: with no queue delay a tiny model on a slow machine can finish each
+# request before the next arrives, and the batching test saw 40 executions for 40 requests in CI.
 ONNX_CONFIG = """name: "tiny_onnx"
 platform: "onnxruntime_onnx"
 max_batch_size: 8
@@ -62,8 +64,6 @@ output [
   { name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] },
   { name: "MAP" data_type: TYPE_FP32 dims: [ -1, -1 ] }
 ]
-# A queue delay makes grouping deterministic: with none, a fast model on a slow machine can finish each request
-# before the next arrives, and the batching test saw 40 executions for 40 requests in CI.
 dynamic_batching { max_queue_delay_microseconds: 20000 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
 parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
@@ -77,8 +77,6 @@ output [
   { name: "SCORE__0" data_type: TYPE_FP32 dims: [ 1 ] },
   { name: "MAP__1" data_type: TYPE_FP32 dims: [ 8, 8 ] }
 ]
-# A queue delay makes grouping deterministic: with none, a fast model on a slow machine can finish each request
-# before the next arrives, and the batching test saw 40 executions for 40 requests in CI.
 dynamic_batching { max_queue_delay_microseconds: 20000 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
 parameters { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "1" } }
