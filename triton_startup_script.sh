@@ -15,16 +15,23 @@ STATE_DIR="${TRITON_STATE_DIR:-$ROOT/.triton}"
 PID_FILE="$STATE_DIR/server.pid"
 LOG_FILE="$STATE_DIR/server.log"
 STATE_FILE="$STATE_DIR/server.env"   # mode and ports of the running server, for status/stop
+SUPERVISOR_FILE="$STATE_DIR/supervisor.json"   # the embedded supervisor's restarts and heals
 
 usage() {
     cat <<EOF
-Usage: $(basename "$0") [start|stop|status|restart] [options]
+Usage: $(basename "$0") [start|stop|status|restart] [options] [-- kd-server options]
 
 Commands:
   start     start the server in the background and wait until /v2/health/ready answers (default)
   stop      stop it cleanly (SIGTERM / docker stop) and remove the pid file
-  status    exit 0 when the server answers ready, 1 when running but not ready, 3 when not running
+  status    exit 0 when the server answers ready, 1 when running but not ready, 3 when not running;
+            prints the supervisor's restarts and heals (embedded) or Docker's restart count and health
   restart   stop, then start
+
+The embedded server runs under its supervisor (kd-server): tritonserver is restarted when it crashes and a
+dead backend is reloaded in place after a failed liveness check (a real inference per model); options after
+'--' go to kd-server (see kd-server --help: --restart-sec, --start-limit-burst, --health-interval, ...).
+The container runs with --restart unless-stopped and a HEALTHCHECK that does a real inference (kd-health).
 
 Options:
   --model-repository DIR   model repository to serve (default: model_repository)
@@ -40,7 +47,7 @@ Options:
 
 Environment: PYTHON (default .venv/bin/python, else python3), TRITON_STATE_DIR (default .triton),
 TRITON_IMAGE, TRITON_CONTAINER.
-Files: \$TRITON_STATE_DIR/server.pid, server.log, server.env.
+Files: \$TRITON_STATE_DIR/server.pid, server.log, server.env, supervisor.json.
 EOF
 }
 
@@ -49,8 +56,10 @@ die() { echo "ERROR: $*" >&2; exit 2; }
 COMMAND="start"
 if [[ $# -gt 0 && "$1" != -* ]]; then COMMAND="$1"; shift; fi
 MODEL_REPOSITORY="" HTTP_PORT="" GRPC_PORT="" METRICS_PORT="" MODE="" TIMEOUT=180
+SERVER_ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --) shift; SERVER_ARGS=("$@"); break ;;
         -h|--help) usage; exit 0 ;;
         --model-repository) MODEL_REPOSITORY="${2:?--model-repository needs a value}"; shift 2 ;;
         --http-port) HTTP_PORT="${2:?--http-port needs a value}"; shift 2 ;;
@@ -131,7 +140,9 @@ start_docker() {
         docker build -f docker/Dockerfile.server -t "$IMAGE" .
     fi
     docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
-    docker run -d --name "$CONTAINER" --gpus all --shm-size=1g \
+    # unless-stopped: Docker restarts a container whose server crashed; the image's HEALTHCHECK (a real inference)
+    # marks a dead backend unhealthy, which Kubernetes' liveness probe turns into a restart (docker/README.md).
+    docker run -d --name "$CONTAINER" --gpus all --shm-size=1g --restart unless-stopped \
         -p "127.0.0.1:$HTTP_PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" -p "127.0.0.1:$METRICS_PORT:8002" \
         -v "$REPO_ABS:/models:ro" "$IMAGE" >/dev/null
 }
@@ -139,9 +150,11 @@ start_docker() {
 start_embedded() {
     : >"$LOG_FILE"
     # setsid: the server survives this shell and its terminal; the CLI appends the server log to the same file.
-    setsid nohup "$PYTHON" -m serving.embedded --model-repository "$REPO_ABS" --host 127.0.0.1 \
+    rm -f "$SUPERVISOR_FILE"
+    setsid nohup "$PYTHON" -m serving.cli --model-repository "$REPO_ABS" --host 127.0.0.1 \
         --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
-        --log-file "$LOG_FILE" --timeout "$TIMEOUT" >>"$LOG_FILE" 2>&1 </dev/null &
+        --log-file "$LOG_FILE" --timeout "$TIMEOUT" --state-file "$SUPERVISOR_FILE" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} \
+        >>"$LOG_FILE" 2>&1 </dev/null &
     echo $! >"$PID_FILE"
 }
 
@@ -150,7 +163,7 @@ print_log_tail() {
     if [[ "$1" == "docker" ]]; then
         docker logs --tail 40 "$CONTAINER" >&2 2>&1 || true
     elif grep -q '^ERROR: ' "$LOG_FILE" 2>/dev/null; then
-        # serving.embedded's own report: the log's error lines (the cause), then its tail.
+        # kd-server's own report: the log's error lines (the cause), then its tail.
         sed -n '/^ERROR: /,$p' "$LOG_FILE" >&2
     else
         tail -n 40 "$LOG_FILE" >&2 || true
@@ -219,17 +232,29 @@ do_stop() {
     rm -f "$PID_FILE" "$STATE_FILE"
 }
 
+print_supervision() {
+    if [[ "$SAVED_MODE" == "docker" ]]; then
+        docker inspect -f 'container: restarts: {{.RestartCount}}{{if .State.Health}}, health: {{.State.Health.Status}} ({{len .State.Health.Log}} checks logged){{end}}' \
+            "$CONTAINER" 2>/dev/null || true
+    elif [[ -f "$SUPERVISOR_FILE" ]]; then
+        "$PYTHON" -m serving.supervisor "$SUPERVISOR_FILE" || true
+    fi
+}
+
 do_status() {
     if ! running; then
         echo "Triton not running"
         return 3
     fi
+    local rc=1
     if is_ready "${HTTP_PORT:-${SAVED_HTTP_PORT:-8000}}"; then
         echo "Triton ready ($SAVED_MODE mode) at http://127.0.0.1:${HTTP_PORT:-${SAVED_HTTP_PORT:-8000}}"
-        return 0
+        rc=0
+    else
+        echo "Triton running ($SAVED_MODE mode) but not ready"
     fi
-    echo "Triton running ($SAVED_MODE mode) but not ready"
-    return 1
+    print_supervision
+    return $rc
 }
 
 case "$COMMAND" in

@@ -3,6 +3,7 @@
 
     python client/client.py [options]              validate the served models end to end (PASS: <model>)
     python client/client.py score PATH... [opts]   score image files, folders or globs (production use)
+    python client/client.py health [opts]          liveness: one real inference per model (kd-health)
 
 ``python client/client.py --help`` and ``python client/client.py score --help`` explain every option. Installed
 with the project, the same command is ``kd-client``.
@@ -21,12 +22,16 @@ if __package__ in (None, ""):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to validation (default) or ``score``; returns the exit status."""
+    """Dispatch to validation (default), ``score`` or ``health``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "score":
         from client.score_command import main as score_main
 
         return score_main(argv[1:])
+    if argv and argv[0] == "health":
+        from client.health import main as health_main
+
+        return health_main(argv[1:])
     from client.validate import main as validate_main
 
     return validate_main(argv)

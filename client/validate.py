@@ -84,7 +84,7 @@ class Protocol:
     """One protocol's client with the calls this validator needs."""
 
     def __init__(self, kind: str, url: str, timeout: float) -> None:
-        self.kind = kind
+        self.kind, self.timeout = kind, timeout
         self.module = httpclient if kind == "http" else grpcclient
         self.client = connect(kind, url, timeout=timeout)
 
@@ -94,13 +94,25 @@ class Protocol:
             return self.client.get_model_metadata(model)
         return self.client.get_model_metadata(model, as_json=True)
 
+    def config(self, model: str) -> dict[str, Any]:
+        """The model's configuration as a dict (``platform``, ``ensemble_scheduling``, ...)."""
+        if self.kind == "http":
+            return self.client.get_model_config(model)
+        return self.client.get_model_config(model, as_json=True)["config"]
+
     def infer(self, model: str, spec: dict[str, Any], inputs: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
         """Send a batch for the input ``spec`` (name, datatype); returns the requested outputs."""
         tensor = self.module.InferInput(spec["name"], list(inputs.shape), spec["datatype"])
         tensor.set_data_from_numpy(inputs)
         requested = [self.module.InferRequestedOutput(o) for o in outputs]
-        result = self.client.infer(model, [tensor], outputs=requested)
+        # HTTP's timeout is the connection's; gRPC takes one per call.
+        timeout = {"client_timeout": self.timeout} if self.kind == "grpc" else {}
+        result = self.client.infer(model, [tensor], outputs=requested, **timeout)
         return {o: result.as_numpy(o) for o in outputs}
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.client.close()
 
 
 def _check_metadata(proto: Protocol, model: str, spec: dict[str, Any], outputs: dict[str, str]) -> None:

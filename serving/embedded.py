@@ -12,11 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import ipaddress
 import os
-import secrets
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +24,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +32,11 @@ from types import TracebackType
 
 __all__ = [
     "SHM_DEFAULT_BYTES",
+    "ModelControlError",
+    "RESTRICTED_APIS",
     "ServerStartError",
     "TritonServer",
     "free_port",
-    "main",
     "prepare_backend_dir",
     "server_environment",
     "tritonserver_root",
@@ -47,14 +47,24 @@ __all__ = [
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 8 * 1024 * 1024
 
+#: API groups behind the admin key by default: changing what is served, or reading its statistics and logs.
+#: Inference, health, metadata and model config (clients read max_batch_size from it) stay open.
+RESTRICTED_APIS = ("model-repository", "logging", "trace", "statistics")
+
 _STANDIN_BACKENDS = ("onnxruntime", "pytorch")
 # Error-level log lines that a CPU-only machine always prints; they are not why a start failed.
 _HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM")
 _SOURCE_BACKENDS = Path(__file__).resolve().parent / "backends"
+# Triton's log line for a model that did not load: `... "failed to load 'NAME' version 1: Internal: WHY"`.
+_LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \S+: (.*)")
 
 
 class ServerStartError(RuntimeError):
     """The server exited, or did not become ready in time; the message carries the tail of its log."""
+
+
+class ModelControlError(RuntimeError):
+    """The repository API refused a load or unload, or the model failed to load."""
 
 
 def _site_packages() -> Path:
@@ -149,12 +159,20 @@ class TritonServer:
         http_port: HTTP/REST port.
         grpc_port: gRPC port.
         metrics_port: Prometheus metrics port.
-        host: Address the three endpoints bind to.
+        host: Address the gRPC and metrics endpoints bind to (and HTTP, unless ``http_host`` is given).
+        http_host: Address the HTTP endpoint binds to; ``host`` when None. Triton 2.51's HTTP frontend aborts on
+            a JSON request that declares a huge shape (the gRPC frontend refuses it), so a caller exposing the
+            server keeps HTTP on loopback.
         workdir: Folder for the backend directory (and the log by default); a temporary one, removed by
             :meth:`stop`, when None.
         log_path: File that receives the server's stdout and stderr (appended); ``<workdir>/server.log`` when
             None.
         extra_args: More ``tritonserver`` flags, appended last (so they win over the defaults).
+        model_control: ``"none"`` (the repository is fixed at start) or ``"explicit"`` (models can be unloaded and
+            loaded through the repository API, which then needs ``admin_key``).
+        admin_key: Key of the restricted APIs, sent in the ``admin-key`` header.
+        restricted_apis: The API groups that need the key when one is given.
+        grpc_tls: ``(certificate, private key)`` PEM files: serve gRPC over TLS.
     """
 
     def __init__(
@@ -165,16 +183,19 @@ class TritonServer:
         grpc_port: int = 8001,
         metrics_port: int = 8002,
         host: str = "127.0.0.1",
+        http_host: str | None = None,
         workdir: Path | None = None,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         model_control: str = "none",
         admin_key: str | None = None,
+        restricted_apis: Sequence[str] = RESTRICTED_APIS,
         grpc_tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.host = host
+        self.http_host = http_host or host
         self._own_workdir = workdir is None
         # Absolute: the server runs with the workdir as its cwd, so a relative backend path would not resolve.
         self.workdir = Path(tempfile.mkdtemp(prefix="kd-triton-")) if workdir is None else Path(workdir).resolve()
@@ -185,19 +206,23 @@ class TritonServer:
         if model_control == "explicit" and not admin_key:
             raise ValueError("explicit model control exposes load/unload: give an admin_key to restrict those APIs")
         self.model_control, self.admin_key = model_control, admin_key
+        self.restricted_apis = tuple(restricted_apis)
+        if model_control == "explicit" and "model-repository" not in self.restricted_apis:
+            raise ValueError("explicit model control needs the model-repository API among the restricted ones")
         self.grpc_tls = tuple(Path(p).resolve() for p in grpc_tls) if grpc_tls else None
         self.process: subprocess.Popen | None = None
+        self._regions: set[str] = set()  # shared-memory regions seen on live stubs' command lines
         self._log_offset = 0  # Where this run's output starts in an appended log file.
 
     @property
     def http_url(self) -> str:
         """``host:port`` of the HTTP endpoint, as ``tritonclient.http`` expects it."""
-        return f"{self.host}:{self.http_port}"
+        return f"{_reachable(self.http_host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
         """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` expects it."""
-        return f"{self.host}:{self.grpc_port}"
+        return f"{_reachable(self.host)}:{self.grpc_port}"
 
     def url(self, protocol: str) -> str:
         """``host:port`` of the ``"grpc"`` or ``"http"`` endpoint."""
@@ -209,7 +234,7 @@ class TritonServer:
             str(tritonserver_root() / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.workdir / 'backends'}",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--grpc-address={self.host}",
             f"--metrics-address={self.host}",
             f"--http-port={self.http_port}",
@@ -231,10 +256,8 @@ class TritonServer:
     def _hardening(self) -> list[str]:
         """Restricted APIs behind the admin key, and TLS on gRPC (Triton's deployment guide)."""
         args = []
-        if self.admin_key:
-            # Changing what is served, or reading its statistics and logs, needs the key; inference, health,
-            # metadata and model config (clients read max_batch_size from it) do not.
-            apis = "model-repository,logging,trace,statistics"
+        if self.admin_key and self.restricted_apis:
+            apis = ",".join(self.restricted_apis)
             args += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
                      f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}"]
         if self.grpc_tls:
@@ -273,12 +296,49 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         """Returns whether ``/v2/health/ready`` answers 200 (all models loaded, with ``--strict-readiness``)."""
+        return self._answers("/v2/health/ready")
+
+    def is_live(self) -> bool:
+        """Returns whether ``/v2/health/live`` answers 200 (the process serves HTTP; says nothing of the models)."""
+        return self._answers("/v2/health/live")
+
+    def _answers(self, path: str) -> bool:
         try:
-            url = f"http://{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (fixed http URL)
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:  # noqa: S310
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def load_model(self, name: str, timeout: float = 120) -> None:
+        """Loads (or, after :meth:`unload_model`, reloads) a model through the repository API.
+
+        Needs ``model_control="explicit"``; the request carries the admin key and goes to the HTTP endpoint.
+
+        Raises:
+            ModelControlError: If the server refuses or the model fails to load (Triton's message included).
+        """
+        self._control(f"/v2/repository/models/{urllib.parse.quote(name, safe='')}/load", timeout)
+
+    def unload_model(self, name: str, timeout: float = 60) -> None:
+        """Unloads a model (its python-backend stubs end; ensembles that use it become unavailable).
+
+        Raises:
+            ModelControlError: If the server refuses.
+        """
+        self._control(f"/v2/repository/models/{urllib.parse.quote(name, safe='')}/unload", timeout)
+
+    def _control(self, path: str, timeout: float) -> None:
+        if self.model_control != "explicit":
+            raise ModelControlError(f"{path}: the server runs with --model-control-mode={self.model_control}")
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=b"{}", method="POST",
+                                         headers={ADMIN_HEADER: self.admin_key or ""})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 (fixed http URL)
+                return
+        except urllib.error.HTTPError as e:
+            raise ModelControlError(f"{path}: HTTP {e.code}: {e.read().decode(errors='replace')}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise ModelControlError(f"{path}: {e}") from e
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Blocks until the server is ready.
@@ -303,13 +363,18 @@ class TritonServer:
                 raise ServerStartError(self._failure(f"tritonserver not ready after {timeout:g} s"))
             time.sleep(0.2)
 
+    def log_errors(self, n: int = 10) -> list[str]:
+        """The last ``n`` error lines of this run's log, without those every CPU-only start prints."""
+        lines = self.log_tail(n=10_000).splitlines()
+        return [line for line in lines if line.startswith("E") and not any(h in line for h in _HARMLESS_ERRORS)][-n:]
+
     def _failure(self, summary: str) -> str:
         """``summary``, the log's error lines (the cause, often above the tail) and the log tail."""
         lines = self.log_tail(n=10_000).splitlines()
-        errors = [line for line in lines if line.startswith("E") and not any(h in line for h in _HARMLESS_ERRORS)]
+        errors = self.log_errors()
         parts = [summary + "."]
         if errors:
-            parts.append("Errors in the log:\n" + "\n".join(errors[-10:]))
+            parts.append("Errors in the log:\n" + "\n".join(errors))
         parts.append(f"Log tail ({self.log_path}):\n" + "\n".join(lines[-40:]))
         return "\n".join(parts)
 
@@ -324,6 +389,7 @@ class TritonServer:
         """
         process, code = self.process, None
         if process is not None:
+            regions = self._regions | _shm_regions(process.pid)
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -332,12 +398,36 @@ class TritonServer:
                     _kill_group(process.pid)
                     process.wait()
             # Python-backend stubs outlive a server that crashed; its group is ours alone, so end what is left.
+            regions |= _shm_regions(process.pid)
             _kill_group(process.pid)
+            _unlink_shm(regions)
+            self._regions = set()
             code = process.returncode
         if self._own_workdir:
             # The log would go with the workdir; a caller who wants it passes log_path or workdir.
             shutil.rmtree(self.workdir, ignore_errors=True)
         return code
+
+    def release_orphaned_shm(self) -> list[str]:
+        """Unlinks the shared memory of stubs that died since the last call, and notes the live stubs' regions.
+
+        The python backend does not unlink a dead stub's region when its model is reloaded; each is 16 MiB of
+        /dev/shm. Only regions once seen on a live stub's command line and no longer on any are removed.
+
+        Returns:
+            The names removed.
+        """
+        if self.process is None:
+            return []
+        live = _shm_regions(self.process.pid)
+        orphans = sorted(self._regions - live)
+        _unlink_shm(set(orphans))
+        self._regions = live
+        return orphans
+
+    def load_failures(self) -> dict[str, str]:
+        """Models this run of the server failed to load, with Triton's reason, read from its log."""
+        return {m.group(1): m.group(2).strip().rstrip('"') for m in _LOAD_FAILURE.finditer(self.log_tail(n=10_000))}
 
     def log_tail(self, n: int = 40) -> str:
         """Returns the last ``n`` lines that this run of the server wrote to its log."""
@@ -378,115 +468,33 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# The python backend names each stub's shared-memory region on the stub's command line; a server that is killed
+# or aborts never unlinks them, and each is shm-default-byte-size (16 MiB) of RAM in /dev/shm.
+_SHM_REGION = re.compile(r"^triton_\w+_backend_shm_region_[0-9a-f-]+$")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kd-server",
-        description=(
-            "Run Triton Inference Server 2.51 (from the nvidia-pytriton wheel) on a model repository, in the "
-            "foreground, CPU-only. Models with platform onnxruntime_onnx or pytorch_libtorch run on Python-based "
-            "stand-in backends, so the repository served by nvcr.io/nvidia/tritonserver:24.10-py3 works "
-            "unchanged. Prints 'READY http://HOST:PORT grpc://HOST:PORT' once every model is loaded; SIGTERM or "
-            "SIGINT is forwarded to the server and the exit code is the server's."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
-                        help="model repository folder (<model>/config.pbtxt, <model>/<version>/...)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address the HTTP, gRPC and metrics endpoints bind to. Anything but loopback restricts "
-                             "the repository, statistics, logging and trace APIs to requests carrying the "
-                             "admin key (a random one is generated and printed unless --admin-key is given); "
-                             "inference itself stays unauthenticated, so put a TLS proxy in front")
-    parser.add_argument("--admin-key", default=os.environ.get("KD_TRITON_ADMIN_KEY"),
-                        help="key for the restricted APIs, sent as the 'admin-key' header "
-                             "(default: $KD_TRITON_ADMIN_KEY)")
-    parser.add_argument("--model-control", choices=["none", "explicit"], default="none",
-                        help="'explicit' allows loading and unloading models through the (restricted) repository "
-                             "API, e.g. to reload a re-exported model without a restart")
-    parser.add_argument("--grpc-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS")
-    parser.add_argument("--grpc-key", type=Path, default=None, help="PEM private key of --grpc-cert")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (KServe v2 protocol)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (KServe v2 protocol)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (/metrics)")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="file the server log is appended to (default: a temporary file removed on exit; "
-                             "its tail is printed if start-up fails)")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for the server to become ready before giving up (exit 1)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``kd-server`` command line.
-
-    Args:
-        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
-
-    Returns:
-        The server's exit code (128 + signal number if a signal ended it), or 1 if it never became ready.
-    """
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if (args.grpc_cert is None) != (args.grpc_key is None):
-        parser.error("--grpc-cert and --grpc-key go together")
-    admin_key = args.admin_key
-    if not admin_key and (args.model_control == "explicit" or not _is_loopback(args.host)):
-        admin_key = secrets.token_urlsafe(24)
-        print(f"admin key for the restricted APIs (header '{ADMIN_HEADER}'): {admin_key}", flush=True)
-    if not _is_loopback(args.host):
-        print(f"WARNING: binding to {args.host}: inference is unauthenticated; anyone who can reach this address "
-              "can run models (the management APIs need the admin key)", file=sys.stderr)
-    server = TritonServer(
-        args.model_repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        log_path=args.log_file,
-        model_control=args.model_control,
-        admin_key=admin_key,
-        grpc_tls=(args.grpc_cert, args.grpc_key) if args.grpc_cert else None,
-    )
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signum)  # Triton shuts down cleanly on SIGTERM and SIGINT alike.
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+def _shm_regions(pgid: int) -> set[str]:
+    """Names of the shared-memory regions of the stubs in process group ``pgid`` (read from /proc)."""
+    names: set[str] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            server.start()
-            print(f"tritonserver pid {server.process.pid}, log {server.log_path}", flush=True)
-            server.wait_ready(args.timeout)
-            if not stopping:
-                print(f"READY http://{server.http_url} grpc://{server.grpc_url}", flush=True)
-        except ServerStartError as exc:
-            if not stopping or server.process is None:  # An exit we asked for is not a start-up failure.
-                print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-                server.stop()
-                return 1
-        while server.process.poll() is None and not stopping:
-            time.sleep(0.2)
-        # stop() waits for the shutdown the signal began and kills what is left after 30 s, so that a
-        # supervisor waiting for this process never waits forever; it also ends stubs of a crashed server.
-        code = server.stop(timeout=30)
-        return 128 - code if code is not None and code < 0 else (code or 0)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if os.getpgid(int(proc.name)) != pgid:
+                continue
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        names.update(a.decode(errors="replace") for a in args if _SHM_REGION.match(a.decode(errors="replace")))
+    return names
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _unlink_shm(names: set[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(Path("/dev/shm") / name)
+        except OSError:
+            pass  # already removed by the server's own clean shutdown
+
+
+def _reachable(host: str) -> str:
+    """An address to connect to for a server bound to ``host`` (a wildcard bind answers on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

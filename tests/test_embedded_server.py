@@ -32,11 +32,11 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from serving.cli import main
 from serving.embedded import (
     ServerStartError,
     TritonServer,
     free_port,
-    main,
     prepare_backend_dir,
     server_environment,
 )

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Liveness that does real work: one small inference per served model, compared with its stored reference.
+
+Triton's ``/v2/health/ready`` stays 200 while a python-backend stub is dead and every request to its model fails,
+so readiness cannot tell a working server from a broken one; only an inference can. :class:`HealthCheck` sends the
+first stored validation sample (``<model>/validation/`` of the exporter) through each detector and checks the answer
+against the reference within the manifest's tolerance. It is what ``kd-health`` (a Docker ``HEALTHCHECK`` or a
+Kubernetes exec liveness probe) runs once, and what the supervisor (``kd-server``) runs every few seconds.
+
+A round is cheap: per detector, the request that crosses the most steps (PNG bytes through the encoded ensemble:
+decoder, network, scorer; pixels through the ensemble for vector models) and each network the ensembles do not use.
+Only when one fails does it send each step alone (the networks from pixels, the scorer from the stored raw score,
+the decoder from the PNG) to find the step that broke: the *suspects* are the failing requests' steps that no
+passing request went through.
+
+Needs only numpy, tritonclient and OpenCV (to encode the PNG), like the validator it shares its sample loader with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable (see client/client.py)
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]),
+                   *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
+
+from client.validate import CheckFailed, Protocol, Samples, discover, encode_png  # noqa: E402
+
+#: The network output compared with the sample's ``raw_score`` (TorchScript names it ``pred_score__0``).
+RAW_SCORE_OUTPUT = "pred_score"
+#: Input of the encoded-image ensembles and of their decoder step.
+ENCODED_INPUT = "image_bytes"
+
+#: Exit status of ``kd-health``: healthy, a model failed (or the server is unreachable), bad usage.
+HEALTHY, UNHEALTHY, USAGE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request of the check: send ``data`` as ``input_name`` to ``model``, expect ``expected`` in ``output``."""
+
+    model: str
+    input_name: str
+    datatype: str
+    data: np.ndarray
+    output: str
+    expected: np.ndarray
+    atol: float
+
+
+@dataclass
+class ProbeResult:
+    """What one probe got: ``error`` says why it failed (empty when it passed)."""
+
+    model: str
+    seconds: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the model answered with the reference."""
+        return not self.error
+
+
+@dataclass
+class HealthReport:
+    """One round of the check.
+
+    Attributes:
+        results: One entry per request sent (the cheap round, then the diagnosis if it failed).
+        suspects: Models (steps, not ensembles) that failed and that no passing request went through: what to
+            reload. Empty when healthy, or when the failure cannot be pinned on a step (server unreachable).
+    """
+
+    results: list[ProbeResult]
+    suspects: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every request was answered with its reference."""
+        return all(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> list[ProbeResult]:
+        """The requests that failed."""
+        return [r for r in self.results if not r.ok]
+
+    def summary(self) -> str:
+        """One line: ``HEALTHY: ...`` or ``UNHEALTHY: <model>: <why> ... (suspect: <step>)``."""
+        ms = 1000 * sum(r.seconds for r in self.results)
+        if self.healthy:
+            models = sorted({r.model for r in self.results})
+            return f"HEALTHY: {len(models)} models answered their reference ({', '.join(models)}) in {ms:.0f} ms"
+        failed = "; ".join(f"{r.model}: {r.error}" for r in self.failures)
+        suspects = f" (suspect: {', '.join(self.suspects)})" if self.suspects else ""
+        return f"UNHEALTHY: {failed}{suspects}"
+
+
+class HealthCheck:
+    """The liveness check of the detectors of one model repository, against one server.
+
+    Args:
+        repository: The model repository with the exporter's validation samples.
+        url: ``host:port`` of the server's HTTP (or gRPC) endpoint.
+        protocol: ``"http"`` or ``"grpc"``.
+        timeout: Seconds one request may take.
+        models: Detectors (ensemble names) to check; every one with validation samples when None.
+
+    Raises:
+        CheckFailed: If no detector has validation samples, or a sample folder cannot be read.
+    """
+
+    def __init__(self, repository: Path, url: str, *, protocol: str = "http", timeout: float = 10.0,
+                 models: list[str] | None = None) -> None:
+        self.repository, self.url, self.protocol, self.timeout = Path(repository), url, protocol, timeout
+        names = models or discover(self.repository)
+        if not names:
+            raise CheckFailed(f"no model with validation samples in {self.repository} (run kd-export first)")
+        self.samples = {name: Samples.load(self.repository / name / "validation") for name in names}
+        self._proto: Protocol | None = None
+        self._cheap: list[Probe] = []
+        self._diagnosis: list[Probe] = []
+        self._steps: dict[str, list[str]] = {}  # ensemble -> the models it runs
+
+    def check(self) -> HealthReport:
+        """Runs one round: the cheap probes, and the diagnosis when one of them fails."""
+        try:
+            proto = self._connect()
+        except Exception as e:  # noqa: BLE001  (unreachable, or the server is not up yet: that is the answer)
+            self.reset()
+            return HealthReport([ProbeResult("server", 0.0, _text(e))])
+        results = [self._run(proto, probe) for probe in self._cheap]
+        if all(r.ok for r in results):
+            return HealthReport(results)
+        # Each request to a model whose stub is dead takes about 1 s to fail: the steps alone first, and the
+        # ensembles only when every step answers (then the fault is in no step, and a reload cannot fix it).
+        steps = [self._run(proto, probe) for probe in self._diagnosis if probe.model not in self._steps]
+        results += steps
+        if all(r.ok for r in steps):
+            results += [self._run(proto, probe) for probe in self._diagnosis if probe.model in self._steps]
+        return HealthReport(results, self._suspects(results))
+
+    def reset(self) -> None:
+        """Forget the connection and what was learnt from the server (call it after a restart)."""
+        if self._proto is not None:
+            try:
+                self._proto.close()
+            except Exception:  # noqa: BLE001  (a dead server's connection)
+                pass
+        self._proto = None
+
+    close = reset
+
+    def _connect(self) -> Protocol:
+        """Opens the connection and, once per server, builds the probes from its metadata and configs."""
+        if self._proto is None:
+            proto = Protocol(self.protocol, self.url, self.timeout)
+            try:
+                self._cheap, self._diagnosis, self._steps = self._plan(proto)
+            except Exception:
+                proto.close()
+                raise
+            self._proto = proto
+        return self._proto
+
+    def _plan(self, proto: Protocol) -> tuple[list[Probe], list[Probe], dict[str, list[str]]]:
+        """The cheap round and the diagnosis, from the samples and what the server says of its models."""
+        cheap, diagnosis, steps = [], [], {}
+        for name, s in self.samples.items():
+            m = s.manifest
+            spec, atol = m["input"], float(m["atol"])
+            pixels = Probe(name, spec["name"], spec["datatype"], s.inputs[:1], "score", s.score[:1], atol)
+            ensembles = [pixels]
+            png = None
+            if m.get("encoded_model"):
+                png = np.array([[encode_png(s.inputs[0])]], dtype=object)
+                ensembles.insert(0, Probe(m["encoded_model"], ENCODED_INPUT, "BYTES", png, "score", s.score[:1], atol))
+            for probe in ensembles:
+                steps[probe.model] = [step["model_name"] for step in
+                                      proto.config(probe.model).get("ensemble_scheduling", {}).get("step", [])]
+            networks = {}
+            for network in m["networks"]:
+                names = [o["name"] for o in proto.metadata(network)["outputs"]]
+                score_output = next((n for n in names if n.split("__")[0] == RAW_SCORE_OUTPUT), names[0])
+                networks[network] = Probe(network, spec["name"], spec["datatype"], s.inputs[:1], score_output,
+                                          s.raw_score[:1], atol)
+            # The other steps alone: the scorer from the raw score, the decoder from the PNG (lossless: exact).
+            steps_alone = []
+            for step in steps[pixels.model]:
+                inputs = {i["name"] for i in proto.metadata(step)["inputs"]} if step not in networks else set()
+                if RAW_SCORE_OUTPUT in inputs:
+                    steps_alone.append(Probe(step, RAW_SCORE_OUTPUT, "FP32", s.raw_score[:1].astype(np.float32),
+                                             "score", s.score[:1], atol))
+            if png is not None:
+                steps_alone += [Probe(step, ENCODED_INPUT, "BYTES", png, spec["name"], s.inputs[:1], 0.0)
+                                for step in steps[ensembles[0].model] if step not in steps[pixels.model]]
+            covered = set(steps[ensembles[0].model])
+            cheap += [ensembles[0], *(p for n, p in networks.items() if n not in covered)]
+            diagnosis += [*ensembles[1:], *(p for n, p in networks.items() if n in covered), *steps_alone]
+        return cheap, diagnosis, steps
+
+    def _run(self, proto: Protocol, probe: Probe) -> ProbeResult:
+        started = time.perf_counter()
+        try:
+            got = proto.infer(probe.model, {"name": probe.input_name, "datatype": probe.datatype}, probe.data,
+                              [probe.output])[probe.output]
+            if got is None or got.shape != probe.expected.shape:
+                error = f"{probe.output} has shape {None if got is None else got.shape}, expected {probe.expected.shape}"
+            else:
+                diff = float(np.max(np.abs(got.astype(np.float64) - probe.expected.astype(np.float64))))
+                error = "" if diff <= probe.atol else \
+                    f"{probe.output} differs from the reference by {diff:.3g} (tolerance {probe.atol:g})"
+        except Exception as e:  # noqa: BLE001  (any failure of the request is the finding)
+            error = _text(e)
+        return ProbeResult(probe.model, time.perf_counter() - started, error)
+
+    def _suspects(self, results: list[ProbeResult]) -> list[str]:
+        """Steps of the failing requests that no passing request went through (a failing network is its own)."""
+        healthy: set[str] = set()
+        for r in results:
+            if r.ok:
+                healthy.update(self._steps.get(r.model) or [r.model])
+        suspects: list[str] = []
+        for r in results:
+            if not r.ok:
+                suspects += [m for m in self._steps.get(r.model) or [r.model] if m not in healthy and m not in suspects]
+        return suspects
+
+
+def _text(error: BaseException) -> str:
+    """An error as one line (Triton's message when it has one)."""
+    message = error.message() if hasattr(error, "message") and callable(error.message) else str(error)
+    return " ".join(str(message or type(error).__name__).split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kd-health`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="kd-health",
+        description="Liveness check that does real inference: sends each detector's first stored validation sample "
+        "(the repository's <model>/validation/) and compares the answer with the reference within the manifest's "
+        "tolerance. Prints HEALTHY or UNHEALTHY naming the model that failed and the step to blame; exit 0 healthy, "
+        "1 unhealthy or unreachable, 2 bad usage. Meant for Docker HEALTHCHECK and Kubernetes exec liveness probes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-u", "--url", default="127.0.0.1:8000", help="host:port of the endpoint of --protocol")
+    parser.add_argument("-i", "--protocol", choices=["http", "grpc"], default="http", help="wire protocol")
+    parser.add_argument("-r", "--repository", type=Path, default=Path("model_repository"),
+                        help="model repository holding <model>/validation/ (the exporter's samples)")
+    parser.add_argument("-m", "--model", action="append", default=None,
+                        help="detector (ensemble name) to check; repeat for several (default: every detector with "
+                             "validation samples)")
+    parser.add_argument("-t", "--timeout", type=float, default=5.0, help="seconds one request may take")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of one line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``kd-health``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        check = HealthCheck(args.repository, args.url, protocol=args.protocol, timeout=args.timeout, models=args.model)
+    except CheckFailed as e:
+        print(f"UNHEALTHY: {e}", file=sys.stderr)
+        return USAGE
+    try:
+        report = check.check()
+    finally:
+        check.close()
+    if args.json:
+        print(json.dumps({"healthy": report.healthy, "suspects": report.suspects,
+                          "results": [asdict(r) for r in report.results]}, indent=2))
+    else:
+        print(report.summary())
+    return HEALTHY if report.healthy else UNHEALTHY
+
+
+if __name__ == "__main__":
+    sys.exit(main())
