@@ -110,6 +110,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_server(args: argparse.Namespace, config: SupervisorConfig) -> TritonServer:
+    """The server the options describe: addresses, model control and the keys of the restricted APIs.
+
+    Prints a generated admin key when the user needs one (explicit model control asked for, or a non-loopback
+    ``--host``), and warns about what an exposed address exposes.
+    """
+    model_control = args.model_control or ("explicit" if config.health_interval_sec > 0 else "none")
+    exposed = not _is_loopback(args.host)
+    admin_key, restricted = args.admin_key, RESTRICTED_APIS
+    if not admin_key and (args.model_control == "explicit" or exposed):
+        admin_key = secrets.token_urlsafe(24)
+        print(f"admin key for the restricted APIs (header '{ADMIN_HEADER}'): {admin_key}", flush=True)
+    elif not admin_key and model_control == "explicit":
+        # Only the supervisor reloads models: its key stays private and guards the repository API alone, so
+        # statistics and logs on loopback stay as open as without supervision.
+        admin_key, restricted = secrets.token_urlsafe(24), ("model-repository",)
+    http_host = args.http_host or ("127.0.0.1" if exposed else args.host)
+    if exposed:
+        print(f"WARNING: binding gRPC and metrics to {args.host}: inference is unauthenticated; anyone who can reach "
+              "this address can run models (the management APIs need the admin key)", file=sys.stderr)
+    if not _is_loopback(http_host):
+        print(f"WARNING: HTTP on {http_host}: one KServe-v2 JSON request declaring a huge shape aborts tritonserver "
+              "2.51 (the supervisor restarts it) and a large one makes it allocate gigabytes; gRPC refuses both",
+              file=sys.stderr)
+    return TritonServer(
+        args.model_repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        http_host=http_host,
+        log_path=args.log_file,
+        model_control=model_control,
+        admin_key=admin_key,
+        restricted_apis=restricted,
+        grpc_tls=(args.grpc_cert, args.grpc_key) if args.grpc_cert else None,
+    )
+
+
+def supervisor_config(args: argparse.Namespace) -> SupervisorConfig:
+    """The supervision options as a :class:`SupervisorConfig` (raises ``ValueError`` on a bad value)."""
+    return SupervisorConfig(
+        restart=args.restart, restart_sec=args.restart_sec, restart_max_sec=args.restart_max_sec,
+        start_limit_burst=args.start_limit_burst, start_limit_interval_sec=args.start_limit_interval_sec,
+        health_interval_sec=args.health_interval, health_timeout_sec=args.health_timeout,
+        health_failures=args.health_failures, ready_timeout_sec=args.timeout, stop_timeout_sec=args.stop_timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``kd-server`` command line.
 
@@ -125,46 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.grpc_cert is None) != (args.grpc_key is None):
         parser.error("--grpc-cert and --grpc-key go together")
     try:
-        config = SupervisorConfig(
-            restart=args.restart, restart_sec=args.restart_sec, restart_max_sec=args.restart_max_sec,
-            start_limit_burst=args.start_limit_burst, start_limit_interval_sec=args.start_limit_interval_sec,
-            health_interval_sec=args.health_interval, health_timeout_sec=args.health_timeout,
-            health_failures=args.health_failures, ready_timeout_sec=args.timeout, stop_timeout_sec=args.stop_timeout)
+        config = supervisor_config(args)
     except ValueError as e:
         parser.error(str(e))
-    healing = config.health_interval_sec > 0
-    model_control = args.model_control or ("explicit" if healing else "none")
-    exposed = not _is_loopback(args.host)
-    admin_key, restricted = args.admin_key, RESTRICTED_APIS
-    if not admin_key and (args.model_control == "explicit" or exposed):
-        admin_key = secrets.token_urlsafe(24)
-        print(f"admin key for the restricted APIs (header '{ADMIN_HEADER}'): {admin_key}", flush=True)
-    elif not admin_key and model_control == "explicit":
-        # Only the supervisor reloads models: its key stays private and guards the repository API alone, so
-        # statistics and logs on loopback stay as open as without supervision.
-        admin_key, restricted = secrets.token_urlsafe(24), ("model-repository",)
-    http_host = args.http_host or ("127.0.0.1" if exposed else args.host)
-    if exposed:
-        print(f"WARNING: binding gRPC and metrics to {args.host}: inference is unauthenticated; anyone who can reach "
-              "this address can run models (the management APIs need the admin key)", file=sys.stderr)
-        if not _is_loopback(http_host):
-            print(f"WARNING: HTTP on {http_host}: one malformed JSON request aborts tritonserver 2.51 (the "
-                  "supervisor restarts it, answering again after a restart)", file=sys.stderr)
-    server = TritonServer(
-        args.model_repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        http_host=http_host,
-        log_path=args.log_file,
-        model_control=model_control,
-        admin_key=admin_key,
-        restricted_apis=restricted,
-        grpc_tls=(args.grpc_cert, args.grpc_key) if args.grpc_cert else None,
-    )
+    server = build_server(args, config)
     health = None
-    if healing:
+    if config.health_interval_sec > 0:
         from client.health import CheckFailed, HealthCheck  # the liveness check is a client of the server
 
         try:

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,6 +39,7 @@ __all__ = [
     "free_port",
     "prepare_backend_dir",
     "server_environment",
+    "stub_pid",
     "tritonserver_root",
 ]
 
@@ -57,6 +58,7 @@ _HARMLESS_ERRORS = ("CudaDriverHelper", "CUDA driver", "NVML", "DCGM")
 _SOURCE_BACKENDS = Path(__file__).resolve().parent / "backends"
 # Triton's log line for a model that did not load: `... "failed to load 'NAME' version 1: Internal: WHY"`.
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \S+: (.*)")
+_SHUTDOWN_WAIT = re.compile(r"Found (\d+) live models and (\d+) in-flight non-inference requests")
 
 
 class ServerStartError(RuntimeError):
@@ -378,11 +380,14 @@ class TritonServer:
         parts.append(f"Log tail ({self.log_path}):\n" + "\n".join(lines[-40:]))
         return "\n".join(parts)
 
-    def stop(self, timeout: float = 30) -> int | None:
+    def stop(self, timeout: float = 30, *, settled: Callable[[], bool] | None = None) -> int | None:
         """Stops the server: SIGTERM, wait up to ``timeout`` s, then SIGKILL to its whole process group.
 
         Args:
             timeout: Seconds to wait for a clean shutdown.
+            settled: Polled while waiting; when it returns True, whatever the server still waits for will never
+                finish (see :meth:`shutdown_waits_for`), so the group is killed at once and the stop counts as
+                clean (exit code 0).
 
         Returns:
             The server's exit code (negative for a signal), or None if it was never started.
@@ -390,11 +395,16 @@ class TritonServer:
         process, code = self.process, None
         if process is not None:
             regions = self._regions | _shm_regions(process.pid)
+            killed_settled = False
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
+                deadline = time.monotonic() + timeout
+                while process.poll() is None and time.monotonic() < deadline:
+                    if settled is not None and settled():
+                        killed_settled = True
+                        break
+                    time.sleep(0.1)
+                if process.poll() is None:
                     _kill_group(process.pid)
                     process.wait()
             # Python-backend stubs outlive a server that crashed; its group is ours alone, so end what is left.
@@ -402,7 +412,7 @@ class TritonServer:
             _kill_group(process.pid)
             _unlink_shm(regions)
             self._regions = set()
-            code = process.returncode
+            code = 0 if killed_settled else process.returncode
         if self._own_workdir:
             # The log would go with the workdir; a caller who wants it passes log_path or workdir.
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -424,6 +434,15 @@ class TritonServer:
         _unlink_shm(set(orphans))
         self._regions = live
         return orphans
+
+    def shutdown_waits_for(self) -> tuple[int, int] | None:
+        """While stopping: the live models and in-flight requests Triton last said it waits for, or None.
+
+        Triton logs ``Found N live models and M in-flight non-inference requests`` once a second until both
+        are 0 or its exit timeout expires.
+        """
+        found = _SHUTDOWN_WAIT.findall(self.log_tail(n=200))
+        return (int(found[-1][0]), int(found[-1][1])) if found else None
 
     def load_failures(self) -> dict[str, str]:
         """Models this run of the server failed to load, with Triton's reason, read from its log."""
@@ -473,18 +492,38 @@ def _kill_group(pgid: int) -> None:
 _SHM_REGION = re.compile(r"^triton_\w+_backend_shm_region_[0-9a-f-]+$")
 
 
-def _shm_regions(pgid: int) -> set[str]:
-    """Names of the shared-memory regions of the stubs in process group ``pgid`` (read from /proc)."""
-    names: set[str] = set()
+def _group_processes(pgid: int) -> list[tuple[int, list[str]]]:
+    """(pid, command line) of the live processes in process group ``pgid``, read from /proc."""
+    found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if os.getpgid(int(proc.name)) != pgid:
                 continue
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read
-        names.update(a.decode(errors="replace") for a in args if _SHM_REGION.match(a.decode(errors="replace")))
-    return names
+        found.append((int(proc.name), args))
+    return found
+
+
+def _shm_regions(pgid: int) -> set[str]:
+    """Names of the shared-memory regions of the stubs in process group ``pgid``."""
+    return {a for _, args in _group_processes(pgid) for a in args if _SHM_REGION.match(a)}
+
+
+def stub_pid(pgid: int, model_dir: Path) -> int:
+    """The pid of the python-backend stub that runs the model in ``model_dir``, in the server's group ``pgid``.
+
+    The stub's command line is ``triton_python_backend_stub <model_dir>/<version>/<file> <shm region> ...``.
+
+    Raises:
+        LookupError: If no live stub of that server runs it.
+    """
+    prefix = f"{Path(model_dir).resolve()}/"
+    for pid, args in _group_processes(pgid):
+        if len(args) > 1 and args[0].endswith("triton_python_backend_stub") and args[1].startswith(prefix):
+            return pid
+    raise LookupError(f"no python-backend stub of server {pgid} runs {model_dir}")
 
 
 def _unlink_shm(names: set[str]) -> None:

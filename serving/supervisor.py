@@ -185,6 +185,7 @@ class Supervisor:
         self._outage_since: float | None = None  # when the last crash was noticed
         self._restart_heal: tuple[dict[str, Any], float] | None = None  # a heal by restart, waiting for ready
         self._last_failure: tuple[str, dict[str, str]] = ("", {})
+        self._lingering = 0  # old instances of reloaded models that keep this server's shutdown waiting
 
     # ------------------------------------------------------------------ public
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -245,6 +246,7 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001  (missing repository, backend folder: a failed start)
             return self._failed_start(str(e))
         self._started_at = time.monotonic()
+        self._lingering = 0
         self.state.server_pid = self.server.process.pid
         self.log(f"tritonserver pid {self.server.process.pid}, log {self.server.log_path}")
         deadline = self._started_at + self.config.ready_timeout_sec
@@ -359,6 +361,7 @@ class Supervisor:
             self.log(f"still failing after the reload: {after.summary()}")
             return False
         seconds = time.monotonic() - first_failure
+        self._lingering += len(suspects)
         removed = self.server.release_orphaned_shm()
         self._record_heal(Heal(_now(), suspects, report.summary(), "reload", round(seconds, 2)))
         self.log(f"healed: {', '.join(suspects)} reloaded, answering again {seconds:.1f} s after the first failed "
@@ -407,7 +410,17 @@ class Supervisor:
 
     def _finish(self) -> int:
         self._close_health()
-        code = self.server.stop(timeout=self.config.stop_timeout_sec)
+        lingering = self._lingering
+
+        def only_lingering_left() -> bool:
+            waits = self.server.shutdown_waits_for()
+            return waits is not None and waits[0] <= lingering and waits[1] == 0
+
+        code = self.server.stop(timeout=self.config.stop_timeout_sec, settled=only_lingering_left if lingering else None)
+        if lingering and code == 0:
+            self.log(f"stopped; {lingering} model instances whose stubs died never finish unloading in Triton 2.51 "
+                     "(a request that failed on a dead stub keeps them live), so the server was ended once they were "
+                     "all it waited for")
         self._set("stopped")
         return 128 - code if code is not None and code < 0 else (code or 0)
 

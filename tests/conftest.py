@@ -110,7 +110,7 @@ def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> 
         assert code == 0, f"tritonserver did not shut down cleanly (exit {code}):\n{srv.log_tail()}"
 
 
-#: Reliability figures recorded by tests/test_reliability.py, printed at the end of the run.
+#: Reliability figures recorded by tests/test_reliability.py and tests/test_self_healing.py, printed at the end.
 RELIABILITY: dict[str, dict[str, int]] = {}
 
 
@@ -128,6 +128,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     keys = ("inputs", "requests", "faults", "failures")
     terminalreporter.write_line(f"{'test':72s} " + " ".join(f"{k:>9s}" for k in keys))
     for name, figures in sorted(RELIABILITY.items()):
-        terminalreporter.write_line(f"{name:72s} " + " ".join(f"{figures.get(k, 0):9d}" for k in keys))
+        more = ", ".join(f"{k} {v}" for k, v in figures.items() if k not in keys)  # e.g. times to recover
+        terminalreporter.write_line(f"{name:72s} " + " ".join(f"{figures.get(k, 0):9d}" for k in keys)
+                                    + (f"   {more}" if more else ""))
     totals = {k: sum(f.get(k, 0) for f in RELIABILITY.values()) for k in keys}
     terminalreporter.write_line(f"{'total':72s} " + " ".join(f"{totals[k]:9d}" for k in keys))
