@@ -15,7 +15,7 @@ EPOCHS ?= 40
 SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 
-.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics test clean help
+.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -66,6 +66,9 @@ bench-client: install  ## time the client's paths (pixels, shared memory, encode
 
 bench-metrics: install  ## time pixel AUROC and AUPRO on an MVTec-sized synthetic test set
 	$(VENV)/bin/kd-bench-metrics
+
+bench-faults: install  ## crash, dead-stub and fuzz recovery times of the supervised server on $(REPO) (run make demo first)
+	$(VENV)/bin/kd-bench-faults --repository $(REPO) --readme README.md
 
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import ort_run, ort_session, served_run
+from bench.readme import write_section
 
 log = logging.getLogger(__name__)
 
-README_BEGIN = "<!-- compare:begin -->"
-README_END = "<!-- compare:end -->"
 
 
 @dataclass
@@ -67,18 +65,6 @@ def markdown_table(rows: list[Row]) -> str:
         f"{_fmt(r.served_grpc, 0)} |\n"
         for r in rows
     )
-
-
-def write_readme(readme: Path, table: str, command: str) -> None:
-    """Replace the text between the compare markers in ``readme``."""
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
-        log.warning("%s has no compare markers; table not written there", readme)
-        return
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    body = f"{README_BEGIN}\n`{command}` on {os.cpu_count()} CPU cores ({time.strftime('%Y-%m-%d')}):\n\n{table}{README_END}"
-    readme.write_text(head + body + tail, encoding="utf-8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {change}: "
           f"{verdict} the target (>= 5x, <= 2 points lost)")
     if str(args.readme):
-        write_readme(args.readme, table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} ({verdict} the "
-                     f">= 5x / <= 2 points lost target).\n", "kd-compare")
+        try:
+            write_section(args.readme, "compare", table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} "
+                          f"({verdict} the >= 5x / <= 2 points lost target).\n", "kd-compare")
+        except ValueError as e:
+            log.warning("table not written: %s", e)
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.readme import markers, write_section
 from bench.measure import (
     ORT_WARMUP_RUNS,
     Timing,
@@ -45,7 +46,7 @@ from bench.measure import (
     tree_cpu_seconds,
 )
 
-README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+README_BEGIN, README_END = markers("bench")
 THROUGHPUT_TARGET, P99_TARGET = 0.9, 1.2
 
 
@@ -339,17 +340,6 @@ def plot(results: list[dict], concurrency: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def write_readme(readme: Path, table: str, command: str) -> None:
-    """Replace the text between the bench markers of ``readme`` with the table and the command."""
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} markers")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_BEGIN}\n{table}\n\n`{command}` on {platform.machine()}, "
-                      f"{os.cpu_count()} CPU cores\n{README_END}{tail}", encoding="utf-8")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`: "),
@@ -402,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.concurrency, args.plot)
     print(f"wrote {args.output} and {args.plot}")
     if args.readme:
-        write_readme(args.readme, table, "make bench")
+        write_section(args.readme, "bench", table, "make bench")
     failures = sum(t["failures"] for r in results for runs in r["served"].values() for t in runs.values())
     if failures:
         print(f"kd-bench: {failures} served requests failed", file=sys.stderr)

@@ -22,9 +22,9 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -140,13 +140,29 @@ class HealthCheck:
         results = [self._run(proto, probe) for probe in self._cheap]
         if all(r.ok for r in results):
             return HealthReport(results)
-        # Each request to a model whose stub is dead takes about 1 s to fail: the steps alone first, and the
-        # ensembles only when every step answers (then the fault is in no step, and a reload cannot fix it).
-        steps = [self._run(proto, probe) for probe in self._diagnosis if probe.model not in self._steps]
+        # Each request to a model whose stub is dead takes about 1 s to fail, so the diagnosis goes in parallel:
+        # the steps alone first, the ensembles only when every step answers (then no reload can fix it).
+        steps = self._run_parallel([probe for probe in self._diagnosis if probe.model not in self._steps])
         results += steps
         if all(r.ok for r in steps):
-            results += [self._run(proto, probe) for probe in self._diagnosis if probe.model in self._steps]
+            results += self._run_parallel([probe for probe in self._diagnosis if probe.model in self._steps])
         return HealthReport(results, self._suspects(results))
+
+    def _run_parallel(self, probes: list[Probe]) -> list[ProbeResult]:
+        if not probes:
+            return []
+        with ThreadPoolExecutor(min(8, len(probes)), thread_name_prefix="health") as pool:
+            return list(pool.map(self._run_alone, probes))
+
+    def _run_alone(self, probe: Probe) -> ProbeResult:
+        try:
+            proto = Protocol(self.protocol, self.url, self.timeout)  # tritonclient's HTTP client is one per thread
+        except Exception as e:  # noqa: BLE001
+            return ProbeResult(probe.model, 0.0, _text(e))
+        try:
+            return self._run(proto, probe)
+        finally:
+            proto.close()
 
     def reset(self) -> None:
         """Forget the connection and what was learnt from the server (call it after a restart)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = [
+    "Endpoints",
     "SHM_DEFAULT_BYTES",
     "ModelControlError",
     "RESTRICTED_APIS",
@@ -153,7 +154,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class TritonServer:
+class Endpoints:
+    """The client-side addresses of a server whose endpoints bind to ``host`` (gRPC) and ``http_host`` (HTTP)."""
+
+    host: str
+    http_host: str
+    http_port: int
+    grpc_port: int
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint, as ``tritonclient.http`` expects it."""
+        return f"{_reachable(self.http_host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` expects it."""
+        return f"{_reachable(self.host)}:{self.grpc_port}"
+
+    def url(self, protocol: str) -> str:
+        """``host:port`` of the ``"grpc"`` or ``"http"`` endpoint."""
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+
+class TritonServer(Endpoints):
     """The wheel's ``tritonserver`` serving one model repository, as a child process in its own session.
 
     Args:
@@ -215,20 +239,6 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self._regions: set[str] = set()  # shared-memory regions seen on live stubs' command lines
         self._log_offset = 0  # Where this run's output starts in an appended log file.
-
-    @property
-    def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint, as ``tritonclient.http`` expects it."""
-        return f"{_reachable(self.http_host)}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` expects it."""
-        return f"{_reachable(self.host)}:{self.grpc_port}"
-
-    def url(self, protocol: str) -> str:
-        """``host:port`` of the ``"grpc"`` or ``"http"`` endpoint."""
-        return self.grpc_url if protocol == "grpc" else self.http_url
 
     def command(self) -> list[str]:
         """Returns the ``tritonserver`` command line (the backend directory must exist to run it)."""

@@ -17,11 +17,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from serving.embedded import free_port, stub_pid
+from serving.embedded import Endpoints, free_port, stub_pid
 from serving.supervisor import read_state
 
 
-class SupervisedServer:
+class SupervisedServer(Endpoints):
     """``kd-server`` on ``repository``, in a process of its own, on free loopback ports.
 
     Args:
@@ -32,26 +32,13 @@ class SupervisedServer:
 
     def __init__(self, repository: Path, workdir: Path, args: Sequence[str] = ()) -> None:
         self.repository, self.workdir = Path(repository), Path(workdir)
+        self.host = self.http_host = "127.0.0.1"  # kd-server's defaults
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.state_path = self.workdir / "supervisor.json"
         self.log_path = self.workdir / "server.log"
         self.output_path = self.workdir / "kd-server.out"
         self.args = list(args)
         self.process: subprocess.Popen | None = None
-
-    @property
-    def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint."""
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint."""
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def url(self, protocol: str) -> str:
-        """``host:port`` of the ``"grpc"`` or ``"http"`` endpoint."""
-        return self.grpc_url if protocol == "grpc" else self.http_url
 
     def start(self) -> SupervisedServer:
         """Starts kd-server (without waiting)."""

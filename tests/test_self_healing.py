@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 import bench.fuzz as fuzz
+from bench.faults import Prober
 from client.health import HealthCheck
 from client.health import main as health_main
 from client.scoring import ScoreConfig, score_images
@@ -77,47 +76,6 @@ def _crash(server: SupervisedServer) -> None:
 
 
 # --------------------------------------------------------------------------- dead backend stubs
-class _Sender(threading.Thread):
-    """Sends one request after another and records (time sent, time answered, error) for each."""
-
-    def __init__(self, url: str, model: str, name: str, data: np.ndarray, datatype: str, expected: np.ndarray):
-        super().__init__(daemon=True)
-        self.url, self.model, self.name, self.data, self.datatype, self.expected = url, model, name, data, datatype, expected
-        self.log: list[tuple[float, float, str]] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
-        try:
-            while not self.halt.is_set():
-                tensor = grpcclient.InferInput(self.name, list(self.data.shape), self.datatype)
-                tensor.set_data_from_numpy(self.data)
-                sent = time.monotonic()
-                try:
-                    got = client.infer(self.model, [tensor], outputs=[grpcclient.InferRequestedOutput("score")],
-                                       client_timeout=30).as_numpy("score")
-                    error = "" if np.allclose(got, self.expected, atol=1e-3) else f"wrong score {got.ravel()}"
-                except InferenceServerException as e:
-                    error = str(e)
-                self.log.append((sent, time.monotonic(), error))
-                if error:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def failures(self) -> list[str]:
-        return [e for _, _, e in self.log if e]
-
-    def resumed_after(self, t0: float) -> float | None:
-        """Seconds from ``t0`` to the first answer after the first failure that followed it (0 if none failed)."""
-        after = [(sent, done, e) for sent, done, e in self.log if sent >= t0]
-        first_failure = next((i for i, (_, _, e) in enumerate(after) if e), None)
-        if first_failure is None:
-            return 0.0 if after else None
-        answered = next((done for _, done, e in after[first_failure:] if not e), None)
-        return None if answered is None else answered - t0
-
-
 def test_a_killed_backend_stub_is_reloaded_and_answers_resume_within_10_s_other_ensembles_unaffected(
     healing_server: SupervisedServer, healing_repo: Path, reliability
 ) -> None:
@@ -125,8 +83,8 @@ def test_a_killed_backend_stub_is_reloaded_and_answers_resume_within_10_s_other_
     vector = _samples(healing_repo, "kdae_digits")
     png = np.array([[encode_png(image["inputs"][0])]], dtype=object)
     # The encoded ensemble runs all three stubs of the detector: decoder -> network stand-in -> scorer.
-    victim = _Sender(healing_server.grpc_url, "ad_inference_encoded", "image_bytes", png, "BYTES", image["score"][:1])
-    other = _Sender(healing_server.grpc_url, "kdae_digits", "vector", vector["inputs"][:2], "FP32", vector["score"][:2])
+    victim = Prober(healing_server.grpc_url, "ad_inference_encoded", "image_bytes", png, "BYTES", image["score"][:1])
+    other = Prober(healing_server.grpc_url, "kdae_digits", "vector", vector["inputs"][:2], "FP32", vector["score"][:2])
     victim.start()
     other.start()
     resumed: dict[str, float | None] = {}
@@ -137,11 +95,10 @@ def test_a_killed_backend_stub_is_reloaded_and_answers_resume_within_10_s_other_
             time.sleep(1.0)  # some answers before the kill
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
+            resumed[model] = victim.answered_after(killed, timeout=30)
             deadline = killed + 30
             while healing_server.state()["heals"] == heals and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(1.0)  # some answers after the heal
-            resumed[model] = victim.resumed_after(killed)
             state = healing_server.state()
             assert state["heals"] == heals + 1, (model, healing_server.output()[-3000:])
             last = state["heal_log"][-1]
@@ -245,6 +202,7 @@ def test_kd_health_passes_then_names_the_model_whose_stub_died(healing_repo: Pat
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) == 2 and all(line.startswith("HEALTHY: ") and "ad_inference_encoded" in line and
                                        "kdae_digits" in line for line in lines), lines
+        _docker_healthcheck_passes(server, healing_repo, tmp_path / "image")
         check = HealthCheck(healing_repo, server.http_url)
         assert check.check().healthy
         os.kill(stub_pid(server.process.pid, healing_repo / "ad_inference_scorer"), signal.SIGKILL)
@@ -263,6 +221,22 @@ def test_kd_health_passes_then_names_the_model_whose_stub_died(healing_repo: Pat
                                   f"127.0.0.1:{free_port()}", "-r", str(healing_repo), "-t", "2"],
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 1 and "UNHEALTHY: server" in unreachable.stdout, unreachable
+
+
+def _docker_healthcheck_passes(server: TritonServer, repository: Path, root: Path) -> None:
+    """docker/Dockerfile.server's HEALTHCHECK, run with only the files the image copies for it."""
+    dockerfile = (ROOT / "docker" / "Dockerfile.server").read_text()
+    copy = next(line.split()[1:] for line in dockerfile.splitlines() if line.startswith("COPY client/"))
+    *sources, dest = copy
+    command = json.loads(dockerfile.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].splitlines()[0])
+    image_dir = root / dest.strip("/")
+    image_dir.mkdir(parents=True)
+    for source in sources:
+        shutil.copy(ROOT / source, image_dir)
+    argv = [sys.executable if a == "python3" else a.replace(dest, f"{image_dir}/").replace("/models", str(repository))
+            .replace("127.0.0.1:8000", server.http_url) for a in command]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=root)
+    assert result.returncode == 0 and result.stdout.startswith("HEALTHY"), (argv, result.stdout, result.stderr)
 
 
 # --------------------------------------------------------------------------- a model that crashes at load

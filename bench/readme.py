@@ -1,0 +1,29 @@
+"""Figures written into README.md between a benchmark's markers, with the command, machine and date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The begin and end markers of section ``name`` (``<!-- name:begin -->``, ``<!-- name:end -->``)."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def write_section(readme: Path, name: str, body: str, command: str) -> None:
+    """Replaces the text between the markers of ``name`` with ``body`` and a line saying how it was measured.
+
+    Raises:
+        ValueError: If ``readme`` lacks the markers (nothing is written).
+    """
+    begin, end = markers(name)
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    stamp = f"`{command}` on {platform.machine()}, {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}"
+    readme.write_text(f"{head}{begin}\n{body.rstrip()}\n\n{stamp}\n{end}{tail}", encoding="utf-8")
