@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,11 @@ class Prober(threading.Thread):
         with self._lock:
             return [e for _, _, e in self.log if e]
 
+    def errors_since(self, t0: float) -> dict[str, int]:
+        """How often each error (its first 80 characters) was seen on requests sent since ``t0``."""
+        with self._lock:
+            return dict(Counter(e[:80] for sent, _, e in self.log if e and sent >= t0))
+
     def answered_after(self, t0: float, timeout: float = 120) -> float | None:
         """Seconds from ``t0`` to the first correct answer after the first failure of a request sent since ``t0``.
 
@@ -132,7 +138,7 @@ def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: 
     prober.start()
     body = json.dumps({"inputs": [{"name": samples.manifest["input"]["name"], "shape": fuzz.CRASH_SHAPE,
                                    "datatype": "UINT8", "data": [1, 2, 3]}]}).encode()
-    from_request, from_death, supervisor = [], [], []
+    from_request, from_death, supervisor, errors = [], [], [], []
     try:
         for k in range(n):
             time.sleep(1.0)
@@ -147,6 +153,7 @@ def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: 
             from_death.append(answered)
             from_request.append(answered + dead - sent)
             supervisor.append(state["crashes"][-1]["serving_again_after_s"])
+            errors.append(prober.errors_since(sent))
             print(f"crash {k + 1}/{n}: died {dead - sent:.2f} s after the request, answering {answered:.2f} s "
                   "after its death", file=sys.stderr)
             time.sleep(max(0.0, BACKOFF_WINDOW_S - (time.monotonic() - sent)))  # past the backoff window
@@ -154,7 +161,7 @@ def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: 
         prober.halt.set()
         prober.join(60)
     return {"request_to_answer": _summary(from_request), "death_to_answer": _summary(from_death),
-            "supervisor_exit_to_ready": _summary(supervisor)}
+            "supervisor_exit_to_ready": _summary(supervisor), "client_errors": errors}
 
 
 def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: int) -> dict:
@@ -172,7 +179,7 @@ def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: i
     results: dict[str, dict] = {}
     try:
         for victim in victims:
-            times, healed = [], []
+            times, healed, errors = [], [], []
             for k in range(n):
                 time.sleep(1.0)
                 heals = server.state()["heals"]
@@ -187,9 +194,11 @@ def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: i
                 log = server.state()["heal_log"][-1]
                 times.append(answered)
                 healed.append(log["seconds"] or 0.0)
+                errors.append(prober.errors_since(killed))
                 print(f"{victim} {k + 1}/{n}: answering {answered:.2f} s after the kill ({log['action']} of "
                       f"{', '.join(log['models'])})", file=sys.stderr)
-            results[victim] = {"kill_to_answer": _summary(times), "supervisor_failure_to_healed": _summary(healed)}
+            results[victim] = {"kill_to_answer": _summary(times), "supervisor_failure_to_healed": _summary(healed),
+                               "client_errors": errors}
     finally:
         prober.halt.set()
         prober.join(60)

@@ -33,6 +33,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -186,6 +188,8 @@ class Supervisor:
         self._restart_heal: tuple[dict[str, Any], float] | None = None  # a heal by restart, waiting for ready
         self._last_failure: tuple[str, dict[str, str]] = ("", {})
         self._lingering = 0  # old instances of reloaded models that keep this server's shutdown waiting
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="liveness")
+        self._probe: Future | None = None  # the liveness round in progress
 
     # ------------------------------------------------------------------ public
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -231,11 +235,40 @@ class Supervisor:
                     return self._finish()
         finally:
             self._close_health()
+            self._pool.shutdown(wait=False)
 
     def _close_health(self) -> None:
         # An open keep-alive connection makes a stopping tritonserver wait for it (up to its exit timeout).
-        if self._health is not None:
-            self._health.reset()
+        if self._health is None:
+            return
+        if self._probe is not None:
+            try:
+                self._probe.exception(timeout=self.config.health_timeout_sec)  # never two users of one client
+            except FutureTimeout:
+                return  # still stuck on a dying server: its connection goes with the server
+            self._probe = None
+        self._health.reset()
+
+    def _check(self) -> LivenessReport | str:
+        """One liveness round, in a worker thread, while watching the server and the stop request.
+
+        Returns the report, or ``"exited"`` / ``"stop"`` as soon as the server dies or a stop is asked for: a
+        stub forked by a reload inherits the server's sockets, so a request in flight when the server dies gets
+        no reset while that stub lives, and the round would sit out its timeout.
+        """
+        if self._probe is None:
+            self._probe = self._pool.submit(self._health.check)
+        while True:
+            try:
+                report = self._probe.result(timeout=0.1)
+            except FutureTimeout:
+                if self._stop.is_set():
+                    return "stop"
+                if self.server.process.poll() is not None:
+                    return "exited"
+                continue
+            self._probe = None
+            return report
 
     # ------------------------------------------------------------------ start
     def _start(self) -> bool:
@@ -261,7 +294,7 @@ class Supervisor:
             self._stop.wait(0.2)
         self.server.release_orphaned_shm()  # notes the new stubs' regions
         if self._health is not None:
-            self._health.reset()  # its connection and what it learnt were the previous server's
+            self._close_health()  # its connection and what it learnt were the previous server's
         if self._outage_since is not None:
             outage = time.monotonic() - self._outage_since
             if self.state.crashes and self.state.crashes[-1]["serving_again_after_s"] is None:
@@ -319,7 +352,9 @@ class Supervisor:
                 self._stop.wait(0.1)
                 continue
             round_started = time.monotonic()
-            report = self._health.check()
+            report = self._check()
+            if report in ("stop", "exited"):
+                return report
             if self._stop.is_set():
                 return "stop"
             if self.server.process.poll() is not None:
@@ -356,7 +391,9 @@ class Supervisor:
         except ModelControlError as e:
             self.log(f"reload failed: {e}")
             return False
-        after = self._health.check()
+        after = self._check()
+        if isinstance(after, str):
+            return False  # the server died or a stop was asked for: the caller's loop sees which
         if not after.healthy:
             self.log(f"still failing after the reload: {after.summary()}")
             return False
