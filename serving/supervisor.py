@@ -86,8 +86,15 @@ class LivenessReport(Protocol):
 
     healthy: bool
     suspects: list[str]
+    failures: list[Any]  # each with .model and .error
 
     def summary(self) -> str: ...
+
+
+def _cause(report: LivenessReport) -> str:
+    """Why the suspects failed, in their own words (the whole summary when none of them failed alone)."""
+    own = [f"{r.model}: {r.error}" for r in report.failures if r.model in report.suspects]
+    return "; ".join(own) or report.summary()
 
 
 class LivenessCheck(Protocol):
@@ -400,7 +407,7 @@ class Supervisor:
         seconds = time.monotonic() - first_failure
         self._lingering += len(suspects)
         removed = self.server.release_orphaned_shm()
-        self._record_heal(Heal(_now(), suspects, report.summary(), "reload", round(seconds, 2)))
+        self._record_heal(Heal(_now(), suspects, _cause(report), "reload", round(seconds, 2)))
         self.log(f"healed: {', '.join(suspects)} reloaded, answering again {seconds:.1f} s after the first failed "
                  "check" + (f"; freed the shared memory of {len(removed)} dead stubs" if removed else ""))
         self._set("serving")
@@ -408,7 +415,7 @@ class Supervisor:
 
     def _restart_for(self, report: LivenessReport, first_failure: float) -> str:
         self.log(f"restarting tritonserver: {self.config.health_failures} liveness checks failed in a row")
-        self._record_heal(Heal(_now(), list(report.suspects), report.summary(), "restart"))
+        self._record_heal(Heal(_now(), list(report.suspects), _cause(report), "restart"))
         self._restart_heal = (self.state.heal_log[-1], first_failure)
         return "unhealthy"
 
