@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import sys
@@ -36,6 +37,7 @@ from bench import fuzz
 from bench.readme import write_section
 from client.validate import Samples, encode_png
 from serving.supervised import SupervisedServer
+from serving.supervisor import SupervisorConfig
 
 BACKOFF_WINDOW_S = 10.0
 
@@ -164,7 +166,7 @@ def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: 
             "supervisor_exit_to_ready": _summary(supervisor), "client_errors": errors}
 
 
-def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: int) -> dict:
+def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: int, interval: float) -> dict:
     """``n`` times for each python stub of the encoded ensemble: SIGKILL, then the time to the next answer."""
     encoded = samples.manifest.get("encoded_model")
     if encoded:
@@ -177,11 +179,12 @@ def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: i
         victims = [f"{model}_scorer", samples.manifest["networks"][0]]
     prober.start()
     results: dict[str, dict] = {}
+    rng = random.Random(0)
     try:
         for victim in victims:
             times, healed, errors = [], [], []
             for k in range(n):
-                time.sleep(1.0)
+                time.sleep(rng.uniform(1.0, 1.0 + interval))  # kills land anywhere in the liveness interval
                 heals = server.state()["heals"]
                 killed = time.monotonic()
                 os.kill(server.stub_pid(victim), signal.SIGKILL)
@@ -219,9 +222,12 @@ def markdown_table(result: dict) -> str:
         rows.append(f"| stub of `{victim}` killed (SIGKILL) -> correct answer again (model reloaded) | {k['n']} | "
                     f"{k['median_s']:.1f} | {k['worst_s']:.1f} |")
     f = result["fuzz"]
-    rows.append(f"| fuzz: {f['requests']} malformed requests ({len(f['kinds'])} kinds, HTTP and gRPC), {f['valid']} valid "
-                f"ones interleaved: {f['lost']} lost, {f['hung']} hung, {result['fuzz_restarts']} crashes survived | "
-                f"{result['fuzz_restarts']} | longest outage {f['longest_outage_s']:.1f} | |")
+    if f["requests"]:
+        outages = f["outages"] or [0.0]
+        rows.append(f"| fuzz: {f['requests']} malformed requests ({len(f['kinds'])} kinds, HTTP and gRPC) with {f['valid']} "
+                    f"valid ones interleaved ({f['lost']} lost, {f['hung']} hung): valid requests unanswered after each "
+                    f"of the {result['fuzz_restarts']} crashes | {result['fuzz_restarts']} | "
+                    f"{statistics.median(outages):.1f} | {max(outages):.1f} |")
     return "\n".join(rows)
 
 
@@ -253,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ["--start-limit-interval-sec", str(BACKOFF_WINDOW_S)]) as server:
         result = {"model": model, "repository": str(args.repository), "date": time.strftime("%Y-%m-%d"),
                   "machine": {"cpus": os.cpu_count()}}
-        result["stubs"] = stub_injections(server, samples, model, args.injections)
+        result["stubs"] = stub_injections(server, samples, model, args.injections, SupervisorConfig().health_interval_sec)
         result["crash"] = crash_injections(server, samples, model, args.injections)
         before = server.state()["restarts"]
         target = fuzz.Target(server.http_url, server.grpc_url, model, samples.inputs[:1], samples.score[:1],

@@ -7,11 +7,12 @@ first stored validation sample (``<model>/validation/`` of the exporter) through
 against the reference within the manifest's tolerance. It is what ``kd-health`` (a Docker ``HEALTHCHECK`` or a
 Kubernetes exec liveness probe) runs once, and what the supervisor (``kd-server``) runs every few seconds.
 
-A round is cheap: per detector, the request that crosses the most steps (PNG bytes through the encoded ensemble:
-decoder, network, scorer; pixels through the ensemble for vector models) and each network the ensembles do not use.
-Only when one fails does it send each step alone (the networks from pixels, the scorer from the stored raw score,
-the decoder from the PNG) to find the step that broke: the *suspects* are the failing requests' steps that no
-passing request went through.
+A round sends, per detector and all at once: the request that crosses the most steps (PNG bytes through the
+encoded ensemble: decoder, network, scorer; pixels through the ensemble for vector models), each network from
+pixels, the scorer from the stored raw score and the decoder from the PNG. The networks run three times a round,
+the rest costs next to nothing; in parallel, a round takes as long as its slowest request (about 1 s when a stub
+is dead, since Triton takes that long to fail a request to it). The *suspects* are the failing step models, and
+the steps of a failing ensemble that no passing request went through.
 
 Needs only numpy, tritonclient and OpenCV (to encode the PNG), like the validator it shares its sample loader with.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -125,103 +127,94 @@ class HealthCheck:
         if not names:
             raise CheckFailed(f"no model with validation samples in {self.repository} (run kd-export first)")
         self.samples = {name: Samples.load(self.repository / name / "validation") for name in names}
-        self._proto: Protocol | None = None
-        self._cheap: list[Probe] = []
-        self._diagnosis: list[Probe] = []
+        self._probes: list[Probe] = []
         self._steps: dict[str, list[str]] = {}  # ensemble -> the models it runs
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # one connection per worker thread: tritonclient's HTTP client is
+        self._connections: list[Protocol] = []  # not shared between threads
+        self._generation = 0  # bumped by reset(): connections of an older generation are not used again
+        self._lock = threading.Lock()
 
     def check(self) -> HealthReport:
-        """Runs one round: the cheap probes, and the diagnosis when one of them fails."""
+        """Runs one round: every probe at once, each on a connection of its own."""
         try:
-            proto = self._connect()
+            if not self._probes:
+                proto = Protocol(self.protocol, self.url, self.timeout)
+                try:
+                    self._probes, self._steps = self._plan(proto)
+                finally:
+                    proto.close()
+                self._pool = self._pool or ThreadPoolExecutor(min(8, len(self._probes)), thread_name_prefix="health")
         except Exception as e:  # noqa: BLE001  (unreachable, or the server is not up yet: that is the answer)
             self.reset()
             return HealthReport([ProbeResult("server", 0.0, _text(e))])
-        results = [self._run(proto, probe) for probe in self._cheap]
-        if all(r.ok for r in results):
-            return HealthReport(results)
-        # Each request to a model whose stub is dead takes about 1 s to fail, so the diagnosis goes in parallel:
-        # the steps alone first, the ensembles only when every step answers (then no reload can fix it).
-        steps = self._run_parallel([probe for probe in self._diagnosis if probe.model not in self._steps])
-        results += steps
-        if all(r.ok for r in steps):
-            results += self._run_parallel([probe for probe in self._diagnosis if probe.model in self._steps])
-        return HealthReport(results, self._suspects(results))
+        # A request to a model whose stub is dead takes about 1 s to fail: in parallel, a round takes one.
+        results = list(self._pool.map(self._run_here, self._probes))
+        return HealthReport(results, [] if all(r.ok for r in results) else self._suspects(results))
 
-    def _run_parallel(self, probes: list[Probe]) -> list[ProbeResult]:
-        if not probes:
-            return []
-        with ThreadPoolExecutor(min(8, len(probes)), thread_name_prefix="health") as pool:
-            return list(pool.map(self._run_alone, probes))
-
-    def _run_alone(self, probe: Probe) -> ProbeResult:
-        try:
-            proto = Protocol(self.protocol, self.url, self.timeout)  # tritonclient's HTTP client is one per thread
-        except Exception as e:  # noqa: BLE001
-            return ProbeResult(probe.model, 0.0, _text(e))
-        try:
-            return self._run(proto, probe)
-        finally:
-            proto.close()
+    def _run_here(self, probe: Probe) -> ProbeResult:
+        """Runs ``probe`` on this worker thread's connection (opened on first use after a reset)."""
+        generation, proto = getattr(self._local, "connection", (-1, None))
+        if proto is None or generation != self._generation:
+            try:
+                proto = Protocol(self.protocol, self.url, self.timeout)
+            except Exception as e:  # noqa: BLE001
+                return ProbeResult(probe.model, 0.0, _text(e))
+            self._local.connection = (self._generation, proto)
+            with self._lock:
+                self._connections.append(proto)
+        return self._run(proto, probe)
 
     def reset(self) -> None:
-        """Forget the connection and what was learnt from the server (call it after a restart)."""
-        if self._proto is not None:
+        """Close the connections and forget what was learnt from the server (call it after a restart)."""
+        with self._lock:
+            self._generation += 1
+            connections, self._connections = self._connections, []
+        for proto in connections:
             try:
-                self._proto.close()
+                proto.close()
             except Exception:  # noqa: BLE001  (a dead server's connection)
                 pass
-        self._proto = None
+        self._probes, self._steps = [], {}
 
-    close = reset
+    def close(self) -> None:
+        """Close the connections and the worker threads."""
+        self.reset()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
-    def _connect(self) -> Protocol:
-        """Opens the connection and, once per server, builds the probes from its metadata and configs."""
-        if self._proto is None:
-            proto = Protocol(self.protocol, self.url, self.timeout)
-            try:
-                self._cheap, self._diagnosis, self._steps = self._plan(proto)
-            except Exception:
-                proto.close()
-                raise
-            self._proto = proto
-        return self._proto
-
-    def _plan(self, proto: Protocol) -> tuple[list[Probe], list[Probe], dict[str, list[str]]]:
-        """The cheap round and the diagnosis, from the samples and what the server says of its models."""
-        cheap, diagnosis, steps = [], [], {}
+    def _plan(self, proto: Protocol) -> tuple[list[Probe], dict[str, list[str]]]:
+        """The probes of a round, from the samples and what the server says of its models."""
+        probes, steps = [], {}
         for name, s in self.samples.items():
             m = s.manifest
             spec, atol = m["input"], float(m["atol"])
-            pixels = Probe(name, spec["name"], spec["datatype"], s.inputs[:1], "score", s.score[:1], atol)
-            ensembles = [pixels]
-            png = None
-            if m.get("encoded_model"):
-                png = np.array([[encode_png(s.inputs[0])]], dtype=object)
-                ensembles.insert(0, Probe(m["encoded_model"], ENCODED_INPUT, "BYTES", png, "score", s.score[:1], atol))
-            for probe in ensembles:
-                steps[probe.model] = [step["model_name"] for step in
-                                      proto.config(probe.model).get("ensemble_scheduling", {}).get("step", [])]
-            networks = {}
+            # The ensemble that crosses the most steps: PNG bytes through <name>_encoded (decoder, network,
+            # scorer), else pixels through <name>.
+            png = np.array([[encode_png(s.inputs[0])]], dtype=object) if m.get("encoded_model") else None
+            ensemble = (Probe(m["encoded_model"], ENCODED_INPUT, "BYTES", png, "score", s.score[:1], atol)
+                        if png is not None else
+                        Probe(name, spec["name"], spec["datatype"], s.inputs[:1], "score", s.score[:1], atol))
+            steps[ensemble.model] = [step["model_name"] for step in
+                                     proto.config(ensemble.model).get("ensemble_scheduling", {}).get("step", [])]
+            probes.append(ensemble)
             for network in m["networks"]:
                 names = [o["name"] for o in proto.metadata(network)["outputs"]]
                 score_output = next((n for n in names if n.split("__")[0] == RAW_SCORE_OUTPUT), names[0])
-                networks[network] = Probe(network, spec["name"], spec["datatype"], s.inputs[:1], score_output,
-                                          s.raw_score[:1], atol)
+                probes.append(Probe(network, spec["name"], spec["datatype"], s.inputs[:1], score_output,
+                                    s.raw_score[:1], atol))
             # The other steps alone: the scorer from the raw score, the decoder from the PNG (lossless: exact).
-            steps_alone = []
-            for step in steps[pixels.model]:
-                inputs = {i["name"] for i in proto.metadata(step)["inputs"]} if step not in networks else set()
+            for step in steps[ensemble.model]:
+                if step in m["networks"]:
+                    continue
+                inputs = {i["name"] for i in proto.metadata(step)["inputs"]}
                 if RAW_SCORE_OUTPUT in inputs:
-                    steps_alone.append(Probe(step, RAW_SCORE_OUTPUT, "FP32", s.raw_score[:1].astype(np.float32),
-                                             "score", s.score[:1], atol))
-            if png is not None:
-                steps_alone += [Probe(step, ENCODED_INPUT, "BYTES", png, spec["name"], s.inputs[:1], 0.0)
-                                for step in steps[ensembles[0].model] if step not in steps[pixels.model]]
-            covered = set(steps[ensembles[0].model])
-            cheap += [ensembles[0], *(p for n, p in networks.items() if n not in covered)]
-            diagnosis += [*ensembles[1:], *(p for n, p in networks.items() if n in covered), *steps_alone]
-        return cheap, diagnosis, steps
+                    probes.append(Probe(step, RAW_SCORE_OUTPUT, "FP32", s.raw_score[:1].astype(np.float32), "score",
+                                        s.score[:1], atol))
+                elif ENCODED_INPUT in inputs and png is not None:
+                    probes.append(Probe(step, ENCODED_INPUT, "BYTES", png, spec["name"], s.inputs[:1], 0.0))
+        return probes, steps
 
     def _run(self, proto: Protocol, probe: Probe) -> ProbeResult:
         started = time.perf_counter()

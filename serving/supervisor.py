@@ -104,6 +104,8 @@ class LivenessCheck(Protocol):
 
     def reset(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass
 class Crash:
@@ -243,6 +245,8 @@ class Supervisor:
         finally:
             self._close_health()
             self._pool.shutdown(wait=False)
+            if self._health is not None:
+                self._health.close()
 
     def _close_health(self) -> None:
         # An open keep-alive connection makes a stopping tritonserver wait for it (up to its exit timeout).
