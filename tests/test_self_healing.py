@@ -137,7 +137,7 @@ def test_the_http_request_that_aborts_tritonserver_costs_one_restart_and_no_resu
         results[protocol].append(result)
         if len(results[protocol]) >= 10:
             ten.set()
-        time.sleep(0.05)  # a camera's pace: the run is still going when the server dies
+        time.sleep(0.1)  # a camera's pace: both runs are still going when the server dies
 
     def score(protocol: str) -> None:
         config = ScoreConfig(url=healing_server.url(protocol), protocol=protocol, batch_size=1, concurrency=2,
