@@ -304,8 +304,7 @@ class Supervisor:
                 return self._failed_start(f"tritonserver not ready after {self.config.ready_timeout_sec:g} s")
             self._stop.wait(0.2)
         self.server.release_orphaned_shm()  # notes the new stubs' regions
-        if self._health is not None:
-            self._close_health()  # its connection and what it learnt were the previous server's
+        self._close_health()  # its connection and what it learnt were the previous server's
         if self._outage_since is not None:
             outage = time.monotonic() - self._outage_since
             if self.state.crashes and self.state.crashes[-1]["serving_again_after_s"] is None:
@@ -464,7 +463,11 @@ class Supervisor:
             waits = self.server.shutdown_waits_for()
             return waits is not None and waits[0] <= lingering and waits[1] == 0
 
+        process = self.server.process
+        running = process is not None and process.poll() is None
         code = self.server.stop(timeout=self.config.stop_timeout_sec, settled=only_lingering_left if lingering else None)
+        if not running:
+            code = 0  # stopped between two runs (a failed start, a backoff): nothing was serving to end badly
         if lingering and code == 0:
             self.log(f"stopped; {lingering} model instances whose stubs died never finish unloading in Triton 2.51 "
                      "(a request that failed on a dead stub keeps them live), so the server was ended once they were "
