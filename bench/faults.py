@@ -35,7 +35,7 @@ import tritonclient.grpc as grpcclient
 
 from bench import fuzz
 from bench.readme import write_section
-from client.validate import Samples, encode_png
+from client.validate import Samples, discover, encode_png
 from serving.supervised import SupervisedServer
 from serving.supervisor import SupervisorConfig
 
@@ -247,8 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``kd-bench-faults``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from client.validate import discover
-
     model = args.model or next(iter(discover(args.repository)), None)
     if model is None:
         print(f"kd-bench-faults: no model with validation samples in {args.repository}", file=sys.stderr)

@@ -38,6 +38,7 @@ __all__ = [
     "ServerStartError",
     "TritonServer",
     "free_port",
+    "kill_group",
     "prepare_backend_dir",
     "server_environment",
     "stub_pid",
@@ -308,15 +309,9 @@ class TritonServer(Endpoints):
 
     def is_ready(self) -> bool:
         """Returns whether ``/v2/health/ready`` answers 200 (all models loaded, with ``--strict-readiness``)."""
-        return self._answers("/v2/health/ready")
-
-    def is_live(self) -> bool:
-        """Returns whether ``/v2/health/live`` answers 200 (the process serves HTTP; says nothing of the models)."""
-        return self._answers("/v2/health/live")
-
-    def _answers(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:  # noqa: S310
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (fixed http URL)
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -377,13 +372,12 @@ class TritonServer(Endpoints):
 
     def log_errors(self, n: int = 10) -> list[str]:
         """The last ``n`` error lines of this run's log, without those every CPU-only start prints."""
-        lines = self.log_tail(n=10_000).splitlines()
-        return [line for line in lines if line.startswith("E") and not any(h in line for h in _HARMLESS_ERRORS)][-n:]
+        return _error_lines(self.log_tail(n=10_000).splitlines(), n)
 
     def _failure(self, summary: str) -> str:
         """``summary``, the log's error lines (the cause, often above the tail) and the log tail."""
         lines = self.log_tail(n=10_000).splitlines()
-        errors = self.log_errors()
+        errors = _error_lines(lines, 10)
         parts = [summary + "."]
         if errors:
             parts.append("Errors in the log:\n" + "\n".join(errors))
@@ -415,11 +409,11 @@ class TritonServer(Endpoints):
                         break
                     time.sleep(0.1)
                 if process.poll() is None:
-                    _kill_group(process.pid)
+                    kill_group(process.pid)
                     process.wait()
             # Python-backend stubs outlive a server that crashed; its group is ours alone, so end what is left.
             regions |= _shm_regions(process.pid)
-            _kill_group(process.pid)
+            kill_group(process.pid)
             _unlink_shm(regions)
             self._regions = set()
             code = 0 if killed_settled else process.returncode
@@ -490,7 +484,12 @@ class TritonServer(Endpoints):
 ADMIN_HEADER = "admin-key"
 
 
-def _kill_group(pgid: int) -> None:
+def _error_lines(lines: list[str], n: int) -> list[str]:
+    return [line for line in lines if line.startswith("E") and not any(h in line for h in _HARMLESS_ERRORS)][-n:]
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL to every process of group ``pgid`` (a server and its stubs); nothing if it is gone."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

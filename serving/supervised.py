@@ -7,7 +7,6 @@ tritonserver it runs, the python-backend stub of a model).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from serving.embedded import Endpoints, free_port, stub_pid
+from serving.embedded import Endpoints, free_port, kill_group, stub_pid
 from serving.supervisor import read_state
 
 
@@ -101,14 +100,11 @@ class SupervisedServer(Endpoints):
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                kill_group(self.process.pid)
                 self.process.wait()
         pid = self.server_pid()
         if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)  # a server the supervisor lost track of must not outlive the test
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(pid)  # a server the supervisor lost track of must not outlive the test
         return self.process.returncode
 
     def __enter__(self) -> SupervisedServer:
