@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from client.scoring import ScoreConfig, score_images
-from training.imageio import read_image
+from kdcore.imageio import read_image
+from kdcore.manifest import MANIFEST_FILE, Manifest, validation_folder
 
 VARIANTS = [("none", False), ("system", False), ("none", True)]
 
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from serving.embedded import TritonServer, free_port
 
     args = build_parser().parse_args(argv)
-    manifest = json.loads((args.repository / args.model / "validation" / "manifest.json").read_text())
-    size = int(manifest["input"]["dims"][0])
+    manifest = Manifest.load(validation_folder(args.repository, args.model) / MANIFEST_FILE)
+    size = int(manifest.input.dims[0])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = jpeg_copies(args.images, Path(tmp), args.count)

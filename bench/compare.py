@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import ort_run, ort_session, served_run
 from bench.readme import write_section
+from kdcore.manifest import MANIFEST_FILE, Manifest, validation_folder
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                       workdir=workdir, log_path=workdir / "server.log") as server:
         for row, result in zip(rows, results):
             samples = np.load(RunPaths(runs[row.model]).samples)["inputs"]
-            manifest = json.loads((result.repository / row.model / "validation" / "manifest.json").read_text())
-            row.served_grpc = served_run(server.grpc_url, "grpc", row.model, manifest["input"], samples,
+            manifest = Manifest.load(validation_folder(result.repository, row.model) / MANIFEST_FILE)
+            row.served_grpc = served_run(server.grpc_url, "grpc", row.model, manifest.input, samples,
                                          concurrency=4, seconds=args.seconds).images_per_second
 
     table = markdown_table(rows)

@@ -35,7 +35,9 @@ import tritonclient.grpc as grpcclient
 
 from bench import fuzz
 from bench.readme import write_section
-from client.validate import Samples, discover, encode_png
+from client.validate import encode_png
+from kdcore.contract import SCORE, ModelNames, encoded_input_spec
+from kdcore.manifest import ValidationSamples, discover, validation_folder
 from serving.supervised import SupervisedServer
 from serving.supervisor import SupervisorConfig
 
@@ -73,8 +75,8 @@ class Prober(threading.Thread):
             tensor.set_data_from_numpy(self.data)
             sent = time.monotonic()
             try:
-                got = client.infer(self.model, [tensor], outputs=[grpcclient.InferRequestedOutput("score")],
-                                   client_timeout=30).as_numpy("score")
+                got = client.infer(self.model, [tensor], outputs=[grpcclient.InferRequestedOutput(SCORE)],
+                                   client_timeout=30).as_numpy(SCORE)
                 error = "" if np.allclose(got, self.expected, atol=self.atol) else f"wrong score {got.ravel()}"
             except Exception as e:  # noqa: BLE001  (down, restarting, a dead stub: all are what we time)
                 error = " ".join(str(e).split())[:300]
@@ -133,13 +135,13 @@ def _summary(values: list[float]) -> dict:
             "all_s": [round(v, 2) for v in values]}
 
 
-def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: int) -> dict:
+def crash_injections(server: SupervisedServer, samples: ValidationSamples, model: str, n: int) -> dict:
     """``n`` times: the crashing HTTP request; from it, and from the process's death, to the next answer."""
-    prober = Prober(server.grpc_url, model, samples.manifest["input"]["name"], samples.inputs[:1], "UINT8",
-                    samples.score[:1])
+    spec = samples.manifest.input
+    prober = Prober(server.grpc_url, model, spec.name, samples.inputs[:1], spec.datatype, samples.score[:1])
     prober.start()
-    body = json.dumps({"inputs": [{"name": samples.manifest["input"]["name"], "shape": fuzz.CRASH_SHAPE,
-                                   "datatype": "UINT8", "data": [1, 2, 3]}]}).encode()
+    body = json.dumps({"inputs": [{"name": spec.name, "shape": fuzz.CRASH_SHAPE,
+                                   "datatype": spec.datatype, "data": [1, 2, 3]}]}).encode()
     from_request, from_death, supervisor, errors = [], [], [], []
     try:
         for k in range(n):
@@ -166,17 +168,18 @@ def crash_injections(server: SupervisedServer, samples: Samples, model: str, n: 
             "supervisor_exit_to_ready": _summary(supervisor), "client_errors": errors}
 
 
-def stub_injections(server: SupervisedServer, samples: Samples, model: str, n: int, interval: float) -> dict:
+def stub_injections(server: SupervisedServer, samples: ValidationSamples, model: str, n: int, interval: float) -> dict:
     """``n`` times for each python stub of the encoded ensemble: SIGKILL, then the time to the next answer."""
-    encoded = samples.manifest.get("encoded_model")
-    if encoded:
-        prober = Prober(server.grpc_url, encoded, "image_bytes", np.array([[encode_png(samples.inputs[0])]],
-                                                                           dtype=object), "BYTES", samples.score[:1])
-        victims = [f"{model}_scorer", f"{model}_decoder", samples.manifest["networks"][0]]
+    manifest, names = samples.manifest, ModelNames(model)
+    if manifest.encoded_model:
+        spec = encoded_input_spec()
+        prober = Prober(server.grpc_url, manifest.encoded_model, spec.name,
+                        np.array([[encode_png(samples.inputs[0])]], dtype=object), spec.datatype, samples.score[:1])
+        victims = [names.scorer, names.decoder, manifest.networks[0]]
     else:
-        prober = Prober(server.grpc_url, model, samples.manifest["input"]["name"], samples.inputs[:1],
-                        samples.manifest["input"]["datatype"], samples.score[:1])
-        victims = [f"{model}_scorer", samples.manifest["networks"][0]]
+        prober = Prober(server.grpc_url, model, manifest.input.name, samples.inputs[:1], manifest.input.datatype,
+                        samples.score[:1])
+        victims = [names.scorer, manifest.networks[0]]
     prober.start()
     results: dict[str, dict] = {}
     rng = random.Random(0)
@@ -251,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model is None:
         print(f"kd-bench-faults: no model with validation samples in {args.repository}", file=sys.stderr)
         return 2
-    samples = Samples.load(args.repository / model / "validation")
+    samples = ValidationSamples.load(validation_folder(args.repository, model))
     with tempfile.TemporaryDirectory(prefix="kd-bench-faults-") as workdir, \
             SupervisedServer(args.repository, Path(workdir),
                              ["--start-limit-interval-sec", str(BACKOFF_WINDOW_S)]) as server:
@@ -261,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["crash"] = crash_injections(server, samples, model, args.injections)
         before = server.state()["restarts"]
         target = fuzz.Target(server.http_url, server.grpc_url, model, samples.inputs[:1], samples.score[:1],
-                             float(samples.manifest["atol"]))
+                             samples.manifest.atol)
         report = fuzz.run(target, requests=args.fuzz, crashers=3 if args.fuzz else 0)
         result["fuzz"] = report.to_dict()
         result["fuzz_restarts"] = server.wait_serving(120)["restarts"] - before

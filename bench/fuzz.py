@@ -33,6 +33,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
+from kdcore.contract import IMAGE_INPUT, SCORE, UINT8
+
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 #: The JSON request that aborts tritonserver 2.51's HTTP frontend (std::bad_alloc before any shape check).
 CRASH_SHAPE = [1, 2147483648, 32, 3]
@@ -91,8 +93,8 @@ class Target:
 
 # ---------------------------------------------------------------------------------------------------- HTTP
 def _valid_json(t: Target) -> dict:
-    return {"inputs": [{"name": "image", "shape": list(t.image.shape), "datatype": "UINT8",
-                        "data": t.image.ravel().tolist()}], "outputs": [{"name": "score"}]}
+    return {"inputs": [{"name": IMAGE_INPUT, "shape": list(t.image.shape), "datatype": UINT8,
+                        "data": t.image.ravel().tolist()}], "outputs": [{"name": SCORE}]}
 
 
 def _http(path: str, body: bytes, *, method: str = "POST", headers: dict[str, str] | None = None,
@@ -164,7 +166,7 @@ def _mutated_json(rng: random.Random, t: Target) -> tuple[str, bytes]:
 def _binary(rng: random.Random, t: Target) -> tuple[str, bytes]:
     """The binary tensor extension with lying sizes."""
     data = t.image.tobytes()
-    header = {"inputs": [{"name": "image", "shape": list(t.image.shape), "datatype": "UINT8",
+    header = {"inputs": [{"name": IMAGE_INPUT, "shape": list(t.image.shape), "datatype": UINT8,
                           "parameters": {"binary_data_size": rng.choice([len(data), len(data) + 100, len(data) // 2,
                                                                          0, -1, 2**40])}}]}
     if rng.random() < 0.3:
@@ -223,7 +225,7 @@ def _method_or_path(rng: random.Random, t: Target) -> tuple[str, bytes]:
 def _crasher(rng: random.Random, t: Target) -> tuple[str, bytes]:
     s = t.image.shape[1]
     shape = rng.choice([CRASH_SHAPE, [2**31, s, s, 3], [1, s, s, 2**40]])  # each aborts tritonserver 2.51
-    body = {"inputs": [{"name": "image", "shape": shape, "datatype": "UINT8", "data": [1, 2, 3]}]}
+    body = {"inputs": [{"name": IMAGE_INPUT, "shape": shape, "datatype": UINT8, "data": [1, 2, 3]}]}
     return "json-huge-shape (known crasher)", _http(f"/v2/models/{t.model}/infer", json.dumps(body).encode())
 
 
@@ -255,10 +257,10 @@ def _send_http(url: str, data: bytes, timeout: float) -> str:
 # ---------------------------------------------------------------------------------------------------- gRPC
 def _valid_proto(t: Target) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name=t.model)
-    tensor = request.inputs.add(name="image", datatype="UINT8", shape=list(t.image.shape))
+    tensor = request.inputs.add(name=IMAGE_INPUT, datatype=UINT8, shape=list(t.image.shape))
     del tensor  # the pixels travel in raw_input_contents, as tritonclient sends them
     request.raw_input_contents.append(t.image.tobytes())
-    request.outputs.add(name="score")
+    request.outputs.add(name=SCORE)
     return request
 
 
@@ -309,9 +311,9 @@ def _mutated_grpc(rng: random.Random, t: Target) -> tuple[str, str, bytes]:
         if rng.random() < 0.5:
             del request.inputs[:]
         else:
-            request.inputs.add(name="image", datatype="UINT8", shape=[1])
+            request.inputs.add(name=IMAGE_INPUT, datatype=UINT8, shape=[1])
     elif what == "outputs":
-        request.outputs.add(name=rng.choice(["nope", "", "score"]))
+        request.outputs.add(name=rng.choice(["nope", "", SCORE]))
     else:
         request.parameters["binary_data_size"].int64_param = -1
         tensor.parameters["shared_memory_region"].string_param = "no_such_region"
@@ -338,11 +340,11 @@ def _valid_once(t: Target, protocol: str, timeout: float) -> str:
         client = module.InferenceServerClient(t.grpc if protocol == "grpc" else t.http,
                                               **({} if protocol == "grpc" else {"network_timeout": timeout}))
         try:
-            tensor = module.InferInput("image", list(t.image.shape), "UINT8")
+            tensor = module.InferInput(IMAGE_INPUT, list(t.image.shape), UINT8)
             tensor.set_data_from_numpy(t.image)
             extra = {"client_timeout": timeout} if protocol == "grpc" else {}
-            got = client.infer(t.model, [tensor], outputs=[module.InferRequestedOutput("score")], **extra)
-            score = got.as_numpy("score")
+            got = client.infer(t.model, [tensor], outputs=[module.InferRequestedOutput(SCORE)], **extra)
+            score = got.as_numpy(SCORE)
         finally:
             client.close()
     except Exception as e:  # noqa: BLE001  (down, restarting: resend)

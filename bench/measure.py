@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from client.evaluation import process_tree, server_memory
 from client.transport import Transport
+from kdcore.contract import MAP, SCORE, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,12 @@ def served_run(
     url: str,
     protocol: str,
     model: str,
-    input_spec: dict,
+    input_spec: TensorSpec,
     inputs: np.ndarray,
     *,
     concurrency: int,
     seconds: float,
-    outputs: tuple[str, ...] = ("score",),
+    outputs: tuple[str, ...] = (SCORE,),
     batch: int = 1,
     shared_memory: str = "none",
 ) -> Timing:
@@ -92,10 +92,10 @@ def served_run(
     counts as a failure, not as throughput.
     """
     transport = Transport(
-        protocol, url, model, input_name=input_spec["name"], input_datatype=input_spec["datatype"],
+        protocol, url, model, input_name=input_spec.name, input_datatype=input_spec.datatype,
         outputs=list(outputs), concurrency=concurrency, timeout=120.0, shared_memory=shared_memory,
         max_batch=batch, item_shape=tuple(inputs.shape[1:]),
-        map_shape=(1, *inputs.shape[1:3]) if "anomaly_map" in outputs else None,
+        map_shape=(1, *inputs.shape[1:3]) if MAP in outputs else None,
     )
     rng = np.random.default_rng(0)
     batches = [np.ascontiguousarray(inputs[rng.integers(0, len(inputs), batch)]) for _ in range(16)]
@@ -131,32 +131,3 @@ def served_run(
     return Timing.of(latencies, done, elapsed, failures)
 
 
-def process_tree_rss(pid: int) -> int | None:
-    """Resident bytes of a process and its descendants (server + backend stubs); Linux only."""
-    return server_memory(None, pid).get("process_tree_rss_bytes")
-
-
-def tree_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) each process of a server tree has used so far, by role: ``tritonserver`` or, for
-    a Python-backend stub, the model instance it runs (``<model>_<group>_<instance>``, the stub's second-last
-    argument). Differences of two calls say where the CPU went in between. Linux only."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for p in process_tree(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue  # exited since the walk
-        fields = stat.rsplit(")", 1)[1].split()
-        argv = [a for a in argv if a]
-        is_stub = len(argv) > 2 and argv[0].endswith("triton_python_backend_stub")
-        role = argv[-2] if is_stub else (Path(argv[0]).name if argv else str(p))
-        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds (user + system) this process has used so far."""
-    t = os.times()
-    return t.user + t.system

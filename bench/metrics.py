@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from training.metrics import aupro, pixel_auroc
+from kdcore.metrics import aupro, pixel_auroc
 
 
 def synthetic_maps(images: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

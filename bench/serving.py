@@ -40,30 +40,25 @@ from bench.measure import (
     Timing,
     ort_run,
     ort_session,
-    own_cpu_seconds,
-    process_tree_rss,
     served_run,
-    tree_cpu_seconds,
 )
+from kdcore.contract import MAP, SCORE, TensorSpec
+from kdcore.manifest import ValidationSamples, load_manifests, validation_folder
+from kdcore.probes import own_cpu_seconds, process_tree_rss, tree_cpu_seconds
 
 README_BEGIN, README_END = markers("bench")
 THROUGHPUT_TARGET, P99_TARGET = 0.9, 1.2
 
 
-def discover(repository: Path, only: list[str] | None) -> list[dict]:
-    """The detectors of ``repository`` (models with the exporter's validation manifest), with their inputs."""
+def detectors(repository: Path, only: list[str] | None) -> list[dict]:
+    """The detectors of ``repository`` (models with the exporter's manifest), with their validation inputs."""
     models = []
-    for manifest_path in sorted(repository.glob("*/validation/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
-        if only and manifest["model"] not in only:
-            continue
-        with np.load(manifest_path.parent / "samples.npz", allow_pickle=False) as z:
-            inputs = z["inputs"]
-        score_model = (manifest.get("profiles") or {}).get("score", manifest["model"])
-        models.append({"name": manifest["model"], "score_model": score_model, "method": manifest["method"],
-                       "input": manifest["input"],
-                       "has_map": manifest["has_map"], "onnx": repository / f"{manifest['model']}_onnx" / "1" / "model.onnx",
-                       "inputs": inputs})
+    for manifest in load_manifests(repository, only):
+        inputs = ValidationSamples.load(validation_folder(repository, manifest.model)).inputs
+        names = manifest.names
+        models.append({"name": manifest.model, "score_model": manifest.profiles.score or manifest.model,
+                       "method": manifest.method, "input": manifest.input, "has_map": manifest.has_map,
+                       "onnx": repository / names.onnx / "1" / "model.onnx", "inputs": inputs})
     if not models:
         raise FileNotFoundError(f"no exported detector in {repository} (run kd-export or make compare)")
     return models
@@ -102,16 +97,16 @@ def fetch_perf_analyzer(dest: Path) -> Path:
     return binary
 
 
-def perf_analyzer_sweep(binary: Path, url: str, model: str, input_spec: dict, concurrency: list[int]) -> list[dict]:
+def perf_analyzer_sweep(binary: Path, url: str, model: str, input_spec: TensorSpec, concurrency: list[int]) -> list[dict]:
     """perf_analyzer over gRPC at each concurrency (random data, the score-only model); its own figures."""
     rows = []
     env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    shape = ",".join(str(d) for d in input_spec["dims"])
+    shape = ",".join(str(d) for d in input_spec.dims)
     with tempfile.TemporaryDirectory() as tmp:
         for c in concurrency:
             out = Path(tmp) / f"pa{c}.csv"
             # Loose stability settings: 2 shared cores never give perf_analyzer's default 10% stability.
-            cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--shape", f"{input_spec['name']}:{shape}",
+            cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--shape", f"{input_spec.name}:{shape}",
                    "--concurrency-range", f"{c}:{c}", "-p", "2000", "--max-trials", "6",
                    "--stability-percentage", "50", "-f", str(out), "--percentile", "99"]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
@@ -244,7 +239,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         # What the full-resolution float32 map costs when a client asks for it too.
         extra["grpc_c4_with_map"] = served_run(server.grpc_url, "grpc", model["name"], model["input"],
                                                model["inputs"], concurrency=4, seconds=args.seconds,
-                                               outputs=("score", "anomaly_map")).to_dict()
+                                               outputs=(SCORE, MAP)).to_dict()
     result = {
         "model": model["name"], "method": model["method"],
         "ort": {str(b): t.to_dict() for b, t in ort.items()},
@@ -373,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if not {1, 4, 8} <= set(args.concurrency):
         print("kd-bench: --concurrency must include 1, 4 and 8 (the targets and the table use them)", file=sys.stderr)
         return 2
-    models = discover(args.repository, args.models)
+    models = detectors(args.repository, args.models)
     results = []
     with TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(),
                       metrics_port=free_port()) as server:

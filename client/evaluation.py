@@ -1,8 +1,8 @@
 """Evaluation of served outputs against ground truth: does serving reproduce the metrics of the stats JSON?
 
-``score --evaluate <category folder>`` scores ``<category>/test/`` (MVTec AD layout, :mod:`training.layout`)
+``score --evaluate <category folder>`` scores ``<category>/test/`` (MVTec AD layout, :mod:`kdcore.layout`)
 through the server and computes image AUROC, pixel AUROC, AUPRO and F1 at the served threshold with the
-project's metric definitions (:mod:`training.metrics`) from the served outputs alone: raw scores for the
+project's metric definitions (:mod:`kdcore.metrics`) from the served outputs alone: raw scores for the
 ranking metrics, served labels for the image F1, served 0..1 maps for the pixel metrics (the calibration is
 monotonic, so the ranking metrics are those of the raw maps; the pixel threshold is 0.5). The stats JSON's test
 metrics were measured on the same folder at training time, so the two agree to within the export tolerance.
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from client.scoring import ANOMALOUS, ImageResult
-from training.imageio import binary_mask, read_image
-from training.layout import Sample, scan_split
-from training.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
+from kdcore.imageio import binary_mask, read_image
+from kdcore.layout import Sample, scan_split
+from kdcore.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
 
 #: The largest |served - recorded| difference of a metric accepted as agreement.
 AGREEMENT = 0.005
@@ -105,68 +103,3 @@ def compare(served: dict[str, float], stats: dict[str, Any], samples: list[Sampl
 def load_stats(path: Path) -> dict[str, Any]:
     """The stats JSON as a dict (only its recorded metrics are read here)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def client_memory() -> dict[str, int]:
-    """This process's peak resident memory in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_bytes": int(peak if sys.platform == "darwin" else peak * 1024)}
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants (the server and its Python-backend stubs), Linux only; [] if it is gone."""
-    found, todo, seen = [], [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-        found.append(p)
-    return found
-
-
-def _tree_rss(pid: int) -> int | None:
-    """Resident memory of a process and its descendants (the server and its Python-backend stubs), Linux only."""
-    total, pids = 0, process_tree(pid)
-    if not pids:
-        return None
-    for p in pids:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-        except (OSError, StopIteration, ValueError):
-            continue  # exited since the walk
-    return total
-
-
-def server_memory(metrics_url: str | None, pid: int | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    """Server memory: Triton's host-memory gauges and, for a local pid, the resident memory of its process tree.
-
-    ``nv_cpu_memory_used_bytes`` is the whole machine's RAM in use as Triton polls it, not the server's own; Triton
-    leaves it at 0 until its first poll and where it cannot read /proc, so a 0 is reported as missing, not as a size.
-    The process-tree figure is the one that measures the server (and its Python backend stubs).
-    """
-    out: dict[str, Any] = {}
-    if metrics_url:
-        url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
-        try:
-            with urllib.request.urlopen(url.rstrip("/") + ("" if url.endswith("/metrics") else "/metrics"),
-                                        timeout=timeout) as response:
-                text = response.read().decode()
-            for line in text.splitlines():
-                name = line.split("{")[0].split(" ")[0]
-                if name in ("nv_cpu_memory_used_bytes", "nv_gpu_memory_used_bytes"):
-                    out[name] = out.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
-            for name in [k for k, v in out.items() if v == 0]:
-                del out[name]
-                out.setdefault("not_reported", []).append(name)
-        except (OSError, ValueError) as e:
-            out["metrics_error"] = str(e)
-    if pid:
-        out["process_tree_rss_bytes"] = _tree_rss(pid)
-    return out

@@ -34,12 +34,17 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path[:] = [str(Path(__file__).resolve().parents[1]),
                    *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
-from client.validate import CheckFailed, Protocol, Samples, discover, encode_png  # noqa: E402
-
-#: The network output compared with the sample's ``raw_score`` (TorchScript names it ``pred_score__0``).
-RAW_SCORE_OUTPUT = "pred_score"
-#: Input of the encoded-image ensembles and of their decoder step.
-ENCODED_INPUT = "image_bytes"
+from client.validate import CheckFailed, Protocol, encode_png, load_samples  # noqa: E402
+from kdcore.contract import (  # noqa: E402
+    ENCODED_INPUT,
+    FP32,
+    RAW_PRED,
+    SCORE,
+    TensorSpec,
+    base_output_name,
+    encoded_input_spec,
+)
+from kdcore.manifest import discover, validation_folder  # noqa: E402
 
 #: Exit status of ``kd-health``: healthy, a model failed (or the server is unreachable), bad usage.
 HEALTHY, UNHEALTHY, USAGE = 0, 1, 2
@@ -47,11 +52,10 @@ HEALTHY, UNHEALTHY, USAGE = 0, 1, 2
 
 @dataclass(frozen=True)
 class Probe:
-    """One request of the check: send ``data`` as ``input_name`` to ``model``, expect ``expected`` in ``output``."""
+    """One request of the check: send ``data`` as ``input`` to ``model``, expect ``expected`` in ``output``."""
 
     model: str
-    input_name: str
-    datatype: str
+    input: TensorSpec
     data: np.ndarray
     output: str
     expected: np.ndarray
@@ -126,7 +130,7 @@ class HealthCheck:
         names = models or discover(self.repository)
         if not names:
             raise CheckFailed(f"no model with validation samples in {self.repository} (run kd-export first)")
-        self.samples = {name: Samples.load(self.repository / name / "validation") for name in names}
+        self.samples = {name: load_samples(validation_folder(self.repository, name)) for name in names}
         self._probes: list[Probe] = []
         self._steps: dict[str, list[str]] = {}  # ensemble -> the models it runs
         self._pool: ThreadPoolExecutor | None = None
@@ -189,38 +193,35 @@ class HealthCheck:
         probes, steps = [], {}
         for name, s in self.samples.items():
             m = s.manifest
-            spec, atol = m["input"], float(m["atol"])
+            spec, atol = m.input, m.atol
             # The ensemble that crosses the most steps: PNG bytes through <name>_encoded (decoder, network,
             # scorer), else pixels through <name>.
-            png = np.array([[encode_png(s.inputs[0])]], dtype=object) if m.get("encoded_model") else None
-            ensemble = (Probe(m["encoded_model"], ENCODED_INPUT, "BYTES", png, "score", s.score[:1], atol)
-                        if png is not None else
-                        Probe(name, spec["name"], spec["datatype"], s.inputs[:1], "score", s.score[:1], atol))
+            png = np.array([[encode_png(s.inputs[0])]], dtype=object) if m.encoded_model else None
+            ensemble = (Probe(m.encoded_model, encoded_input_spec(), png, SCORE, s.score[:1], atol)
+                        if png is not None else Probe(name, spec, s.inputs[:1], SCORE, s.score[:1], atol))
             steps[ensemble.model] = [step["model_name"] for step in
                                      proto.config(ensemble.model).get("ensemble_scheduling", {}).get("step", [])]
             probes.append(ensemble)
-            for network in m["networks"]:
+            for network in m.networks:
                 names = [o["name"] for o in proto.metadata(network)["outputs"]]
-                score_output = next((n for n in names if n.split("__")[0] == RAW_SCORE_OUTPUT), names[0])
-                probes.append(Probe(network, spec["name"], spec["datatype"], s.inputs[:1], score_output,
-                                    s.raw_score[:1], atol))
+                score_output = next((n for n in names if base_output_name(n) == RAW_PRED), names[0])
+                probes.append(Probe(network, spec, s.inputs[:1], score_output, s.raw_score[:1], atol))
             # The other steps alone: the scorer from the raw score, the decoder from the PNG (lossless: exact).
             for step in steps[ensemble.model]:
-                if step in m["networks"]:
+                if step in m.networks:
                     continue
                 inputs = {i["name"] for i in proto.metadata(step)["inputs"]}
-                if RAW_SCORE_OUTPUT in inputs:
-                    probes.append(Probe(step, RAW_SCORE_OUTPUT, "FP32", s.raw_score[:1].astype(np.float32), "score",
-                                        s.score[:1], atol))
+                if RAW_PRED in inputs:
+                    probes.append(Probe(step, TensorSpec(RAW_PRED, FP32, (1,)), s.raw_score[:1].astype(np.float32),
+                                        SCORE, s.score[:1], atol))
                 elif ENCODED_INPUT in inputs and png is not None:
-                    probes.append(Probe(step, ENCODED_INPUT, "BYTES", png, spec["name"], s.inputs[:1], 0.0))
+                    probes.append(Probe(step, encoded_input_spec(), png, spec.name, s.inputs[:1], 0.0))
         return probes, steps
 
     def _run(self, proto: Protocol, probe: Probe) -> ProbeResult:
         started = time.perf_counter()
         try:
-            got = proto.infer(probe.model, {"name": probe.input_name, "datatype": probe.datatype}, probe.data,
-                              [probe.output])[probe.output]
+            got = proto.infer(probe.model, probe.input, probe.data, [probe.output])[probe.output]
             if got is None or got.shape != probe.expected.shape:
                 error = f"{probe.output} has shape {None if got is None else got.shape}, expected {probe.expected.shape}"
             else:

@@ -6,7 +6,7 @@ import glob
 from collections.abc import Iterable
 from pathlib import Path
 
-from training.imageio import IMAGE_EXTENSIONS
+from kdcore.imageio import IMAGE_EXTENSIONS
 
 
 def _is_image(path: Path) -> bool:

@@ -24,14 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
-from client.evaluation import (
-    client_memory,
-    compare,
-    evaluation_samples,
-    load_stats,
-    served_metrics,
-    server_memory,
-)
+from client.evaluation import compare, evaluation_samples, load_stats, served_metrics
 from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
 from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
@@ -44,7 +37,8 @@ from client.scoring import (
     score_images,
 )
 from client.tiling import TilingConfig
-from training.layout import DatasetError
+from kdcore.probes import client_memory, server_memory
+from kdcore.layout import DatasetError
 
 #: Longest side of a contact-sheet thumbnail kept in memory while the run goes on.
 THUMBNAIL = 512

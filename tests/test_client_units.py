@@ -16,7 +16,7 @@ from client.inputs import expand_inputs
 from client.reports import COLUMNS, ResultWriter, format_summary, write_json
 from client.scoring import ImageResult, RunSummary, ScoreConfig
 from client.tiling import MapStitcher, TilingConfig, cut_tiles, tile_boxes
-from training.imageio import ImageDecodeError, binary_mask, decode_image, resize_to
+from kdcore.imageio import ImageDecodeError, binary_mask, decode_image, resize_to
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_the_client_imports_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     torch_loaded, modules = out.stdout.strip().split(" ", 1)
     assert torch_loaded == "False"
-    shipped = ["training", "training.imageio", "training.layout", "training.metrics"]
+    shipped = ["training", "kdcore.imageio", "kdcore.layout", "kdcore.metrics"]
     assert eval(modules) == shipped  # noqa: S307  (our own subprocess's repr of a list of names)
     dockerfile = (ROOT / "docker" / "Dockerfile.client").read_text()
     assert all(f"training/{m.split('.')[-1] if '.' in m else '__init__'}.py" in dockerfile for m in shipped)

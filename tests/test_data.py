@@ -17,6 +17,8 @@ import torch
 
 from training import data as data_mod
 from training import demo_data
+from training.demo_data import dataset as demo_dataset
+from training.demo_data.defects import apply_defect, good_image
 from training.data import (
     DatasetError,
     ImageDataset,
@@ -28,6 +30,7 @@ from training.data import (
     scan_category,
 )
 from training.demo_data import DEFECT_TYPES, DEMO_CATEGORIES, write_demo_dataset
+from training.split_sizes import validation_count
 
 SMALL = {"image_size": 64, "n_train": 6, "n_test_good": 4, "n_per_defect": 3}
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +92,7 @@ def test_demo_layout_and_counts(small_root):
             "000_mask.png", "001_mask.png", "val_000_mask.png"
         ]
     manifest = json.loads((category / demo_data.MANIFEST_NAME).read_text())
-    assert manifest["validation_fraction"] == 0.4 and manifest["version"] == demo_data._GENERATOR_VERSION
+    assert manifest["validation_fraction"] == 0.4 and manifest["version"] == demo_dataset._GENERATOR_VERSION
     assert (manifest["n_test_good"], manifest["n_per_defect"]) == (4, 3)  # totals, validation + test
     image = cv2.imread(str(category / "train" / "good" / "000.png"), cv2.IMREAD_UNCHANGED)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
@@ -112,7 +115,7 @@ def test_demo_masks_are_exact_and_sized(small_root):
             assert 0.005 <= inside.mean() <= 0.10, (defect, i, inside.mean())
             # Regenerate the defect-free image from the same random stream: the pixels
             # that changed must be exactly (up to rounding coincidences) the mask.
-            good = demo_data._good_image("brick", demo_data._rng(0, "brick", "defect", d + 1, i), 64)
+            good = good_image("brick", demo_dataset._rng(0, "brick", "defect", d + 1, i), 64)
             diff = np.abs(image.astype(int) - good.astype(int)).max(axis=2)
             assert not diff[~inside].any(), f"{defect} {i}: pixels outside the mask changed"
             assert (diff[inside] > 0).mean() > 0.9
@@ -123,15 +126,15 @@ def test_demo_images_match_old_placement(small_root, flat_root):
     """Every image is drawn from the same stream as before, only placed in validation/ or test/."""
     category, flat = small_root / "brick", flat_root / "brick"
     for i, place in enumerate(GOOD_PLACES):
-        expected = demo_data._good_image("brick", demo_data._rng(0, "brick", "test_good", 0, i), 64)
+        expected = good_image("brick", demo_dataset._rng(0, "brick", "test_good", 0, i), 64)
         path = category / f"{place}.png"
         assert np.array_equal(cv2.imread(str(path))[..., ::-1], expected), place
         # validation_fraction=0 is the version-1 layout: everything in test/, index i -> {i:03d}.png.
         assert path.read_bytes() == (flat / "test" / "good" / f"{i:03d}.png").read_bytes(), place
     for d, defect in enumerate(DEFECT_TYPES):
         for i, place in enumerate(DEFECT_PLACES):
-            rng = demo_data._rng(0, "brick", "defect", d + 1, i)
-            expected, expected_mask = demo_data._apply_defect(rng, demo_data._good_image("brick", rng, 64), "brick", defect)
+            rng = demo_dataset._rng(0, "brick", "defect", d + 1, i)
+            expected, expected_mask = apply_defect(rng, good_image("brick", rng, 64), "brick", defect)
             path = category / f"{place.format(d=defect)}.png"
             mask_path = category / "ground_truth" / defect / f"{path.stem}_mask.png"
             assert np.array_equal(cv2.imread(str(path))[..., ::-1], expected), place
@@ -227,7 +230,7 @@ def test_demo_invalid_validation_fraction(tmp_path, capsys):
 
 def test_demo_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = demo_data._write_png
+    original = demo_dataset._write_png
 
     def failing(path, array):
         calls["n"] += 1
@@ -235,7 +238,7 @@ def test_demo_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         original(path, array)
 
-    monkeypatch.setattr(demo_data, "_write_png", failing)
+    monkeypatch.setattr(demo_dataset, "_write_png", failing)
     with pytest.raises(KeyboardInterrupt):
         write_demo_dataset(tmp_path, "grass", **SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -327,7 +330,7 @@ def test_make_splits_uses_demo_validation_folder(small_root, flat_root):
 
 
 def test_demo_validation_count_mirrors_make_splits(tmp_path):
-    """demo_data._validation_count is make_splits' per-folder rounding rule, for many sizes."""
+    """validation_count, the demo writer's per-folder rule, is make_splits' rounding, for many sizes."""
     category = tmp_path / "toy"
     (category / "train" / "good").mkdir(parents=True)
     pixel = np.zeros((4, 4, 3), dtype=np.uint8)
@@ -340,7 +343,7 @@ def test_demo_validation_count_mirrors_make_splits(tmp_path):
         splits = make_splits(tmp_path, "toy", validation_fraction=fraction)
         sizes = Counter(s.defect for s in splits.validation)
         for n in range(1, 9):
-            assert sizes.get(f"g{n}", 0) == demo_data._validation_count(n, fraction), (n, fraction)
+            assert sizes.get(f"g{n}", 0) == validation_count(n, fraction), (n, fraction)
 
 
 def test_validation_folder_is_used(flat_copy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -15,9 +16,9 @@ import torch
 import export.repository as repository_module
 from export.network import ExportParityError, check_parity, export_onnx, export_torchscript
 from export.repository import ExportResult, export_run
-from export.scorer.scorer import Scorer, ScorerInputError
+from kdcore.scorer import Scorer, ScorerInputError
 from training.checkpoint import load_deployable
-from training.stats import StatsError, load_stats
+from kdcore.stats import StatsError, load_stats
 from training.train import TrainResult
 
 
@@ -33,17 +34,19 @@ def test_repository_layout(exported: ExportResult) -> None:
     for rel in (
         "ad_inference/config.pbtxt", "ad_inference/validation/samples.npz", "ad_inference/validation/manifest.json",
         "ad_inference_onnx/1/model.onnx", "ad_inference_torchscript/1/model.pt", "ad_inference_scorer/stats.json",
-        "ad_inference_scorer/1/model.py", "ad_inference_scorer/1/scorer.py", "ad_inference_scorer/1/stats.py",
+        "ad_inference_scorer/1/model.py", "ad_inference_scorer/1/kdcore/scorer.py",
+        "ad_inference_scorer/1/kdcore/stats.py", "ad_inference_decoder/1/model.py",
+        "ad_inference_decoder/1/kdcore/imageio.py",
     ):
         assert (repo / rel).is_file(), rel
     assert (repo / "ad_inference" / "1").is_dir()
     onnx_cfg = (repo / "ad_inference_onnx" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in onnx_cfg and "dynamic_batching" in onnx_cfg and "model_warmup" in onnx_cfg
     assert 'platform: "pytorch_libtorch"' in (repo / "ad_inference_torchscript" / "config.pbtxt").read_text()
-    # The schema shipped to the scorer is the training package's own file, not a copy that could drift.
-    import training.stats
+    # The schema shipped to the scorer is the core package's own file, not a copy that could drift.
+    import kdcore.stats
 
-    assert (repo / "ad_inference_scorer/1/stats.py").read_text() == Path(training.stats.__file__).read_text()
+    assert (repo / "ad_inference_scorer/1/kdcore/stats.py").read_text() == Path(kdcore.stats.__file__).read_text()
     assert not list(repo.parent.glob(".model_repository.*")), "staging folders left behind"
 
 
@@ -145,3 +148,43 @@ def test_torchscript_argument_is_named_like_the_triton_input(exported_all: list[
         args = [a.name for a in module.forward.schema.arguments][1:]  # what the backend reads; [0] is self
         config = (result.repository / result.names.torchscript / "config.pbtxt").read_text()
         assert len(args) == 1 and f'name: "{args[0]}"' in config.split("output")[0], (result.names.name, args)
+
+
+#: What a Python backend of the repository may import: it runs on the server's Python (the NGC image's), where
+#: only these are installed (docker/Dockerfile.server).
+BACKEND_ALLOWED = {"numpy", "cv2", "pydantic", "triton_python_backend_utils", "kdcore"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every absolute module a file imports (dotted names)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_shipped_backends_import_only_the_standard_library_numpy_opencv_and_pydantic(exported: ExportResult) -> None:
+    """Every file the exporter ships beside a Python backend, and the ``kdcore`` modules they import, stay within
+    the standard library, numpy, OpenCV and pydantic; the shipped ``kdcore`` holds every module it imports."""
+    repo = exported.repository
+    for folder in ("ad_inference_scorer/1", "ad_inference_decoder/1"):
+        files = sorted((repo / folder).rglob("*.py"))
+        shipped = {p.stem for p in (repo / folder / "kdcore").glob("*.py")}
+        assert files and "__init__" in shipped, folder
+        for path in files:
+            imports = _imports(path)
+            tops = {m.split(".")[0] for m in imports}
+            outside = {m for m in tops - BACKEND_ALLOWED if m not in sys.stdlib_module_names}
+            assert not outside, (path, outside)
+            used = {m.split(".")[1] for m in imports if m.startswith("kdcore.")}
+            assert used <= shipped, (path, used - shipped)
+        # The backend loads in a fresh interpreter with nothing of the project on the path but the folder itself.
+        probe = ("import sys, types; sys.modules['triton_python_backend_utils'] = types.ModuleType('pb'); "
+                 f"sys.path[:] = [{str(repo / folder)!r}] + [p for p in sys.path if 'site-packages' in p or 'lib/python' in p]; "
+                 "import kdcore; assert kdcore.__file__.startswith(sys.path[0]), kdcore.__file__; "
+                 "import runpy; runpy.run_path(sys.path[0] + '/model.py')")
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd="/")
+        assert done.returncode == 0, (folder, done.stderr[-2000:])

@@ -11,15 +11,14 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
+from export.network import export_onnx
+from kdcore.contract import RAW_PRED, VECTOR_INPUT, vector_network_spec
 from training.kdae import (
-    SCORE_OUTPUT_NAME,
-    VECTOR_INPUT_NAME,
     DenseAutoencoder,
     KDAEConfig,
     KDAEResult,
     KDAEStudentScorer,
     StudentMLP,
-    export_student_onnx,
     load_kdae_student,
     load_kdae_teacher,
     make_digit_splits,
@@ -30,7 +29,7 @@ from training.kdae import (
 from training.kdae.__main__ import build_parser
 from training.kdae.data import digits_fingerprint
 from training.runs import RunPaths
-from training.stats import load_stats
+from kdcore.stats import load_stats
 
 
 
@@ -126,12 +125,12 @@ def test_student_ranks_like_the_teacher(run: KDAEResult) -> None:
 
 
 def test_student_onnx_matches_eager(run: KDAEResult, tmp_path) -> None:
-    path = export_student_onnx(run.student, tmp_path / "student.onnx")
+    path = export_onnx(run.student, vector_network_spec(run.student.input_size), tmp_path / "student.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == [VECTOR_INPUT_NAME] == ["vector"]
-    assert [o.name for o in session.get_outputs()] == [SCORE_OUTPUT_NAME] == ["pred_score"]
+    assert [i.name for i in session.get_inputs()] == [VECTOR_INPUT] == ["vector"]
+    assert [o.name for o in session.get_outputs()] == [RAW_PRED] == ["pred_score"]
     x = run.fitted.splits.test_x[:7]  # a batch size other than the export example's
-    (got,) = session.run([SCORE_OUTPUT_NAME], {VECTOR_INPUT_NAME: x})
+    (got,) = session.run([RAW_PRED], {VECTOR_INPUT: x})
     with torch.no_grad():
         eager = run.student(torch.from_numpy(x)).numpy()
     assert got.shape == (7, 1) and got.dtype == np.float32
@@ -148,6 +147,31 @@ def test_generic_exporter_takes_the_student(run: KDAEResult, tmp_path) -> None:
     ts_path = export_torchscript(model, spec, tmp_path / "model.pt")
     (scores,), reports = check_parity(model, spec, run.fitted.splits.test_x[:5], onnx_path, ts_path)
     assert scores.shape == (5, 1) and len(reports) == 2
+
+
+def test_kd_train_trains_the_epochs_and_batch_size_it_is_given(tmp_path) -> None:
+    from training.cli import main
+
+    out = tmp_path / "digit1"
+    argv = ["--method", "kdae_vector", "--category", "1", "--epochs", "3", "--batch-size", "64", "--output", str(out)]
+    assert main(argv) == 0
+    stats = load_stats(RunPaths(out).stats)
+    assert stats.training.epochs == 3 and stats.training.batch_size == 64
+    history = json.loads(RunPaths(out).history.read_text())
+    for network in ("teacher", "student"):
+        assert [h["epoch"] for h in history if h["network"] == network] == [1, 2, 3]
+
+
+def test_kd_train_keeps_kdae_defaults_and_refuses_an_image_size(tmp_path, capsys) -> None:
+    from training.cli import kdae_config, main
+    from training.config import TrainConfig
+
+    plain = kdae_config(TrainConfig(method="kdae_vector", category="4", output=tmp_path))
+    assert plain == KDAEConfig(digit=4, output=tmp_path)  # no --epochs / --batch-size: KD-AE's own defaults
+    out = tmp_path / "sized"
+    assert main(["--method", "kdae_vector", "--category", "4", "--image-size", "64", "--output", str(out)]) == 2
+    assert "--image-size" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for training.metrics."""
+"""Tests for kdcore.metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from bench.metrics import synthetic_maps
-from training.metrics import aupro, evaluate, f1_at_threshold, f1_optimal_threshold, image_auroc, pixel_auroc
+from kdcore.metrics import aupro, evaluate, f1_at_threshold, f1_optimal_threshold, image_auroc, pixel_auroc
 
 
 def _masks_and_maps(n: int = 6, size: int = 48, noise: float = 0.8, seed: int = 0):
@@ -143,7 +143,7 @@ def test_f1_at_threshold():
 def test_undefined_metrics_return_nan(caplog):
     zeros = np.zeros((2, 8, 8), dtype=np.uint8)
     maps = np.random.default_rng(0).random((2, 8, 8))
-    with caplog.at_level(logging.WARNING, logger="training.metrics"):
+    with caplog.at_level(logging.WARNING, logger="kdcore.metrics"):
         assert math.isnan(image_auroc([0, 0, 0], [0.1, 0.2, 0.3]))
         assert math.isnan(image_auroc([1, 1], [0.1, 0.2]))
         assert math.isnan(pixel_auroc(zeros, maps))

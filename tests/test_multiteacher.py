@@ -12,7 +12,8 @@ import torch
 
 from export.network import check_parity, export_onnx, export_torchscript
 from training.backbones import BackboneName
-from training.inference import DeployableDetector, image_network_spec
+from kdcore.contract import image_network_spec
+from training.inference import DeployableDetector
 from training.multiteacher import (
     MultiTeacherDetector,
     distillation_loss,

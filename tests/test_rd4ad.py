@@ -11,7 +11,8 @@ import torch
 
 from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, gaussian_kernel_1d
 from training.backbones import BackboneName, build_encoder
-from training.inference import OUTPUT_NAMES, DeployableDetector, InferenceOutput
+from kdcore.contract import image_network_spec
+from training.inference import DeployableDetector, InferenceOutput
 from training.rd4ad import RD4AD, reverse_distillation_loss
 
 
@@ -107,6 +108,6 @@ def test_deployable_detector_takes_uint8_nhwc() -> None:
         out = model(image)
         x = (image.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
         ref = model.detector.predict(x)
-    assert isinstance(out, InferenceOutput) and OUTPUT_NAMES == ("pred_score", "anomaly_map")
+    assert isinstance(out, InferenceOutput) and InferenceOutput._fields == tuple(o.name for o in image_network_spec(8).outputs) == ("pred_score", "anomaly_map")
     assert torch.allclose(out.pred_score, ref[0], atol=1e-5)
     assert torch.allclose(out.anomaly_map, ref[1], atol=1e-5)

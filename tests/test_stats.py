@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.calibrate import choose_threshold, fit_calibration
-from training.stats import (
+from kdcore.stats import (
     Calibration,
     Metrics,
     ModelInfo,

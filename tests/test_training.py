@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from safetensors.torch import load_file
 from training.checkpoint import load_checkpoint
 from training.data import ImageDataset, make_splits
 from training.runs import RunPaths
-from training.stats import ThresholdMethod, load_stats
+from kdcore.stats import ThresholdMethod, load_stats
 from training.train import TrainResult
 
 
@@ -80,6 +82,27 @@ def test_missing_teacher_weights_refuse_without_the_flag(tmp_path, monkeypatch: 
         build_detector(TrainConfig(backbone="resnet18", image_size=64))
     with pytest.warns(UserWarning):
         build_detector(TrainConfig(backbone="resnet18", image_size=64, allow_random_teacher=True))
+
+
+def test_rebuilding_for_a_checkpoint_silences_the_teacher_without_touching_logging(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from training.backbones import build_encoder
+    from training.checkpoint import build_detector
+    from training.config import TrainConfig
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no weights: the random-init path
+    teacher_log = logging.getLogger(build_encoder.__module__)
+    before = (teacher_log.level, list(teacher_log.filters))
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_detector(TrainConfig(backbone="resnet18", image_size=64), pretrained=False)
+    assert not [r for r in caplog.records if r.name == teacher_log.name]
+    assert (teacher_log.level, teacher_log.filters) == before
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning):  # outside the block it warns again
+        build_encoder("resnet18", allow_random_init=True)
+    assert any("RANDOMLY INITIALISED" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_trains_the_vector_kdae_with_method_flag(tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 The decision threshold is F1-optimal on the validation split where it holds anomalous samples, otherwise a
 documented quantile of held-out good scores. The calibration then maps that threshold to exactly 0.5, with its
-scale taken from the held-out good scores (formula in :mod:`training.stats`).
+scale taken from the held-out good scores (formula in :mod:`kdcore.stats`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
-from training.metrics import f1_optimal_threshold
-from training.stats import Calibration, ScoreStatistics, Threshold, ThresholdMethod
+from kdcore.metrics import f1_optimal_threshold
+from kdcore.stats import Calibration, ScoreStatistics, Threshold, ThresholdMethod
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def choose_threshold(
         good_quantile: Quantile of ``good_scores`` used when the validation split has no anomalies.
 
     Returns:
-        The :class:`~training.stats.Threshold`, recording how it was chosen.
+        The :class:`~kdcore.stats.Threshold`, recording how it was chosen.
     """
     labels = np.asarray(val_labels).ravel().astype(np.int64)
     scores = np.asarray(val_scores, dtype=np.float64).ravel()
@@ -75,7 +75,7 @@ def fit_calibration(threshold: float, good: ScoreStatistics) -> Calibration:
         good: Statistics of held-out good scores.
 
     Returns:
-        The :class:`~training.stats.Calibration`. Its scale is ``threshold - median(good)``; where the
+        The :class:`~kdcore.stats.Calibration`. Its scale is ``threshold - median(good)``; where the
         threshold does not exceed the good median (a weak model), the good scores' std (or a tiny floor)
         stands in, so the map stays monotonic and defined.
     """

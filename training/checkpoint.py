@@ -12,21 +12,31 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from training.backbones import build_encoder
 from training.config import TrainConfig
-from training.inference import DeployableDetector, NetworkSpec, image_network_spec, vector_network_spec
+from kdcore.contract import NetworkSpec, image_network_spec, vector_network_spec
+from training.inference import DeployableDetector
 from training.methods import Method, backbone_label, build_network
 from training.runs import RunPaths
-from training.stats import Normalization, Stats, load_stats
+from kdcore.stats import Normalization, Stats, load_stats
 
 
 @contextlib.contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _errors_only(logger: logging.Logger) -> Iterator[None]:
+    """Drops ``logger``'s records below ERROR inside the block, by a filter removed on the way out.
+
+    A filter rather than ``setLevel``: the logger's level belongs to the application's logging configuration
+    and is never changed here; the filter goes when the block ends, exceptions included.
+    """
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    logger.addFilter(keep)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(keep)
 
 
 def build_detector(
@@ -45,7 +55,8 @@ def build_detector(
     """
     if not pretrained:
         # The checkpoint carries the teachers' weights, so a random init (and its warning) is transient.
-        with warnings.catch_warnings(), _quiet(logging.getLogger("training.backbones")):
+        # Filters apply only to the logger a record is made on, so this is the teachers' own logger.
+        with warnings.catch_warnings(), _errors_only(logging.getLogger(build_encoder.__module__)):
             warnings.simplefilter("ignore")
             return DeployableDetector(build_network(config, allow_random_init=True, normalization=normalization))
     if config.method is Method.STUDENT:

@@ -1,7 +1,9 @@
 """``kd-train``: train a detector on an MVTec-AD-layout folder and write its run folder.
 
 Every option is a field of :class:`~training.config.TrainConfig`; the parser is built from the model, so the
-help text, the defaults and the validation cannot disagree.
+help text, the defaults and the validation cannot disagree. The image methods (rd4ad, student, multiteacher,
+mkd) share :func:`training.train.train`; ``--method kdae_vector`` runs the KD-AE trainer
+(:func:`training.kdae.train_kdae`) with the options given here translated by :func:`kdae_config`.
 """
 
 from __future__ import annotations
@@ -9,21 +11,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from training.cli_options import add_config_options
+from kdcore.options import add_config_options
 from training.config import TrainConfig
 from training.methods import Method
+
+if TYPE_CHECKING:
+    from training.kdae import KDAEConfig
+
+log = logging.getLogger(__name__)
+
+#: The options ``kdae_vector`` uses; any other one given with it is named in a warning, not silently dropped.
+KDAE_OPTIONS = frozenset({"method", "category", "output", "seed", "lr", "epochs", "batch_size", "threads"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, one option per :class:`TrainConfig` field."""
     parser = argparse.ArgumentParser(
         prog="kd-train",
-        description="Train RD4AD (frozen pretrained teacher, one-class bottleneck, student decoder) on good "
-        "images of an MVTec AD-layout category; write weights, the stats JSON (score statistics, thresholds, "
-        "0..1 calibration, metrics) and plots to the run folder.",
+        description="Train an anomaly detector and write its run folder: weights, the stats JSON (score "
+        "statistics, thresholds, 0..1 calibration, metrics) and plots. The image methods (rd4ad: frozen "
+        "pretrained teacher, one-class bottleneck, student decoder; student; multiteacher; mkd) train on the good "
+        "images of an MVTec AD-layout category; kdae_vector trains the vector KD-AE on scikit-learn's digits, "
+        "--category being the normal digit.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_options(parser, TrainConfig)
@@ -31,11 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, object]:
+    """The options on the command line, without the defaults argparse would fill in.
+
+    The config model supplies the defaults itself and then knows (``model_fields_set``) what the user asked
+    for, which a method whose own defaults differ (``kdae_vector``) needs.
+
+    Args:
+        parser: The parser (exits with code 2 on a malformed command line, as usual).
+        argv: The arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        Destination name to parsed value, for the options given only.
+    """
+    unset = object()
+    # argparse only sets a default where the namespace lacks the attribute, so pre-set ones mark "not given".
+    blank = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    return {k: v for k, v in vars(parser.parse_args(argv, namespace=blank)).items() if v is not unset}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = vars(build_parser().parse_args(argv))
-    quiet = args.pop("quiet")
+    args = given_options(build_parser(), argv)
+    quiet = bool(args.pop("quiet", False))
     try:
         config = TrainConfig.model_validate(args)
     except ValidationError as e:
@@ -58,16 +90,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train_kdae(config: TrainConfig) -> int:
-    """``--method kdae_vector``: the vector KD-AE on scikit-learn's digits, ``--category`` being the normal digit."""
-    from training.kdae.__main__ import main as kdae_main
+def kdae_config(config: TrainConfig) -> KDAEConfig:
+    """The KD-AE run that ``kd-train --method kdae_vector`` asks for.
+
+    ``--category`` is the normal digit; ``--seed``, ``--output`` and ``--lr`` (default: the method's) carry
+    over. ``--epochs`` sets the epochs of both networks, teacher and student, and ``--batch-size`` the batch
+    size of both; left out, each keeps KD-AE's own default (:class:`~training.kdae.KDAEConfig`), so a plain
+    ``kd-train --method kdae_vector`` trains exactly what ``python -m training.kdae`` does.
+
+    Args:
+        config: The parsed options; ``config.model_fields_set`` tells which were given.
+
+    Returns:
+        The KD-AE configuration.
+
+    Raises:
+        ValueError: ``--category`` is not a digit 0-9, or ``--image-size`` is given with another value than
+            its default (vectors have no image size; the message starts with the option's flag).
+    """
+    from training.kdae import KDAEConfig
 
     if not config.category.isdigit() or not 0 <= int(config.category) <= 9:
-        print(f"kd-train: --category: method kdae_vector takes the normal digit 0-9, got {config.category!r}",
-              file=sys.stderr)
+        raise ValueError(f"--category: method kdae_vector takes the normal digit 0-9, got {config.category!r}")
+    default_size = TrainConfig.model_fields["image_size"].default
+    if config.image_size != default_size:
+        raise ValueError(f"--image-size: method kdae_vector scores 64-feature vectors, not images; "
+                         f"drop --image-size {config.image_size}")
+    given = config.model_fields_set
+    sizes: dict[str, int] = {}
+    if "epochs" in given:
+        sizes.update(epochs_teacher=config.epochs, epochs_student=config.epochs)
+    if "batch_size" in given:
+        sizes["batch_size"] = config.batch_size
+    return KDAEConfig(digit=int(config.category), seed=config.seed, output=config.output,
+                      lr=config.learning_rate, **sizes)
+
+
+def _train_kdae(config: TrainConfig) -> int:
+    """``--method kdae_vector``: the vector KD-AE on scikit-learn's digits, ``--category`` being the normal digit."""
+    import torch
+
+    from training.kdae import train_kdae
+
+    try:
+        kdae = kdae_config(config)
+    except ValueError as e:
+        print(f"kd-train: {e}", file=sys.stderr)
         return 2
-    return kdae_main(["--digit", config.category, "--seed", str(config.seed), "--output", str(config.output),
-                      "--lr", str(config.learning_rate)])
+    ignored = sorted(config.model_fields_set - KDAE_OPTIONS)
+    if ignored:
+        log.warning("method kdae_vector ignores %s", ", ".join("--" + name.replace("_", "-") for name in ignored))
+    # One thread unless asked: these networks are too small to gain from more (KD-AE's own CLI default).
+    torch.set_num_threads(config.threads or 1)
+    print(train_kdae(kdae).summary())
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training configuration: one validated model, written into every run folder."""
+"""Training configuration: one validated model for every ``kd-train`` method, written into every run folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from training.methods import DEFAULT_LR, Method
 
 
 class TrainConfig(BaseModel):
-    """Everything that decides a training run. Defaults are the demo's; the paper's are in the README."""
+    """Everything that decides a training run, of any method. Defaults are the demo's; the paper's are in the README.
+
+    The image methods (rd4ad, student, multiteacher, mkd) use every field; ``kdae_vector`` uses the ones
+    :func:`training.cli.kdae_config` translates into its own :class:`~training.kdae.KDAEConfig`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,11 +27,13 @@ class TrainConfig(BaseModel):
     backbone: BackboneName = Field(BackboneName.EFFICIENTNET_LITE0, description="frozen teacher encoder")
     teacher_weights: Path | None = Field(None, description="teacher weights file; default: the backbone's usual place")
     allow_random_teacher: bool = Field(False, description="permit an untrained teacher (scores are meaningless)")
-    image_size: int = Field(256, ge=32, description="square input side, a multiple of 32")
-    epochs: int = Field(40, ge=1)
-    batch_size: int = Field(16, ge=1)
+    image_size: int = Field(256, ge=32, description="square input side, a multiple of 32 (image methods only)")
+    epochs: int = Field(40, ge=1, description="training epochs; kdae_vector: of teacher and student each "
+                        "(not given: KD-AE's own 200 and 100)")
+    batch_size: int = Field(16, ge=1, description="batch size; kdae_vector: of both networks (not given: KD-AE's 32)")
     lr: float | None = Field(
-        None, gt=0, description="Adam learning rate; default per method (RD4AD: the paper's 0.005, others 0.001)"
+        None, gt=0, description="Adam learning rate; default per method (rd4ad: the paper's 0.005, kdae_vector: "
+        "0.01, others 0.001)"
     )
     seed: int = 0
     sigma: float = Field(4.0, gt=0, description="Gaussian smoothing of the anomaly map in pixels")
@@ -35,7 +41,7 @@ class TrainConfig(BaseModel):
     validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs and tests)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores (kdae_vector: one)")
 
     @property
     def learning_rate(self) -> float:

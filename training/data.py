@@ -1,6 +1,6 @@
-"""Loading datasets in the MVTec AD folder layout (see :mod:`training.layout`) for training.
+"""Loading datasets in the MVTec AD folder layout (see :mod:`kdcore.layout`) for training.
 
-Folder scanning lives in :mod:`training.layout` and image decoding in :mod:`training.imageio`, both
+Folder scanning lives in :mod:`kdcore.layout` and image decoding in :mod:`kdcore.imageio`, both
 torch-free so the scoring client reads datasets and images by the same rules; this module adds the splits and
 the torch dataset.
 
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training import imageio
-from training.imageio import IMAGE_EXTENSIONS
-from training.layout import DatasetError, Sample, scan_category, scan_validation
+from kdcore import imageio
+from kdcore.imageio import IMAGE_EXTENSIONS
+from kdcore.layout import DatasetError, Sample, scan_category, scan_validation
+from training.split_sizes import validation_count
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,9 @@ def make_splits(
             at least one image when the fraction is positive, and at least one image
             is always left for training).
         validation_fraction: Fraction of each ``test/`` sub-folder (``good`` and every
-            defect type, i.e. stratified) that goes to validation; the rest is test.
-            Every sub-folder with at least two images contributes at least one image to
+            defect type, i.e. stratified) that goes to validation; the rest is test,
+            rounded per sub-folder by :func:`training.split_sizes.validation_count`:
+            every sub-folder with at least two images contributes at least one image to
             each side; a sub-folder with a single image goes to test.  Ignored when the
             category has a ``validation/`` folder (see :func:`scan_validation`): then
             that folder is the validation set and ``test/`` is the test set, whole.
@@ -128,11 +129,7 @@ def make_splits(
     test: list[Sample] = []
     for defect in sorted(groups):
         members = groups[defect]
-        n_val = int(round(len(members) * validation_fraction))
-        if len(members) >= 2 and validation_fraction > 0:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        elif len(members) < 2:
-            n_val = 0
+        n_val = validation_count(len(members), validation_fraction)
         order = rng.permutation(len(members))
         validation.extend(members[i] for i in order[:n_val])
         test.extend(members[i] for i in order[n_val:])
@@ -151,7 +148,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """Read an image as RGB uint8 of shape ``(size, size, 3)`` by the rule of :mod:`training.imageio`.
+    """Read an image as RGB uint8 of shape ``(size, size, 3)`` by the rule of :mod:`kdcore.imageio`.
 
     Grayscale images are replicated to three channels, an alpha channel is dropped,
     16-bit images are scaled to 8 bits.  The image is resized (aspect ratio not kept)
@@ -164,7 +161,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 def load_mask(path: Path | None, size: int) -> np.ndarray:
-    """Read a ground-truth mask as uint8 ``{0, 1}`` of shape ``(size, size)`` (see :func:`training.imageio.binary_mask`).
+    """Read a ground-truth mask as uint8 ``{0, 1}`` of shape ``(size, size)`` (see :func:`kdcore.imageio.binary_mask`).
 
     Pixels above half the mask's maximum are anomalous, so both 0/255 and 0/1 masks
     work.  Resizing uses nearest neighbour.  ``None`` gives an all-zero mask.

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from training.data import ImageDataset
 from training.inference import DeployableDetector
-from training.metrics import evaluate
-from training.stats import Metrics
+from kdcore.metrics import evaluate
+from kdcore.stats import Metrics
 
 
 @dataclass

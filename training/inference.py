@@ -3,76 +3,28 @@
 Preprocessing lives in the graph, so clients send ``(N, H, W, 3)`` uint8 RGB (4x smaller on the wire than
 float32) and no client can normalise differently from training. Training, evaluation and export all go
 through :class:`DeployableDetector`, so the scores measured in training are the scores the server returns.
-The output names come from :class:`InferenceOutput`'s fields: one source for the exporter, the Triton
-configs and the client.
+The tensor names and shapes are the wire contract's (:mod:`kdcore.contract`); :class:`InferenceOutput` is
+their order as torch returns them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from kdcore.contract import RAW_MAP, RAW_PRED
 from training.detector import DistillationDetector
 
-#: Name of the network's only input: uint8 RGB images ``(N, H, W, 3)``.
-INPUT_NAME = "image"
-
-
 class InferenceOutput(NamedTuple):
-    """What a deployed detector returns."""
+    """What a deployed image detector returns, in the order of :func:`kdcore.contract.image_network_spec`."""
 
     pred_score: Tensor
     """Raw image score ``(N, 1)`` float32: the maximum of the anomaly map."""
     anomaly_map: Tensor
     """Raw anomaly map ``(N, 1, H, W)`` float32 at the input resolution."""
-
-
-OUTPUT_NAMES: tuple[str, ...] = InferenceOutput._fields
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of a deployed network, without the batch axis."""
-
-    name: str
-    datatype: str
-    """Triton's name for the dtype: ``UINT8`` or ``FP32``."""
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """The input and outputs of a deployed network (all batched on axis 0)."""
-
-    input: TensorSpec
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def has_map(self) -> bool:
-        """Whether the network returns an anomaly map (image models) or only a score (vector models)."""
-        return any(o.name == "anomaly_map" for o in self.outputs)
-
-    def example(self, batch: int = 2) -> Tensor:
-        """Zeros of the input's shape and dtype, for tracing."""
-        dtype = torch.uint8 if self.input.datatype == "UINT8" else torch.float32
-        return torch.zeros(batch, *self.input.dims, dtype=dtype)
-
-
-def image_network_spec(size: int) -> NetworkSpec:
-    """Image detectors: uint8 RGB ``(N, S, S, 3)`` in, :class:`InferenceOutput` out."""
-    return NetworkSpec(
-        TensorSpec(INPUT_NAME, "UINT8", (size, size, 3)),
-        (TensorSpec("pred_score", "FP32", (1,)), TensorSpec("anomaly_map", "FP32", (1, size, size))),
-    )
-
-
-def vector_network_spec(length: int) -> NetworkSpec:
-    """Vector detectors: float32 features ``(N, D)`` in, the raw score ``(N, 1)`` out."""
-    return NetworkSpec(TensorSpec("vector", "FP32", (length,)), (TensorSpec("pred_score", "FP32", (1,)),))
 
 
 class ImageNormalizer(nn.Module):
@@ -114,3 +66,7 @@ class DeployableDetector(nn.Module):
         """Score uint8 RGB images ``(N, S, S, 3)``."""
         score, amap = self.detector.predict(self.normalize(image))
         return InferenceOutput(score, amap)
+
+
+# The field names are the network's output names on the wire: a rename on either side must fail at import.
+assert InferenceOutput._fields == (RAW_PRED, RAW_MAP), InferenceOutput._fields

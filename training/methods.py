@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from training.backbones import build_encoder
 from training.detector import DistillationDetector
-from training.stats import Normalization
+from kdcore.stats import Normalization
 
 if TYPE_CHECKING:
     from training.config import TrainConfig

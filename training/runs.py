@@ -24,7 +24,7 @@ class RunPaths:
 
     @property
     def stats(self) -> Path:
-        """The stats JSON (:mod:`training.stats`)."""
+        """The stats JSON (:mod:`kdcore.stats`)."""
         return self.root / "stats.json"
 
     @property

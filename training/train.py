@@ -1,4 +1,6 @@
-"""Training RD4AD on good images, model selection on validation, then statistics, thresholds and metrics.
+"""The training loop of every image method (rd4ad, student, multiteacher, mkd): training on good images, model
+selection on validation, then statistics, thresholds and metrics. (``kdae_vector`` has its own trainer,
+:func:`training.kdae.train_kdae`, which ``kd-train`` calls for it.)
 
 Data discipline: the student trains on ``train`` only; ``holdout`` (good images from train/, never trained on)
 gives the good-score statistics and the calibration scale; ``validation`` picks the kept epoch and the
@@ -28,10 +30,10 @@ from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerpri
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
 from training.methods import ADAM_BETAS, backbone_label
-from training.metrics import image_auroc, pixel_auroc
+from kdcore.metrics import image_auroc, pixel_auroc
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.runs import RunPaths
-from training.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
+from kdcore.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _selection_score(val: Predictions) -> float:
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train, select, calibrate and evaluate one RD4AD model; write its run folder.
+    """Train, select, calibrate and evaluate one image detector (any method but ``kdae_vector``); write its run folder.
 
     Args:
         config: The run's configuration.

@@ -1,7 +1,8 @@
 """Triton Python-backend decoder: encoded image files (PNG, JPEG, ...) in, the network's uint8 RGB input out.
 
-Shipped into ``<model>_decoder/1/`` beside ``imageio.py``, the project's one definition of how a file becomes a
-model input (:mod:`training.imageio`), so images decoded here match the ones training saw. A camera stream then
+Shipped into ``<model>_decoder/1/`` beside the core modules it imports (``kdcore/``: the contract and
+:mod:`kdcore.imageio`, the project's one definition of how a file becomes a model input), so images decoded here
+match the ones training saw. A camera stream then
 sends its JPEG bytes (a fraction of the raw pixels) and the server does the rest. A file that does not decode
 fails its own request with a message naming the row and the reason; other requests in the batch are answered.
 """
@@ -17,10 +18,9 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from imageio import ImageDecodeError, decode_image, resize_to  # noqa: E402  (shipped beside this file)
-
-#: Name of the encoded input (see export/triton_config.py).
-INPUT = "image_bytes"
+# The shipped kdcore package (beside this file) comes first, so the server decodes as training did.
+from kdcore.contract import ENCODED_INPUT  # noqa: E402
+from kdcore.imageio import ImageDecodeError, decode_image, resize_to  # noqa: E402
 
 
 class TritonPythonModel:
@@ -37,7 +37,7 @@ class TritonPythonModel:
         """One response per request, in order."""
         responses = []
         for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy().reshape(-1)
+            rows = pb_utils.get_input_tensor_by_name(request, ENCODED_INPUT).as_numpy().reshape(-1)
             try:
                 images = np.stack([self._decode(i, row) for i, row in enumerate(rows)])
             except ValueError as e:

@@ -1,7 +1,7 @@
 """Triton Python-backend adapter for the scorer: raw network outputs in, calibrated outputs out.
 
-Shipped into ``<scorer model>/1/`` with ``scorer.py`` and ``stats.py``; the stats JSON sits in the model's own
-folder (``<scorer model>/stats.json``). A malformed stats JSON makes the model fail to load with a message that
+Shipped into ``<scorer model>/1/`` beside the core modules it imports (``kdcore/``: the contract, the stats schema
+and the scorer); the stats JSON sits in the model's own folder (``<scorer model>/stats.json``). A malformed stats JSON makes the model fail to load with a message that
 names the field; a bad request gets its own error response and the others in the batch are still answered.
 """
 
@@ -16,10 +16,10 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scorer import ScoredBatch, Scorer, ScorerInputError, map_to_uint8  # noqa: E402  (shipped beside this file)
-from stats import load_stats  # noqa: E402
-
-STATS_FILE = "stats.json"
+# The shipped kdcore package (beside this file) comes first, so the scorer runs the code it was exported with.
+from kdcore.contract import LABEL, MAP, MAP_U8, RAW_MAP, RAW_PRED, RAW_SCORE, SCORE, SCORER_STATS_FILE  # noqa: E402
+from kdcore.scorer import ScoredBatch, Scorer, ScorerInputError, map_to_uint8  # noqa: E402
+from kdcore.stats import load_stats  # noqa: E402
 
 
 class TritonPythonModel:
@@ -28,7 +28,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         """Load the stats JSON once; raising here keeps the model unloaded with the reason in the log."""
         config = json.loads(args["model_config"])
-        path = os.path.join(args["model_repository"], STATS_FILE)
+        path = os.path.join(args["model_repository"], SCORER_STATS_FILE)
         self.scorer = Scorer(load_stats(path))
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
@@ -40,14 +40,14 @@ class TritonPythonModel:
         scores, maps, owners = [], [], []
         wanted = [set(r.requested_output_names()) or set(self.output_dtypes) for r in requests]
         for i, request in enumerate(requests):
-            raw_score = pb_utils.get_input_tensor_by_name(request, "pred_score").as_numpy()
+            raw_score = pb_utils.get_input_tensor_by_name(request, RAW_PRED).as_numpy()
             raw_map = None
-            map_tensor = pb_utils.get_input_tensor_by_name(request, "anomaly_map") if self.scorer.has_map else None
+            map_tensor = pb_utils.get_input_tensor_by_name(request, RAW_MAP) if self.scorer.has_map else None
             # The map is optional: the score-only ensemble does not send it, and then none is computed.
-            if map_tensor is not None and wanted[i] & {"anomaly_map", "anomaly_map_u8"}:
+            if map_tensor is not None and wanted[i] & {MAP, MAP_U8}:
                 raw_map = map_tensor.as_numpy()
                 if raw_score.shape[0] != raw_map.shape[0]:
-                    responses[i] = _error(f"pred_score has {raw_score.shape[0]} rows, anomaly_map {raw_map.shape[0]}")
+                    responses[i] = _error(f"{RAW_PRED} has {raw_score.shape[0]} rows, {RAW_MAP} {raw_map.shape[0]}")
                     continue
             scores.append(raw_score)
             maps.append(raw_map)
@@ -73,11 +73,11 @@ class TritonPythonModel:
         return responses
 
     def _response(self, scored: ScoredBatch, raw_score: np.ndarray, wanted: set):
-        values = {"score": scored.score, "label": scored.label, "raw_score": raw_score}
+        values = {SCORE: scored.score, LABEL: scored.label, RAW_SCORE: raw_score}
         if scored.anomaly_map is not None:
-            values["anomaly_map"] = scored.anomaly_map
-            if "anomaly_map_u8" in wanted:
-                values["anomaly_map_u8"] = map_to_uint8(scored.anomaly_map)
+            values[MAP] = scored.anomaly_map
+            if MAP_U8 in wanted:
+                values[MAP_U8] = map_to_uint8(scored.anomaly_map)
         # raw_score is echoed so that every ensemble output comes from this step (see export/triton_config.py).
         tensors = [
             pb_utils.Tensor(name, value.astype(self.output_dtypes[name]))

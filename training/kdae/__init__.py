@@ -8,12 +8,9 @@ trains one digit or sweeps all ten.
 
 from training.kdae.data import DigitSplits, make_digit_splits, perturb_normals
 from training.kdae.model import (
-    SCORE_OUTPUT_NAME,
-    VECTOR_INPUT_NAME,
     DenseAutoencoder,
     KDAEStudentScorer,
     StudentMLP,
-    export_student_onnx,
     load_kdae_student,
     load_kdae_teacher,
 )
@@ -29,8 +26,6 @@ from training.kdae.train import (
 )
 
 __all__ = [
-    "SCORE_OUTPUT_NAME",
-    "VECTOR_INPUT_NAME",
     "DenseAutoencoder",
     "DigitAUROC",
     "DigitSplits",
@@ -40,7 +35,6 @@ __all__ = [
     "KDAEStudentScorer",
     "StudentMLP",
     "auroc_per_digit",
-    "export_student_onnx",
     "fit_kdae",
     "load_kdae_student",
     "load_kdae_teacher",

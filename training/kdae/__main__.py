@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from training.cli_options import add_config_options
+from kdcore.options import add_config_options
 from training.kdae.train import KDAEConfig, auroc_per_digit, train_kdae
 
 
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.mean([r.teacher for r in table.values()]):7.4f}")
         print(f"({time.perf_counter() - started:.1f} s)")
         return 0
-    result = train_kdae(config)
-    m = result.stats.test_metrics
-    print(f"digit {config.digit}: run folder {result.paths.root}")
-    print(f"test: {m.num_good} normal, {m.num_anomalous} anomalous, image AUROC {m.image_auroc:.4f}, "
-          f"F1 {m.image_f1:.4f} at threshold {result.stats.image_threshold.value:.5g}")
+    print(train_kdae(config).summary())
     return 0
 
 

@@ -8,7 +8,6 @@ parameters), and :class:`KDAEStudentScorer` turns its output back into the teach
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -18,12 +17,6 @@ from torch import Tensor, nn
 from training.kdae.data import NUM_FEATURES
 from training.runs import RunPaths
 
-#: Input name of the exported student (float32 vectors ``(N, 64)``).
-VECTOR_INPUT_NAME = "vector"
-#: Output name of the exported student (raw score ``(N, 1)``), the image models' score name.
-SCORE_OUTPUT_NAME = "pred_score"
-#: ONNX opset, as for the image models.
-OPSET = 17
 #: Hidden width of the student MLP.
 STUDENT_HIDDEN = 16
 #: Layer widths of the teacher autoencoder, input to output.
@@ -70,7 +63,7 @@ class KDAEStudentScorer(nn.Module):
     """The deployable network: float32 vectors ``(N, 64)`` in, raw score ``(N, 1)`` out.
 
     The score is ``exp(student(x)) - 1``, on the teacher's reconstruction-MSE scale (higher is more
-    anomalous).
+    anomalous). It is exported like every deployed network, under :func:`kdcore.contract.vector_network_spec`.
 
     Args:
         student: The trained student.
@@ -114,28 +107,3 @@ def load_kdae_teacher(run_dir: Path | str) -> DenseAutoencoder:
     teacher = DenseAutoencoder()
     teacher.load_state_dict(load_file(str(path)), strict=True)
     return teacher.eval()
-
-
-def export_student_onnx(scorer: KDAEStudentScorer, path: Path | str) -> Path:
-    """Export the student to ONNX: opset 17, TorchScript-based exporter, dynamic batch axis.
-
-    Input ``"vector"`` float32 ``(N, 64)``, output ``"pred_score"`` float32 ``(N, 1)``.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    example = torch.zeros(2, scorer.input_size, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            scorer.eval(),
-            (example,),
-            str(path),
-            input_names=[VECTOR_INPUT_NAME],
-            output_names=[SCORE_OUTPUT_NAME],
-            dynamic_axes={VECTOR_INPUT_NAME: {0: "batch"}, SCORE_OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return path

@@ -36,9 +36,9 @@ from training.kdae.data import (
     perturb_normals,
 )
 from training.kdae.model import DenseAutoencoder, KDAEStudentScorer, StudentMLP, teacher_path
-from training.metrics import f1_at_threshold, image_auroc
+from kdcore.metrics import f1_at_threshold, image_auroc
 from training.runs import RunPaths
-from training.stats import Metrics, ModelInfo, ScoreStatistics, Stats, Threshold, TrainingFacts, save_stats
+from kdcore.stats import Metrics, ModelInfo, ScoreStatistics, Stats, Threshold, TrainingFacts, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,13 @@ class KDAEResult:
     def teacher(self) -> DenseAutoencoder:
         """The teacher autoencoder."""
         return self.fitted.teacher
+
+    def summary(self) -> str:
+        """Two lines for the terminal: where the run folder is, and the test metrics."""
+        m = self.stats.test_metrics
+        return (f"digit {self.fitted.config.digit}: run folder {self.paths.root}\n"
+                f"test: {m.num_good} normal, {m.num_anomalous} anomalous, image AUROC {m.image_auroc:.4f}, "
+                f"F1 {m.image_f1:.4f} at threshold {self.stats.image_threshold.value:.5g}")
 
 
 def _batches(n: int, batch_size: int) -> list[torch.Tensor]:

@@ -1,19 +1,20 @@
 """Turns a network's raw outputs into what operators read: a 0..1 score, a 0..1 map and a label.
 
-Shipped into the model repository beside ``model.py`` (the Triton adapter) and ``stats.py`` (the schema and the
-calibration formula, copied from :mod:`training.stats`), so it imports nothing from this project: the stats
-object is handed in. It runs and is tested without Triton.
+The exporter computes the validation references with it and ships it into the repository (with
+:mod:`kdcore.stats` and :mod:`kdcore.contract`) for the Triton adapter ``export/scorer/model.py``, so the
+server calibrates with the very code the references came from. It runs and is tested without Triton.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-ANOMALOUS = b"anomalous"
-NORMAL = b"normal"
+from kdcore.contract import ANOMALOUS, NORMAL, RAW_MAP, RAW_PRED
+from kdcore.stats import Stats
+
+#: The label words as the scorer sends them (a Triton BYTES tensor).
+ANOMALOUS_BYTES, NORMAL_BYTES = ANOMALOUS.encode(), NORMAL.encode()
 
 
 def map_to_uint8(anomaly_map: np.ndarray) -> np.ndarray:
@@ -34,17 +35,17 @@ class ScoredBatch:
     anomaly_map: np.ndarray | None
     """``(N, 1, H, W)`` float32 in [0, 1]; 0.5 is the pixel threshold. ``None`` when no raw map was given."""
     label: np.ndarray
-    """``(N, 1)`` object array of ``b"anomalous"`` / ``b"normal"``."""
+    """``(N, 1)`` object array of :data:`ANOMALOUS_BYTES` / :data:`NORMAL_BYTES`."""
 
 
 class Scorer:
     """Applies a model's stats JSON to its raw outputs.
 
     Args:
-        stats: A validated ``Stats`` object (``stats.py``'s schema).
+        stats: The model's validated stats JSON.
     """
 
-    def __init__(self, stats: Any) -> None:
+    def __init__(self, stats: Stats) -> None:
         self.image_calibration = stats.image_calibration
         self.pixel_calibration = stats.pixel_calibration
         self.image_threshold = float(stats.image_threshold.value)
@@ -73,19 +74,19 @@ class Scorer:
         raw_score = np.asarray(raw_score, dtype=np.float32)
         n = raw_score.shape[0] if raw_score.ndim else 0
         if raw_score.shape != (n, 1):
-            raise ScorerInputError(f"expected pred_score (N, 1), got {raw_score.shape}")
+            raise ScorerInputError(f"expected {RAW_PRED} (N, 1), got {raw_score.shape}")
         if raw_map is not None and self.map_shape is None:
-            raise ScorerInputError("vector models have no anomaly_map")
+            raise ScorerInputError(f"vector models have no {RAW_MAP}")
         if raw_map is not None:
             raw_map = np.asarray(raw_map, dtype=np.float32)
             if raw_map.shape != (n, *self.map_shape):
                 raise ScorerInputError(
-                    f"expected anomaly_map (N, {', '.join(map(str, self.map_shape))}), got {raw_map.shape}"
+                    f"expected {RAW_MAP} (N, {', '.join(map(str, self.map_shape))}), got {raw_map.shape}"
                 )
         if not (np.isfinite(raw_score).all() and (raw_map is None or np.isfinite(raw_map).all())):
             raise ScorerInputError("raw outputs contain NaN or infinite values")
         # The label compares raw scores: that is the definition, immune to float rounding near 0.5.
-        label = np.where(raw_score >= self.image_threshold, ANOMALOUS, NORMAL).astype(object)
+        label = np.where(raw_score >= self.image_threshold, ANOMALOUS_BYTES, NORMAL_BYTES).astype(object)
         return ScoredBatch(
             score=self.image_calibration.apply(raw_score),
             anomaly_map=None if raw_map is None else self.pixel_calibration.apply(raw_map),

@@ -9,7 +9,7 @@ Used by training (:mod:`training.data`) and by the scoring client's evaluation a
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   pixel masks (non-zero = anomalous)
     <root>/<category>/validation/good|<defect>/*.png     optional validation set, same layout as test/
 
-Image files may have any suffix in :data:`training.imageio.IMAGE_EXTENSIONS` (any case); files are always
+Image files may have any suffix in :data:`kdcore.imageio.IMAGE_EXTENSIONS` (any case); files are always
 listed in sorted order; other files, and hidden files and folders (names starting with ``.``), are ignored.
 """
 
@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.imageio import IMAGE_EXTENSIONS
+from kdcore.imageio import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

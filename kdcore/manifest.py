@@ -1,0 +1,192 @@
+"""The repository manifest and validation samples: what the exporter leaves beside each detector for its clients.
+
+Every detector's ensemble folder holds ``validation/manifest.json`` (:class:`Manifest`: the models that serve it,
+its input, the tolerance and the export's parity figures) and ``validation/samples.npz`` (real inputs with the
+outputs the server must give back, :class:`ValidationSamples`). The exporter writes them with this module; the
+validator (``client.py``), the health check, the benchmarks and the fault injector read them with it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kdcore.contract import BYTES, FP32, LABEL, MAP, RAW_SCORE, SCORE, ModelNames, TensorSpec
+
+#: Folder inside the ensemble's model folder that holds the client's validation samples.
+VALIDATION_DIR = "validation"
+SAMPLES_FILE = "samples.npz"
+MANIFEST_FILE = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest or samples file that is missing or malformed; the message names the file and the field."""
+
+
+class Profiles(BaseModel):
+    """The output-profile ensembles of an image detector (absent for vector detectors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score: str | None = Field(None, description="score, label and raw score alone: no map computed")
+    map8: str | None = Field(None, description="the map as UINT8 0..255")
+    encoded_score: str | None = Field(None, description="encoded files in, the score alone out")
+
+
+class ParityEntry(BaseModel):
+    """Largest absolute difference per output between one export and eager torch, measured at export."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str
+    max_abs: dict[str, float]
+
+
+class Manifest(BaseModel):
+    """``<model>/validation/manifest.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = Field(description="the ensemble that takes decoded pixels (or vectors)")
+    networks: list[str] = Field(description="the network models (ONNX, TorchScript)")
+    encoded_model: str | None = Field(None, description="the ensemble that takes encoded files (image models)")
+    profiles: Profiles = Field(default_factory=Profiles)
+    input: TensorSpec
+    has_map: bool
+    method: str
+    atol: float = Field(gt=0, description="tolerance of served outputs against the stored references")
+    image_threshold: float = Field(description="raw image threshold (labels within atol of it may flip)")
+    test_image_auroc: float | None = None
+    parity: list[ParityEntry] = Field(default_factory=list)
+
+    @property
+    def names(self) -> ModelNames:
+        """The detector's model names."""
+        return ModelNames(self.model)
+
+    @property
+    def ensemble_outputs(self) -> dict[str, str]:
+        """The full ensemble's outputs and their datatypes."""
+        maps = {MAP: FP32} if self.has_map else {}
+        return {SCORE: FP32, **maps, LABEL: BYTES, RAW_SCORE: FP32}
+
+    @property
+    def served_models(self) -> list[str]:
+        """Every model a client may call for this detector (ensembles and networks)."""
+        extra = [m for m in (self.profiles.score, self.profiles.map8, self.profiles.encoded_score) if m]
+        return [self.model, *self.networks, *extra, *([self.encoded_model] if self.encoded_model else [])]
+
+    @classmethod
+    def load(cls, path: Path | str) -> Manifest:
+        """Read and validate a manifest file.
+
+        Raises:
+            ManifestError: Unreadable or malformed; the message names the offending field.
+        """
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ManifestError(f"{path}: cannot read the manifest ({e.strerror})") from e
+        except ValidationError as e:
+            fields = "; ".join(f"field '{'.'.join(map(str, x['loc'])) or '<root>'}': {x['msg']}" for x in e.errors())
+            raise ManifestError(f"{path}: invalid manifest: {fields}") from e
+
+    def save(self, path: Path | str) -> Path:
+        """Write atomically (a temporary file renamed into place)."""
+        return _atomic_write(Path(path), self.model_dump_json(indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ValidationSamples:
+    """The exporter's validation inputs and reference outputs for one detector, with its manifest.
+
+    Attributes:
+        inputs: The network's inputs (uint8 images or float32 vectors), batch first.
+        labels: 0 (good) / 1 (anomalous) per input.
+        names: Where each input came from.
+        raw_score, score, label: The reference outputs (raw, calibrated, label text).
+        raw_map, anomaly_map: The raw and calibrated maps (image detectors only, else ``None``).
+        manifest: The detector's :class:`Manifest`.
+    """
+
+    ARRAYS = ("inputs", "labels", "names", "raw_score", "score", "label", "raw_map", "anomaly_map")
+
+    def __init__(self, manifest: Manifest, arrays: dict[str, np.ndarray]) -> None:
+        self.manifest = manifest
+        missing = [k for k in self.ARRAYS[:6] if k not in arrays]
+        if missing:
+            raise ManifestError(f"validation samples lack {missing}")
+        self.inputs: np.ndarray = arrays["inputs"]
+        self.labels: np.ndarray = arrays["labels"]
+        self.names: np.ndarray = arrays["names"]
+        self.raw_score: np.ndarray = arrays["raw_score"]
+        self.score: np.ndarray = arrays["score"]
+        self.label: np.ndarray = arrays["label"]
+        self.raw_map: np.ndarray | None = arrays.get("raw_map")
+        self.anomaly_map: np.ndarray | None = arrays.get("anomaly_map")
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The ensemble's outputs and their datatypes."""
+        return self.manifest.ensemble_outputs
+
+    @classmethod
+    def load(cls, folder: Path | str) -> ValidationSamples:
+        """Read ``manifest.json`` and ``samples.npz`` from ``folder``.
+
+        Raises:
+            ManifestError: A file is missing or malformed.
+        """
+        folder = Path(folder)
+        manifest = Manifest.load(folder / MANIFEST_FILE)
+        try:
+            with np.load(folder / SAMPLES_FILE, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"cannot read validation samples in {folder}: {e}") from e
+        return cls(manifest, arrays)
+
+    @staticmethod
+    def save(folder: Path | str, manifest: Manifest, **arrays: Any) -> None:
+        """Write the samples and the manifest into ``folder`` (the exporter's staging copy)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        unknown = set(arrays) - set(ValidationSamples.ARRAYS)
+        if unknown:
+            raise ValueError(f"unknown sample arrays {sorted(unknown)}")
+        np.savez_compressed(folder / SAMPLES_FILE, **arrays)
+        manifest.save(folder / MANIFEST_FILE)
+
+
+def validation_folder(repository: Path | str, model: str) -> Path:
+    """Where the exporter keeps ``model``'s manifest and samples."""
+    return Path(repository) / model / VALIDATION_DIR
+
+
+def discover(repository: Path | str) -> list[str]:
+    """Detectors in ``repository`` (ensembles that carry the exporter's manifest), sorted."""
+    return sorted(p.parent.parent.name for p in Path(repository).glob(f"*/{VALIDATION_DIR}/{MANIFEST_FILE}"))
+
+
+def load_manifests(repository: Path | str, only: list[str] | None = None) -> list[Manifest]:
+    """The manifests of ``repository``'s detectors (or of those named in ``only``), sorted by model name."""
+    names = [m for m in discover(repository) if not only or m in only]
+    return [Manifest.load(validation_folder(repository, m) / MANIFEST_FILE) for m in names]
