@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import ort_run, ort_session, served_run
-from bench.readme import write_section
+from bench.readme import publish
 from kdcore.manifest import MANIFEST_FILE, Manifest, validation_folder
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     change = f"{loss:.1f} points of image AUROC lost" if loss > 0 else f"{-loss:.1f} points of image AUROC gained"
     print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {change}: "
           f"{verdict} the target (>= 5x, <= 2 points lost)")
-    if str(args.readme):
-        try:
-            write_section(args.readme, "compare", table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} "
-                          f"({verdict} the >= 5x / <= 2 points lost target).\n", "kd-compare")
-        except ValueError as e:
-            log.warning("table not written: %s", e)
-    return 0
+    return publish(args.readme, "compare", table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} "
+                   f"({verdict} the >= 5x / <= 2 points lost target).\n", "kd-compare", "kd-compare")
 
 
 if __name__ == "__main__":

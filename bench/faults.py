@@ -34,7 +34,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench import fuzz
-from bench.readme import write_section
+from bench.readme import publish
 from client.validate import encode_png
 from kdcore.contract import SCORE, ModelNames, encoded_input_spec
 from kdcore.manifest import ValidationSamples, discover, validation_folder
@@ -273,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
-    if args.readme:
-        write_section(args.readme, "faults", table, f"kd-bench-faults --repository {args.repository}")
+    written = publish(args.readme, "faults", table, f"kd-bench-faults --repository {args.repository}",
+                      "kd-bench-faults")
     lost = result["fuzz"]["lost"] + result["fuzz"]["hung"]
-    return 1 if lost else 0
+    return 1 if lost or written else 0
 
 
 if __name__ == "__main__":

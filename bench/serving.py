@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.readme import markers, write_section
+from bench.readme import markers, publish
 from bench.measure import (
     ORT_WARMUP_RUNS,
     Timing,
@@ -386,13 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "results": results}, indent=2) + "\n")
     plot(results, args.concurrency, args.plot)
     print(f"wrote {args.output} and {args.plot}")
-    if args.readme:
-        write_section(args.readme, "bench", table, "make bench")
+    written = publish(args.readme, "bench", table, "make bench", "kd-bench")
     failures = sum(t["failures"] for r in results for runs in r["served"].values() for t in runs.values())
     if failures:
         print(f"kd-bench: {failures} served requests failed", file=sys.stderr)
         return 1
-    return 0
+    return written
 
 
 if __name__ == "__main__":

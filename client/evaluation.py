@@ -4,22 +4,23 @@
 through the server and computes image AUROC, pixel AUROC, AUPRO and F1 at the served threshold with the
 project's metric definitions (:mod:`kdcore.metrics`) from the served outputs alone: raw scores for the
 ranking metrics, served labels for the image F1, served 0..1 maps for the pixel metrics (the calibration is
-monotonic, so the ranking metrics are those of the raw maps; the pixel threshold is 0.5). The stats JSON's test
-metrics were measured on the same folder at training time, so the two agree to within the export tolerance.
+monotonic, so the ranking metrics are those of the raw maps; the pixel threshold is the contract's
+:data:`~kdcore.contract.DECISION`). The stats JSON's test metrics were measured on the same folder at training
+time, so the two agree to within the export tolerance.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from client.scoring import ANOMALOUS, ImageResult
+from client.scoring import ImageResult
+from kdcore.contract import ANOMALOUS, DECISION
 from kdcore.imageio import binary_mask, read_image
 from kdcore.layout import Sample, scan_split
 from kdcore.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
@@ -27,8 +28,6 @@ from kdcore.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
 #: The largest |served - recorded| difference of a metric accepted as agreement.
 AGREEMENT = 0.005
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")
-#: The scorer's calibrated threshold: 0.5 on every 0..1 output.
-CALIBRATED_THRESHOLD = 0.5
 
 
 def evaluation_samples(category_dir: Path) -> list[Sample]:
@@ -58,8 +57,8 @@ def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> di
         "image_auroc": image_auroc(labels, raw),
         "pixel_auroc": pixel_auroc(masks, maps),
         "aupro": aupro(masks, maps),
-        "image_f1": f1_at_threshold(labels, served_labels, CALIBRATED_THRESHOLD),
-        "pixel_f1": f1_at_threshold(masks, maps, CALIBRATED_THRESHOLD),
+        "image_f1": f1_at_threshold(labels, served_labels, DECISION),
+        "pixel_f1": f1_at_threshold(masks, maps, DECISION),
     }
     return {k: float(values[k]) for k in METRICS}
 

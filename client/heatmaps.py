@@ -1,7 +1,8 @@
 """Anomaly heatmaps for the scoring client: overlays at the image's own resolution and contact sheets.
 
 Needs only numpy and OpenCV (``opencv-python-headless``), so it runs in the slim client image beside
-``tritonclient``; it never imports torch, matplotlib or the training code.
+``tritonclient`` and loads on its own; it never imports torch, matplotlib, the training code or even the project's
+:mod:`kdcore`, so it holds copies of the contract's decision line and label words (a test checks that they agree).
 
 An overlay (:func:`render_heatmap`) is the image with the anomaly map blended over it, the outline of the region
 at or above the pixel threshold, a box with the image score and label, and a colour scale bar in a strip below
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 PIXEL_THRESHOLD = 0.5
-"""The calibrated pixel decision threshold: map values at or above it are anomalous."""
+"""The calibrated pixel decision threshold (:data:`kdcore.contract.DECISION`): map values at or above it are anomalous."""
 
 # Turbo is perceptually smoother than Jet and, like it, never produces magenta, so the outline stays distinct.
 COLORMAP = cv2.COLORMAP_TURBO
@@ -59,8 +60,10 @@ _MIN_TEXT_PX = 9
 _FLOOR_TEXT_PX = 6
 _LINE_GAP = 0.6  # Space between lines, as a fraction of the text height.
 _JPEG_QUALITY = 95
-_LABELS = ("anomalous", "normal")
 _MIN_CELL = 32
+# kdcore.contract.ANOMALOUS, NORMAL and LABELS, copied (see the module docstring).
+_ANOMALOUS, _NORMAL = "anomalous", "normal"
+_LABELS = (_ANOMALOUS, _NORMAL)
 
 # --------------------------------------------------------------------------------------------------- validation
 
@@ -284,7 +287,7 @@ def _draw_score_box(canvas: np.ndarray, values: np.ndarray, score: float, label:
     covered = [float(values[y : y + box_h + 1, x : x + box_w + 1].mean()) for x, y in corners]
     left, top = corners[int(np.argmin(np.round(covered, 6)))]
 
-    colour = ANOMALOUS_RGB if label == "anomalous" else NORMAL_RGB
+    colour = ANOMALOUS_RGB if label == _ANOMALOUS else NORMAL_RGB
     cv2.rectangle(canvas, (left, top), (left + box_w, top + box_h), colour, cv2.FILLED)
     # A light rim separates a red box from the red of a strong anomaly under it.
     cv2.rectangle(canvas, (left, top), (left + box_w, top + box_h), _TEXT_RGB, max(1, _thickness(text_px) // 2))
@@ -318,7 +321,8 @@ def render_heatmap(
         image: RGB uint8 ``(H, W, 3)`` or grayscale uint8 ``(H, W)`` (or ``(H, W, 1)``), any size.
         anomaly_map: Calibrated pixel scores in [0, 1], ``(h, w)`` or ``(1, h, w)``, any resolution.
         score: Calibrated image score in [0, 1].
-        label: ``"anomalous"`` or ``"normal"`` (case-insensitive); picks the box colour.
+        label: :data:`~kdcore.contract.ANOMALOUS` or :data:`~kdcore.contract.NORMAL` (case-insensitive); picks
+            the box colour.
         name: Display name shown above the score; cut with ``...`` if too long, left out on images too small
             for the score to keep full size.
         alpha: Weight of the colour map in the blend, 0 (image only) to 1 (map only).
@@ -331,7 +335,7 @@ def render_heatmap(
     Raises:
         ValueError: If the image is not uint8 RGB/grayscale or is empty, the map is not 2-D (after dropping a
             leading axis of 1), is empty or holds NaN/inf, score, alpha or threshold is not in [0, 1], or the
-            label is neither ``"anomalous"`` nor ``"normal"``.
+            label is neither of :data:`~kdcore.contract.LABELS`.
         TypeError: If the image or map is not a numpy array, a number is not a number or ``name`` not a string.
     """
     rgb = _as_rgb(image)

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Any, Self, TextIO
 
-from client.scoring import ImageResult, RunSummary
+from client.scoring import RECORD_FIELDS, ImageResult, RunSummary
 
-#: CSV columns, in order (the JSON lines carry the same keys).
-COLUMNS = ["path", "status", "score", "raw_score", "label", "latency_ms", "width", "height", "tiles", "error"]
+#: CSV columns, in order (the JSON lines carry the same keys): the recorded fields of :class:`ImageResult`.
+COLUMNS = list(RECORD_FIELDS)
 
 
 def _clean(value: Any) -> Any:
@@ -69,17 +69,17 @@ class ResultWriter:
 
 def format_summary(summary: RunSummary) -> str:
     """The summary as a few human-readable lines."""
-    d = summary.to_dict()
-    lat = d["latency_ms"]
+    s = summary
     lines = [
-        f"{d['model']} over {d['protocol']}: {d['images']} images, {d['scored']} scored, {d['errors']} errors"
-        + (f", {d['not_scored']} not scored (interrupted)" if d["interrupted"] else ""),
+        f"{s.model} over {s.protocol}: {s.images} images, {s.scored} scored, {s.errors} errors"
+        + (f", {s.not_scored} not scored (interrupted)" if s.interrupted else ""),
     ]
-    if d["scored"]:
+    if s.scored:
+        lat = s.latency()
+        rate = f"{s.images_per_second:.1f}" if s.images_per_second is not None else "-"
         lines.append(
-            f"anomalous {d['anomalous']} ({100 * d['anomalous_fraction']:.1f}%), normal {d['normal']}; "
-            f"{d['images_per_second']:.1f} images/s; latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
-            f"p99 {lat['p99']:.1f} ms"
+            f"anomalous {s.anomalous} ({100 * s.anomalous_fraction:.1f}%), normal {s.normal}; "
+            f"{rate} images/s; latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
         )
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ server or model; 130 when interrupted by Ctrl-C (the rows already written are ke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import os
 import re
@@ -28,20 +29,22 @@ from client.evaluation import compare, evaluation_samples, load_stats, served_me
 from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
 from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
-from client.scoring import (
-    DEFAULT_URLS,
-    ImageResult,
-    ScoreConfig,
-    ScoringSetupError,
-    error_text,
-    score_images,
-)
+from client.scoring import NOT_SCORED, ImageResult, ScoreConfig, ScoringSetupError, score_images
 from client.tiling import TilingConfig
-from kdcore.probes import client_memory, server_memory
+from client.transport import error_text
+from kdcore.contract import ANOMALOUS, ModelNames
 from kdcore.layout import DatasetError
+from kdcore.options import add_config_options, config_values
+from kdcore.probes import client_memory, server_memory
 
 #: Longest side of a contact-sheet thumbnail kept in memory while the run goes on.
 THUMBNAIL = 512
+#: Short forms of the generated options.
+SHORT_FLAGS = {"model": ["-m"], "protocol": ["-i"], "url": ["-u"], "batch_size": ["-b"], "concurrency": ["-c"],
+               "timeout": ["-t"]}
+#: :class:`ScoreConfig` fields the command sets from its other options (``--heatmaps``, ``--evaluate``,
+#: ``--tile-grid``), so they get no option of their own.
+DERIVED = ("maps", "keep_images", "tiling.columns", "tiling.rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,28 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*",
                    help="image files, folders or quoted glob patterns ('line3/**/*.png'); @FILE reads paths from FILE")
-    p.add_argument("-m", "--model", default="ad_inference", help="ensemble to call (the pixel-input one)")
-    p.add_argument("-i", "--protocol", choices=["grpc", "http"], default="grpc", help="wire protocol")
-    p.add_argument("-u", "--url", default=None,
-                   help=f"host:port of that protocol's endpoint (default {DEFAULT_URLS['grpc']} for gRPC, "
-                        f"{DEFAULT_URLS['http']} for HTTP)")
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="images (or tiles) per request")
-    p.add_argument("-c", "--concurrency", type=int, default=4, help="requests kept in flight")
-    p.add_argument("-t", "--timeout", type=float, default=120.0, help="seconds to wait for one reply")
-    p.add_argument("--workers", type=int, default=2, help="threads reading and resizing images")
-    p.add_argument("--shared-memory", choices=["none", "system"], default="none",
-                   help="'system': pass pixels and maps through POSIX shared memory (client and server on one host)")
-    p.add_argument("--map-format", choices=["fp32", "uint8"], default="fp32",
-                   help="maps for --heatmaps / --evaluate: 'uint8' asks <model>_map8 for 0..255 maps (4x fewer bytes)")
-    p.add_argument("--encoded", action="store_true",
-                   help="send the files' bytes unchanged to <model>_encoded; the server decodes and resizes them "
-                        "(less bandwidth; no tiling)")
-    tiles = p.add_argument_group("tiling (large frames)")
-    tiles.add_argument("--tile-grid", metavar="COLSxROWS", default=None,
-                       help="score every image as a grid of overlapping windows, e.g. 4x3")
-    tiles.add_argument("--tile-size", type=int, default=None,
-                       help="score images larger than this as windows of this many pixels (instead of a grid)")
-    tiles.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with its neighbour")
+    groups = add_config_options(p, ScoreConfig, exclude=DERIVED, aliases=SHORT_FLAGS)
+    groups["tiling"].add_argument("--tile-grid", metavar="COLSxROWS", default=None,
+                                  help="score every image as a grid of overlapping windows, e.g. 4x3 "
+                                       "(instead of --tile-size)")
     out = p.add_argument_group("outputs")
     out.add_argument("-o", "--output", type=Path, default=Path("scores"),
                      help="folder for results.csv, results.jsonl, summary.json (and evaluation.json)")
@@ -98,26 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Triton metrics endpoint for the server's memory (default: the server host, port 8002)")
     ev.add_argument("--server-pid", type=int, default=None,
                     help="local server process: report the resident memory of it and its backend stubs")
-    p.add_argument("--retries", type=int, default=6,
-                   help="resends of a request while the server is unreachable (waits 0.5 s, doubling, at most 8 s); "
-                        "files still unscored are listed in not_scored.txt")
-    p.add_argument("--tls-root", default=None, help="PEM CA certificate: talk gRPC over TLS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     return p
 
 
-def _tiling(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TilingConfig | None:
-    if args.tile_grid is None and args.tile_size is None:
+def _tiling(grid: str | None, options: dict[str, Any], parser: argparse.ArgumentParser) -> TilingConfig | None:
+    """The tiling of ``--tile-grid`` or ``--tile-size`` (with ``--overlap``), or ``None`` when neither is given."""
+    if grid is None and options.get("tile_size") is None:
         return None
     try:
-        if args.tile_grid is not None:
-            match = re.fullmatch(r"(\d+)[xX](\d+)", args.tile_grid)
+        if grid is not None:
+            match = re.fullmatch(r"(\d+)[xX](\d+)", grid)
             if not match:
-                parser.error(f"--tile-grid expects COLSxROWS such as 4x3, got {args.tile_grid!r}")
-            return TilingConfig(columns=int(match[1]), rows=int(match[2]), tile_size=args.tile_size,
-                                overlap=args.overlap)
-        return TilingConfig(tile_size=args.tile_size, overlap=args.overlap)
+                parser.error(f"--tile-grid expects COLSxROWS such as 4x3, got {grid!r}")
+            return TilingConfig(columns=int(match[1]), rows=int(match[2]), **options)
+        return TilingConfig(**options)
     except ValidationError as e:
         parser.error(f"tiling: {e.errors()[0]['msg']}")
     return None
@@ -145,7 +126,7 @@ class _Heatmaps:
         name = _heatmap_name(result.path, self.root)
         rendered = render_heatmap(result.image, result.anomaly_map, score=result.score, label=result.label,
                                   name=os.path.basename(result.path))
-        if not self.anomalous_only or result.label == "anomalous":
+        if not self.anomalous_only or result.label == ANOMALOUS:
             write_rgb(self.folder / name, rendered)
             self.written += 1
         scale = THUMBNAIL / max(rendered.shape[:2])
@@ -174,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``score``; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    values = config_values(ScoreConfig, args)
+    tiling = _tiling(args.tile_grid, values.pop("tiling"), parser)
     inputs = list(args.inputs)
     samples = []
     if args.evaluate is not None:
@@ -181,19 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             samples = evaluation_samples(args.evaluate)
         except DatasetError as e:
             parser.error(f"--evaluate: {e}")
-        if args.tile_grid or args.tile_size:
+        if tiling is not None:
             parser.error("--evaluate scores whole images at the model's input (no tiling)")
         inputs += [str(s.path) for s in samples]
     if not inputs:
         parser.error("give image files, folders or globs to score (or --evaluate CATEGORY_DIR)")
     try:
-        config = ScoreConfig(
-            model=args.model, url=args.url, protocol=args.protocol, batch_size=args.batch_size,
-            concurrency=args.concurrency, timeout=args.timeout, shared_memory=args.shared_memory,
-            encoded=args.encoded, tiling=_tiling(args, parser), workers=args.workers, map_format=args.map_format,
-            retries=args.retries, tls_root=args.tls_root,
-            maps=bool(args.heatmaps or samples), keep_images=bool(args.heatmaps),
-        )
+        config = ScoreConfig(**values, tiling=tiling, maps=bool(args.heatmaps or samples),
+                             keep_images=bool(args.heatmaps))
     except ValidationError as e:
         parser.error("; ".join(f"{'.'.join(map(str, x['loc'])) or 'options'}: {x['msg']}" for x in e.errors()))
 
@@ -213,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if heatmaps is not None:
             heatmaps.add(result)
         if samples:
-            kept[os.path.abspath(result.path)] = ImageResult(**{**result.__dict__, "image": None})
+            kept[os.path.abspath(result.path)] = dataclasses.replace(result, image=None)
         if not result.ok:
             failures[result.path] = result.error or ""
             if not args.quiet:
@@ -232,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         sheet = heatmaps.finish()
         payload["heatmaps"] = {"folder": str(args.heatmaps), "written": heatmaps.written,
                                "contact_sheet": str(sheet) if sheet else None}
-    unscored = [p for p, reason in failures.items() if reason.startswith("not scored")]
+    unscored = [p for p, reason in failures.items() if reason.startswith(NOT_SCORED)]
     if unscored:  # the server went away: list what to send again with `score @not_scored.txt`
         (args.output / "not_scored.txt").write_text("".join(f"{p}\n" for p in unscored), encoding="utf-8")
         payload["not_scored_list"] = str(args.output / "not_scored.txt")
@@ -258,7 +236,7 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
     except ValueError as e:
         print(f"EVALUATE: FAIL: {e}")
         return 1
-    stats_path = args.stats or args.repository / f"{config.model}_scorer" / "stats.json"
+    stats_path = args.stats or args.repository / ModelNames(config.model).scorer / "stats.json"
     report: dict[str, Any] = {
         "model": config.model, "dataset": str(args.evaluate), "images": len(samples), "served": served,
         "throughput_images_per_second": run["images_per_second"], "latency_ms": run["latency_ms"],

@@ -23,7 +23,8 @@ class TilingConfig(BaseModel):
 
     columns: int | None = Field(None, ge=1, description="windows per row (with rows: a fixed grid)")
     rows: int | None = Field(None, ge=1, description="windows per column (with columns: a fixed grid)")
-    tile_size: int | None = Field(None, ge=8, description="window side in pixels (instead of a grid)")
+    tile_size: int | None = Field(None, ge=8, description="score frames larger than this as windows of this many "
+                                  "pixels (instead of a grid)")
     overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a window shared with its neighbour")
 
     @model_validator(mode="after")

@@ -197,7 +197,7 @@ class Transport:
         url: ``host:port`` of that protocol's endpoint.
         model: The model (ensemble) to call.
         input_name: Its input tensor.
-        input_datatype: ``"UINT8"`` (pixels) or ``"BYTES"`` (encoded files).
+        input_datatype: :data:`~kdcore.contract.UINT8` (pixels) or :data:`~kdcore.contract.BYTES` (encoded files).
         outputs: Output names to request.
         concurrency: Requests kept in flight.
         timeout: Seconds to wait for a reply.

@@ -127,7 +127,8 @@ class ValidationSamples:
         manifest: The detector's :class:`Manifest`.
     """
 
-    ARRAYS = ("inputs", "labels", "names", "raw_score", "score", "label", "raw_map", "anomaly_map")
+    #: The arrays of ``samples.npz``: inputs, labels and names, then the references named like the outputs.
+    ARRAYS = ("inputs", "labels", "names", RAW_SCORE, SCORE, LABEL, "raw_map", MAP)
 
     def __init__(self, manifest: Manifest, arrays: dict[str, np.ndarray]) -> None:
         self.manifest = manifest
@@ -137,11 +138,11 @@ class ValidationSamples:
         self.inputs: np.ndarray = arrays["inputs"]
         self.labels: np.ndarray = arrays["labels"]
         self.names: np.ndarray = arrays["names"]
-        self.raw_score: np.ndarray = arrays["raw_score"]
-        self.score: np.ndarray = arrays["score"]
-        self.label: np.ndarray = arrays["label"]
+        self.raw_score: np.ndarray = arrays[RAW_SCORE]
+        self.score: np.ndarray = arrays[SCORE]
+        self.label: np.ndarray = arrays[LABEL]
         self.raw_map: np.ndarray | None = arrays.get("raw_map")
-        self.anomaly_map: np.ndarray | None = arrays.get("anomaly_map")
+        self.anomaly_map: np.ndarray | None = arrays.get(MAP)
 
     @property
     def outputs(self) -> dict[str, str]:

@@ -6,6 +6,8 @@ teacher, the real exporter, and the real tritonserver binary on free loopback po
 
 from __future__ import annotations
 
+import subprocess
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from training.methods import Method
 from training.train import TrainResult, train
 
 IMAGE_SIZE = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,21 @@ def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         code = srv.stop()
         assert code == 0, f"tritonserver did not shut down cleanly (exit {code}):\n{srv.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def base_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with the project's base install, ``pip install <repo>`` without extras (what the
+    client image and the server image install); returns its ``bin`` folder. Packages come from PyPI, or pip's
+    cache after the first run."""
+    env = tmp_path_factory.mktemp("base-venv")
+    venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    done = subprocess.run(
+        [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+        capture_output=True, text=True, timeout=1200, cwd=env,
+    )
+    assert done.returncode == 0, f"pip install of the base failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return env / "bin"
 
 
 #: Reliability figures recorded by tests/test_reliability.py and tests/test_self_healing.py, printed at the end.

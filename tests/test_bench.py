@@ -50,3 +50,23 @@ def test_kd_bench_client_times_every_transport_path(
     assert len(rows) == 12 and all(r["images_per_second"] > 0 for r in rows)
     encoded = [r for r in rows if r["encoded"]]
     assert all(r["bytes_sent_per_image"] < 64 * 64 * 3 for r in encoded)
+
+
+@pytest.mark.parametrize("readme_text", [None, "no markers here\n"])
+def test_every_benchmark_reports_a_readme_it_cannot_write_the_same_way(
+    readme_text: str | None, tmp_path: Path, capsys
+) -> None:
+    """kd-bench, kd-compare and kd-bench-faults all write their table through bench.readme.publish: a missing
+    README or missing markers is an error message and exit status 1, never a traceback or a silent skip."""
+    from bench.readme import publish
+
+    readme = tmp_path / "README.md"
+    if readme_text is not None:
+        readme.write_text(readme_text)
+    assert publish(readme, "bench", "| a |", "make bench", "kd-bench") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kd-bench: README table not written:") and "README.md" in err
+    assert publish(None, "bench", "| a |", "make bench", "kd-bench") == 0
+    assert publish(Path(""), "bench", "| a |", "make bench", "kd-bench") == 0
+    if readme_text is not None:
+        assert readme.read_text() == readme_text  # nothing half-written

@@ -403,3 +403,43 @@ def _config_json(path: Path) -> str:
     """Reads a config.pbtxt into the JSON that Triton hands to ``initialize`` as ``args["model_config"]``."""
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     return json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def test_the_container_entrypoint_runs_the_hardened_flags_of_the_embedded_server(
+    server: TritonServer, repository: Path, tmp_path: Path
+) -> None:
+    """docker/Dockerfile.server's ENTRYPOINT (``python3 -m serving.flags ...``), run here with the wheel's real
+    binary on PATH: it becomes tritonserver with exactly the hardened flags the embedded server uses."""
+    from serving.flags import HARDENED_FLAGS
+
+    assert all(flag in server.command() for flag in HARDENED_FLAGS)
+    dockerfile = (ROOT / "docker" / "Dockerfile.server").read_text()
+    entrypoint = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")).split(" ", 1)[1])
+    assert entrypoint[:3] == ["python3", "-m", "serving.flags"]
+    assert not any(flag in dockerfile for flag in HARDENED_FLAGS), "the flags are typed again in the Dockerfile"
+    backends = prepare_backend_dir(tmp_path / "backends")
+    http = free_port()
+    argv = [sys.executable, *entrypoint[1:]]
+    argv = [a.replace("/models", str(repository)) for a in argv] + [
+        f"--backend-directory={backends}", f"--http-port={http}", f"--grpc-port={free_port()}",
+        f"--metrics-port={free_port()}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1", "--allow-gpu-metrics=false"]
+    env = server_environment()
+    env["PATH"] = f"{server.command()[0].rsplit('/', 1)[0]}:{env['PATH']}"
+    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2).status == 200:
+                    break
+            time.sleep(0.5)
+        assert process.poll() is None, f"exited {process.returncode}"
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode().split("\0")
+        assert cmdline[0].endswith("tritonserver"), cmdline  # exec'd in place: Docker's signals reach the server
+        assert cmdline[1:1 + len(HARDENED_FLAGS)] == list(HARDENED_FLAGS)
+        assert f"--model-repository={repository}" in cmdline and "--model-control-mode=none" in cmdline
+    finally:
+        process.terminate()
+        process.wait(60)

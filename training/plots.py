@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kdcore.contract import ANOMALOUS, DECISION  # noqa: E402
 from training.data import Sample, load_image  # noqa: E402
 from training.evaluate import Predictions  # noqa: E402
 from kdcore.stats import Stats  # noqa: E402
@@ -41,11 +42,11 @@ def plot_score_histogram(stats: Stats, preds: dict[str, Predictions], path: Path
     bins = np.linspace(0, 1, 41)
     for ax, (name, pred) in zip(axes[0], preds.items()):
         calibrated = stats.image_calibration.apply(pred.scores)
-        for label, colour, text in ((0, "tab:green", "good"), (1, "tab:red", "anomalous")):
+        for label, colour, text in ((0, "tab:green", "good"), (1, "tab:red", ANOMALOUS)):
             sel = calibrated[pred.labels == label]
             if sel.size:
                 ax.hist(sel, bins=bins, alpha=0.6, color=colour, label=f"{text} ({sel.size})")
-        ax.axvline(0.5, color="k", linestyle="--", label="threshold")
+        ax.axvline(DECISION, color="k", linestyle="--", label="threshold")
         ax.set_title(name)
         ax.set_xlabel("calibrated score")
         ax.legend(fontsize=8)

@@ -23,7 +23,6 @@ from training.backbones.encoder import TAP_STRIDES, BackboneName, FeatureEncoder
 TF_LITE_MEAN = (0.5, 0.5, 0.5)
 TF_LITE_STD = (0.5, 0.5, 0.5)
 
-
 # The checkpoints come from TensorFlow: Keras' BatchNorm epsilon (PyTorch's 1e-5 shifts features visibly).
 _TF_BN_EPS = 1e-3
 _TF_BN_MOMENTUM = 0.01
@@ -65,9 +64,9 @@ _BASE_STAGES = (
     (1, 3, 1, 6, 320),
 )
 # Lite's fix_head_stem: the stem and head widths stay at B0's whatever the width multiplier.
-#: Channels of the stem convolution, every size.
+#: Channels of the stem convolution, at every size.
 LITE_STEM = 32
-#: Channels of the head convolution before the classifier, every size (the encoders do not build it).
+#: Channels of the head convolution before the classifier, at every size (the encoders do not build it).
 LITE_HEAD = 1280
 _FILTER_DIVISOR = 8
 
