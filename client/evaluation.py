@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from client.scoring import ImageResult
+from client.results import ImageResult
 from kdcore.contract import ANOMALOUS, DECISION
 from kdcore.imageio import binary_mask, read_image
 from kdcore.layout import Sample, scan_split
@@ -75,7 +75,10 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN as null)."""
-        clean = lambda d: {k: (None if v is None or not math.isfinite(v) else v) for k, v in d.items()}
+
+        def clean(d: dict[str, float | None]) -> dict[str, float | None]:
+            return {k: (None if v is None or not math.isfinite(v) else v) for k, v in d.items()}
+
         return {"served": clean(self.served), "recorded": clean(self.recorded),
                 "differences": clean(self.differences), "tolerance": AGREEMENT,
                 "agree": self.agree, "counts_match": self.counts_match}

@@ -1,8 +1,8 @@
 """Anomaly heatmaps for the scoring client: overlays at the image's own resolution and contact sheets.
 
-Needs only numpy and OpenCV (``opencv-python-headless``), so it runs in the slim client image beside
-``tritonclient`` and loads on its own; it never imports torch, matplotlib, the training code or even the project's
-:mod:`kdcore`, so it holds copies of the contract's decision line and label words (a test checks that they agree).
+Needs only numpy, OpenCV (``opencv-python-headless``) and the standard-library contract (:mod:`kdcore.contract`:
+the label words and the decision line), so it runs in the slim client image beside ``tritonclient``; it never
+imports torch, matplotlib or the training code.
 
 An overlay (:func:`render_heatmap`) is the image with the anomaly map blended over it, the outline of the region
 at or above the pixel threshold, a box with the image score and label, and a colour scale bar in a strip below
@@ -26,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from kdcore.contract import ANOMALOUS, DECISION, LABELS
+
 __all__ = [
     "ANOMALOUS_RGB",
     "CONTOUR_RGB",
@@ -40,8 +42,8 @@ __all__ = [
     "write_heatmap",
 ]
 
-PIXEL_THRESHOLD = 0.5
-"""The calibrated pixel decision threshold (:data:`kdcore.contract.DECISION`): map values at or above it are anomalous."""
+PIXEL_THRESHOLD = DECISION
+"""The calibrated pixel decision threshold: map values at or above it are anomalous."""
 
 # Turbo is perceptually smoother than Jet and, like it, never produces magenta, so the outline stays distinct.
 COLORMAP = cv2.COLORMAP_TURBO
@@ -61,14 +63,11 @@ _FLOOR_TEXT_PX = 6
 _LINE_GAP = 0.6  # Space between lines, as a fraction of the text height.
 _JPEG_QUALITY = 95
 _MIN_CELL = 32
-# kdcore.contract.ANOMALOUS, NORMAL and LABELS, copied (see the module docstring).
-_ANOMALOUS, _NORMAL = "anomalous", "normal"
-_LABELS = (_ANOMALOUS, _NORMAL)
 
 # --------------------------------------------------------------------------------------------------- validation
 
 
-def _as_rgb(image: Any, what: str = "image") -> np.ndarray:
+def _as_rgb(image: Any, what: str = "input image") -> np.ndarray:
     """Checks an image and returns it as a C-contiguous RGB uint8 array (grayscale is expanded)."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{what} must be a numpy array, got {type(image).__name__}")
@@ -121,8 +120,8 @@ def _unit_float(value: Any, what: str) -> float:
 
 
 def _as_label(label: Any) -> str:
-    if not isinstance(label, str) or label.strip().lower() not in _LABELS:
-        raise ValueError(f"label must be one of {_LABELS}, got {label!r}")
+    if not isinstance(label, str) or label.strip().lower() not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     return label.strip().lower()
 
 
@@ -287,7 +286,7 @@ def _draw_score_box(canvas: np.ndarray, values: np.ndarray, score: float, label:
     covered = [float(values[y : y + box_h + 1, x : x + box_w + 1].mean()) for x, y in corners]
     left, top = corners[int(np.argmin(np.round(covered, 6)))]
 
-    colour = ANOMALOUS_RGB if label == _ANOMALOUS else NORMAL_RGB
+    colour = ANOMALOUS_RGB if label == ANOMALOUS else NORMAL_RGB
     cv2.rectangle(canvas, (left, top), (left + box_w, top + box_h), colour, cv2.FILLED)
     # A light rim separates a red box from the red of a strong anomaly under it.
     cv2.rectangle(canvas, (left, top), (left + box_w, top + box_h), _TEXT_RGB, max(1, _thickness(text_px) // 2))
@@ -340,7 +339,7 @@ def render_heatmap(
     """
     rgb = _as_rgb(image)
     values = _as_map(anomaly_map)
-    score = _unit_float(score, "score")
+    score = _unit_float(score, "image score")
     alpha = _unit_float(alpha, "alpha")
     threshold = _unit_float(threshold, "threshold")
     label = _as_label(label)

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Self, TextIO
 
-from client.scoring import RECORD_FIELDS, ImageResult, RunSummary
+from client.results import RECORD_FIELDS, ImageResult, RunSummary
 
 #: CSV columns, in order (the JSON lines carry the same keys): the recorded fields of :class:`ImageResult`.
 COLUMNS = list(RECORD_FIELDS)

@@ -29,7 +29,8 @@ from client.evaluation import compare, evaluation_samples, load_stats, served_me
 from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
 from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
-from client.scoring import NOT_SCORED, ImageResult, ScoreConfig, ScoringSetupError, score_images
+from client.results import NOT_SCORED, ImageResult
+from client.scoring import ScoreConfig, ScoringSetupError, score_images
 from client.tiling import TilingConfig
 from client.transport import error_text
 from kdcore.contract import ANOMALOUS, ModelNames

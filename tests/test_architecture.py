@@ -138,3 +138,33 @@ def test_the_contract_check_would_catch_a_literal(tmp_path: Path) -> None:
     probe.write_text('"""doc: anomaly_map in prose is fine"""\nx = {"anomaly_map": 1}\ny = f"{m}_scorer"\n')
     found = [v for _, v in _literals(probe)]
     assert contract.RAW_MAP in found and "_scorer" in found and all("prose" not in v for v in found)
+
+
+def _layout_block() -> dict[str, str]:
+    """README "Layout": the text of each top-level folder's entry."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line and not line.startswith(" "):
+            current, _, line = line.partition(" ")
+            entries[current] = ""
+        if current:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_readme_layout_matches_the_tree(package: str) -> None:
+    """Every module and sub-package of a package is in README "Layout", and everything listed there exists."""
+    import re
+
+    text = _layout_block()[f"{package}/"]
+    text_outside_parens = re.sub(r"\([^()]*\)", "", re.sub(r"\([^()]*\)", "", text))
+    listed = set(re.findall(r"[\w.]+\.py|\w+/", text_outside_parens))
+    present = {p.name + ("/" if p.is_dir() else "") for p in (ROOT / package).iterdir()
+               if p.name != "__init__.py" and not p.name.startswith((".", "__pycache__"))
+               and (p.suffix == ".py" or (p.is_dir() and any(p.rglob("*.py"))))}
+    assert listed == present, f"README lists {sorted(listed - present)} that are not there, " \
+                              f"misses {sorted(present - listed)}"

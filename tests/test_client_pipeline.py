@@ -25,12 +25,12 @@ from pydantic import BaseModel, Field
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from client import heatmaps
 from client.score_command import build_parser
-from client.scoring import ModelInfo, RunSummary, ScoreConfig, ScoringPipeline, TileReply
+from client.pipeline import ScoringPipeline, TileReply
+from client.results import RunSummary
+from client.scoring import ModelInfo, ScoreConfig
 from client.tiling import TilingConfig
 from client.transport import Pending, RequestRefused, ServerUnavailable, Transport, classify
-from kdcore import contract
 from kdcore.contract import ANOMALOUS, IMAGE_INPUT, LABEL, MAP, MAP_U8, NORMAL, RAW_SCORE, SCORE, UINT8
 from kdcore.options import add_config_options, config_values
 
@@ -339,7 +339,7 @@ def test_first_ctrl_c_stops_submitting(tmp_path: Path) -> None:
     with pytest.raises(Exception) as caught:
         pipeline.run()
     pipeline.close()
-    assert type(caught.value).__name__ == "_Stopped" and len(seen) == 1
+    assert type(caught.value).__name__ == "Stopped" and len(seen) == 1
 
 
 # --------------------------------------------------------------------------- options generated from ScoreConfig
@@ -386,9 +386,3 @@ def test_the_generator_handles_literals_nested_models_and_true_flags() -> None:
     assert config_values(Outer, parser.parse_args([])) == {"mode": "a", "fast": True, "inner": {"size": None}}
     assert config_values(Outer, parser.parse_args(["-M", "b", "--no-fast", "--size", "4"])) == {
         "mode": "b", "fast": False, "inner": {"size": 4}}
-
-
-def test_the_heatmaps_copies_of_the_contract_agree() -> None:
-    """heatmaps loads on its own (numpy and OpenCV only), so it holds copies of these."""
-    assert heatmaps.PIXEL_THRESHOLD == contract.DECISION
-    assert heatmaps._LABELS == contract.LABELS and heatmaps._ANOMALOUS == contract.ANOMALOUS

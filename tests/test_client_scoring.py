@@ -254,7 +254,7 @@ def test_setup_errors_are_clear(server: TritonServer, mixed_folder: dict[str, Pa
 def test_export_ships_the_one_image_codec(exported: ExportResult) -> None:
     import kdcore.imageio
 
-    shipped = exported.repository / exported.names.decoder / "1" / "imageio.py"
+    shipped = exported.repository / exported.names.decoder / "1" / "kdcore" / "imageio.py"  # the shipped core
     assert shipped.read_text() == Path(kdcore.imageio.__file__).read_text()
 
 

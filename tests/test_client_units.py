@@ -14,7 +14,8 @@ import pytest
 
 from client.inputs import expand_inputs
 from client.reports import COLUMNS, ResultWriter, format_summary, write_json
-from client.scoring import ImageResult, RunSummary, ScoreConfig
+from client.results import ImageResult, RunSummary
+from client.scoring import ScoreConfig
 from client.tiling import MapStitcher, TilingConfig, cut_tiles, tile_boxes
 from kdcore.imageio import ImageDecodeError, binary_mask, decode_image, resize_to
 
@@ -78,16 +79,20 @@ def test_resize_and_masks_follow_the_training_rule() -> None:
 
 
 def test_the_client_imports_no_torch() -> None:
-    """The client runs in a slim image (docker/Dockerfile.client copies exactly these modules of training/)."""
-    code = ("import sys, client.client, client.score_command, client.validate, client.evaluation; "
-            "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('training')))")
+    """The client runs in a slim image: docker/Dockerfile.client installs the project's base (the torch-free core
+    and the client) from a wheel, copying no loose files, and the client loads nothing of training/ or export/."""
+    code = ("import sys, client.client, client.score_command, client.validate, client.evaluation, client.health; "
+            "print('torch' in sys.modules, sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'training', 'export', 'serving', 'onnx', 'onnxruntime', 'scipy', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     torch_loaded, modules = out.stdout.strip().split(" ", 1)
     assert torch_loaded == "False"
-    shipped = ["training", "kdcore.imageio", "kdcore.layout", "kdcore.metrics"]
-    assert eval(modules) == shipped  # noqa: S307  (our own subprocess's repr of a list of names)
+    assert eval(modules) == []  # noqa: S307  (our own subprocess's repr of a list of names)
     dockerfile = (ROOT / "docker" / "Dockerfile.client").read_text()
-    assert all(f"training/{m.split('.')[-1] if '.' in m else '__init__'}.py" in dockerfile for m in shipped)
+    copies = [line.split()[1:] for line in dockerfile.splitlines() if line.startswith("COPY")]
+    assert copies == [[".", "/src"], ["--from=build", "/wheels", "/wheels"]], copies  # the source, for the wheel
+    assert "pip wheel" in dockerfile and "pip install --no-cache-dir /wheels/*.whl" in dockerfile
+    assert "[" not in dockerfile.split("pip install", 1)[1].splitlines()[0]  # no extras
 
 
 # --------------------------------------------------------------------------- inputs
