@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.readme import markers, publish
 from bench.measure import (
     ORT_WARMUP_RUNS,
     Timing,
@@ -42,6 +41,7 @@ from bench.measure import (
     ort_session,
     served_run,
 )
+from bench.readme import markers, publish
 from kdcore.contract import MAP, SCORE, TensorSpec
 from kdcore.manifest import ValidationSamples, load_manifests, validation_folder
 from kdcore.probes import own_cpu_seconds, process_tree_rss, tree_cpu_seconds

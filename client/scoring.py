@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 from tritonclient.utils import InferenceServerException
 
 from client.inputs import expand_inputs
-from client.pipeline import MAX_BACKOFF, ScoringPipeline, Stopped, StopOnCtrlC
+from client.pipeline import MAX_BACKOFF, ScoringPipeline, StopOnCtrlC, Stopped
 from client.results import ImageResult, RunSummary
 from client.tiling import TilingConfig
 from client.transport import Transport, connect

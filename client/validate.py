@@ -26,13 +26,14 @@ from kdcore.contract import (
     LABELS,
     MAP,
     MAP_U8,
-        RAW_SCORE,
+    RAW_SCORE,
     SCORE,
     TensorSpec,
     encoded_input_spec,
     label_text,
 )
 from kdcore.manifest import ManifestError, ValidationSamples, discover, validation_folder
+
 
 class CheckFailed(Exception):
     """A validation check that did not hold; the message says what."""

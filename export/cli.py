@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(spec: str) -> tuple[Path, str]:
-    from training.runs import RunPaths
     from kdcore.stats import load_stats
+    from training.runs import RunPaths
 
     folder, _, name = spec.partition("=")
     if not name:

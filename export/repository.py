@@ -47,7 +47,7 @@ from kdcore.contract import (
     SCORER_STATS_FILE,
     ModelNames,
 )
-from kdcore.manifest import Manifest, ParityEntry, Profiles, ValidationSamples, VALIDATION_DIR
+from kdcore.manifest import VALIDATION_DIR, Manifest, ParityEntry, Profiles, ValidationSamples
 from kdcore.scorer import Scorer
 from training.checkpoint import load_deployable
 from training.runs import RunPaths

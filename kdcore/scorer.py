@@ -8,6 +8,7 @@ server calibrates with the very code the references came from. It runs and is te
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from kdcore.contract import ANOMALOUS, NORMAL, RAW_MAP, RAW_PRED

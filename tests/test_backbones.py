@@ -18,11 +18,12 @@ from training.backbones import (
     FeatureEncoder,
     build_encoder,
     default_weights_path,
+    efficientnet_lite,
     load_state_dict_file,
     round_filters,
     round_repeats,
+    weights,
 )
-from training.backbones import efficientnet_lite, weights
 
 RESNETS = [BackboneName.RESNET18, BackboneName.WIDE_RESNET50_2]
 EXPECTED_CHANNELS = {

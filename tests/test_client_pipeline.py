@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from client.score_command import build_parser
 from client.pipeline import ScoringPipeline, TileReply
 from client.results import RunSummary
+from client.score_command import build_parser
 from client.scoring import ModelInfo, ScoreConfig
 from client.tiling import TilingConfig
 from client.transport import Pending, RequestRefused, ServerUnavailable, Transport, classify

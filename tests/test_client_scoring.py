@@ -17,8 +17,8 @@ from client.heatmaps import legend_height
 from client.scoring import ScoreConfig, ScoringSetupError, score_images
 from client.tiling import TilingConfig
 from export.repository import ExportResult
-from serving.embedded import TritonServer
 from kdcore.imageio import read_image
+from serving.embedded import TritonServer
 from training.train import TrainResult
 
 pytestmark = pytest.mark.server

@@ -17,8 +17,6 @@ import torch
 
 from training import data as data_mod
 from training import demo_data
-from training.demo_data import dataset as demo_dataset
-from training.demo_data.defects import apply_defect, good_image
 from training.data import (
     DatasetError,
     ImageDataset,
@@ -30,6 +28,8 @@ from training.data import (
     scan_category,
 )
 from training.demo_data import DEFECT_TYPES, DEMO_CATEGORIES, write_demo_dataset
+from training.demo_data import dataset as demo_dataset
+from training.demo_data.defects import apply_defect, good_image
 from training.split_sizes import validation_count
 
 SMALL = {"image_size": 64, "n_train": 6, "n_test_good": 4, "n_per_defect": 3}

@@ -17,8 +17,8 @@ import export.repository as repository_module
 from export.network import ExportParityError, check_parity, export_onnx, export_torchscript
 from export.repository import ExportResult, export_run
 from kdcore.scorer import Scorer, ScorerInputError
-from training.checkpoint import load_deployable
 from kdcore.stats import StatsError, load_stats
+from training.checkpoint import load_deployable
 from training.train import TrainResult
 
 

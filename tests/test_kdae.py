@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 
 from export.network import export_onnx
 from kdcore.contract import RAW_PRED, VECTOR_INPUT, vector_network_spec
+from kdcore.stats import load_stats
 from training.kdae import (
     DenseAutoencoder,
     KDAEConfig,
@@ -29,9 +30,6 @@ from training.kdae import (
 from training.kdae.__main__ import build_parser
 from training.kdae.data import digits_fingerprint
 from training.runs import RunPaths
-from kdcore.stats import load_stats
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

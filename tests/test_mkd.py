@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from export.network import check_parity, export_onnx, export_torchscript
-from training.backbones import BackboneName, build_encoder
 from kdcore.contract import image_network_spec
+from training.backbones import BackboneName, build_encoder
 from training.inference import DeployableDetector
 from training.mkd import MKDDetector, mkd_loss
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from export.network import check_parity, export_onnx, export_torchscript
-from training.backbones import BackboneName
 from kdcore.contract import image_network_spec
+from training.backbones import BackboneName
 from training.inference import DeployableDetector
 from training.multiteacher import (
     MultiTeacherDetector,

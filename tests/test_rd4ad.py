@@ -9,9 +9,9 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
+from kdcore.contract import image_network_spec
 from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, gaussian_kernel_1d
 from training.backbones import BackboneName, build_encoder
-from kdcore.contract import image_network_spec
 from training.inference import DeployableDetector, InferenceOutput
 from training.rd4ad import RD4AD, reverse_distillation_loss
 

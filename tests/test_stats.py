@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from training.calibrate import choose_threshold, fit_calibration
 from kdcore.stats import (
     Calibration,
     Metrics,
@@ -24,6 +23,7 @@ from kdcore.stats import (
     parse_stats,
     save_stats,
 )
+from training.calibrate import choose_threshold, fit_calibration
 
 
 def make_stats(threshold: float = 1.0, good: np.ndarray | None = None) -> Stats:

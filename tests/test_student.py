@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.network import check_parity, export_onnx, export_torchscript
-from training.backbones import TF_LITE_MEAN, TF_LITE_STD, build_encoder
 from kdcore.contract import image_network_spec
+from training.backbones import TF_LITE_MEAN, TF_LITE_STD, build_encoder
 from training.inference import DeployableDetector
 from training.rd4ad import RD4AD
 from training.student import ScoreRegressor

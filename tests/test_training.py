@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdcore.stats import ThresholdMethod, load_stats
 from training.checkpoint import load_checkpoint
 from training.data import ImageDataset, make_splits
 from training.runs import RunPaths
-from kdcore.stats import ThresholdMethod, load_stats
 from training.train import TrainResult
 
 
@@ -74,8 +74,8 @@ def test_cli_help_and_validation() -> None:
 
 
 def test_missing_teacher_weights_refuse_without_the_flag(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.config import TrainConfig
     from training.checkpoint import build_detector
+    from training.config import TrainConfig
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError):

@@ -12,13 +12,13 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcore.contract import NetworkSpec, image_network_spec, vector_network_spec
+from kdcore.stats import Normalization, Stats, load_stats
 from training.backbones import build_encoder
 from training.config import TrainConfig
-from kdcore.contract import NetworkSpec, image_network_spec, vector_network_spec
 from training.inference import DeployableDetector
 from training.methods import Method, backbone_label, build_network
 from training.runs import RunPaths
-from kdcore.stats import Normalization, Stats, load_stats
 
 
 @contextlib.contextmanager

@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.data import ImageDataset
-from training.inference import DeployableDetector
 from kdcore.metrics import evaluate
 from kdcore.stats import Metrics
+from training.data import ImageDataset
+from training.inference import DeployableDetector
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kdcore.contract import RAW_MAP, RAW_PRED
 from training.detector import DistillationDetector
 
+
 class InferenceOutput(NamedTuple):
     """What a deployed image detector returns, in the order of :func:`kdcore.contract.image_network_spec`."""
 

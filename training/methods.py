@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from kdcore.stats import Normalization
 from training.backbones import build_encoder
 from training.detector import DistillationDetector
-from kdcore.stats import Normalization
 
 if TYPE_CHECKING:
     from training.config import TrainConfig

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdcore.contract import ANOMALOUS, DECISION  # noqa: E402
+from kdcore.stats import Stats  # noqa: E402
 from training.data import Sample, load_image  # noqa: E402
 from training.evaluate import Predictions  # noqa: E402
-from kdcore.stats import Stats  # noqa: E402
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> Path:

@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from kdcore.metrics import image_auroc, pixel_auroc
+from kdcore.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_threshold, fit_calibration
 from training.checkpoint import build_detector, save_checkpoint
 from training.config import TrainConfig
@@ -30,10 +32,8 @@ from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerpri
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
 from training.methods import ADAM_BETAS, backbone_label
-from kdcore.metrics import image_auroc, pixel_auroc
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.runs import RunPaths
-from kdcore.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 
 log = logging.getLogger(__name__)
 

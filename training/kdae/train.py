@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 
+from kdcore.metrics import f1_at_threshold, image_auroc
+from kdcore.stats import Metrics, ModelInfo, ScoreStatistics, Stats, Threshold, TrainingFacts, save_stats
 from training.calibrate import IMAGE_GOOD_QUANTILE, choose_threshold, fit_calibration
 from training.kdae.data import (
     DATASET_NAME,
@@ -36,9 +38,7 @@ from training.kdae.data import (
     perturb_normals,
 )
 from training.kdae.model import DenseAutoencoder, KDAEStudentScorer, StudentMLP, teacher_path
-from kdcore.metrics import f1_at_threshold, image_auroc
 from training.runs import RunPaths
-from kdcore.stats import Metrics, ModelInfo, ScoreStatistics, Stats, Threshold, TrainingFacts, save_stats
 
 log = logging.getLogger(__name__)
 
