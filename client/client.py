@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script: make the repository root importable so `client` (and the torch-free modules of
-    # `training` it shares) resolve as packages instead of this file's folder.
+    # Run as a script: make the repository root importable so `client` (and the core `kdcore` it shares)
+    # resolve as packages instead of this file's folder.
     _root = str(Path(__file__).resolve().parents[1])
     sys.path[:] = [_root, *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
