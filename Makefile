@@ -15,7 +15,7 @@ EPOCHS ?= 40
 SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 
-.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults test clean help
+.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults bench-quality test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,6 +69,9 @@ bench-metrics: install  ## time pixel AUROC and AUPRO on an MVTec-sized syntheti
 
 bench-faults: install  ## crash, dead-stub and fuzz recovery times of the supervised server on $(REPO) (run make demo first)
 	$(VENV)/bin/kd-bench-faults --repository $(REPO) --readme README.md
+
+bench-quality: install  ## every image method on the benchmark categories (sparse/stochastic/periodic textures, objects); table into README
+	$(VENV)/bin/kd-bench-quality --readme README.md
 
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import client_paths, serving
+from bench.readme import markers
 from export.repository import ExportResult
 
 pytestmark = pytest.mark.server
@@ -70,3 +71,28 @@ def test_every_benchmark_reports_a_readme_it_cannot_write_the_same_way(
     assert publish(Path(""), "bench", "| a |", "make bench", "kd-bench") == 0
     if readme_text is not None:
         assert readme.read_text() == readme_text  # nothing half-written
+
+
+def test_kd_bench_quality_trains_serves_and_tables_each_category(tmp_path: Path) -> None:
+    """Tiny settings (64 px, 2 epochs): the figures mean nothing, the path is the benchmark's whole path."""
+    from bench import quality
+
+    readme = tmp_path / "README.md"
+    begin, end = markers("quality")
+    readme.write_text(f"intro\n{begin}\nold\n{end}\n")
+    rc = quality.main(["--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                       "--categories", "stars", "coffee", "--methods", "rd4ad", "student", "--image-size", "64",
+                       "--epochs", "2", "--n-train", "8", "--n-test-good", "4", "--n-per-defect", "3",
+                       "--seconds", "0.3", "--readme", str(readme)])
+    assert rc == 0
+    data = json.loads((tmp_path / "runs" / "quality.json").read_text())
+    cells = {(c["category"], c["method"]): c for c in data["cells"]}
+    assert set(cells) == {(c, m) for c in ("stars", "coffee") for m in ("rd4ad", "student")}
+    for cell in cells.values():
+        assert 0.0 <= cell["image_auroc"] <= 1.0 and 0.0 <= cell["pixel_auroc"] <= 1.0
+        assert cell["train_seconds"] > 0 and cell["served_images_per_second"] > 0
+    mean = data["means"]["rd4ad"]["image_auroc"]
+    assert abs(mean - (cells[("stars", "rd4ad")]["image_auroc"] + cells[("coffee", "rd4ad")]["image_auroc"]) / 2) < 1e-9
+    text = readme.read_text()
+    assert "| rd4ad |" in text and "stars image / pixel AUROC" in text and "old" not in text
+    assert quality.main(["--methods", "student", "--runs", str(tmp_path / "none")]) == 2  # needs its teacher

@@ -492,3 +492,41 @@ def test_dataset_fingerprint(small_root, tmp_path):
     assert dataset_fingerprint(moved) != fingerprint
     relabelled = [Sample(s.path, 1 - s.label, s.defect, s.mask_path) for s in test]
     assert dataset_fingerprint(relabelled) != fingerprint
+
+
+# --------------------------------------------------------------------------- benchmark categories
+from training.demo_data.categories import BENCHMARK, CATEGORIES  # noqa: E402
+
+
+@pytest.mark.parametrize("category", BENCHMARK)
+def test_benchmark_category_layout_masks_and_determinism(category: str, tmp_path: Path) -> None:
+    """Each benchmark category writes the MVTec layout with its own defect kinds (none of the demo's), exact
+    masks (the image differs from its good twin only inside the mask, the mask covers a small, non-empty part),
+    and the same bytes for the same seed."""
+    kinds = CATEGORIES[category].defects
+    assert kinds and not set(kinds) & set(DEFECT_TYPES)
+    root = write_demo_dataset(tmp_path / "a", category, seed=3, **SMALL).parent
+    train, test = scan_category(root, category)
+    assert len(train) == SMALL["n_train"]
+    assert Counter(s.defect for s in test) == {"good": 2, **{d: 2 for d in kinds}}
+    for d, kind in enumerate(kinds):
+        for i, (split, stem) in enumerate([("validation", "val_000"), ("test", "000"), ("test", "001")]):
+            rng = demo_dataset._rng(3, category, "defect", d + 1, i)
+            good = CATEGORIES[category].good(rng, SMALL["image_size"])
+            image = cv2.imread(str(root / category / split / kind / f"{stem}.png"))[..., ::-1]
+            mask = cv2.imread(str(root / category / "ground_truth" / kind / f"{stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+            assert image.shape == (64, 64, 3) and mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+            changed = np.any(image != good, axis=2)
+            assert changed.any() and not (changed & (mask == 0)).any(), (kind, stem)
+            assert 0.0005 < (mask > 0).mean() < 0.15, (kind, stem)
+    again = write_demo_dataset(tmp_path / "b", category, seed=3, **SMALL)
+    assert _files(again) == _files(root / category)
+
+
+def test_benchmark_categories_leave_the_demo_images_as_they_were(small_root: Path, tmp_path: Path) -> None:
+    """Adding categories must not move the demo's random streams: brick is byte-identical to its renderer."""
+    for i in range(2):
+        expected = good_image("brick", demo_dataset._rng(0, "brick", "train", 0, i), 64)
+        got = cv2.imread(str(small_root / "brick" / "train" / "good" / f"{i:03d}.png"))[..., ::-1]
+        assert np.array_equal(got, expected)
+    assert list(CATEGORIES)[:len(DEMO_CATEGORIES)] == list(DEMO_CATEGORIES)

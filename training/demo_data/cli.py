@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from training.demo_data.dataset import image_counts, write_or_keep_demo_dataset
-from training.demo_data.defects import DEFECT_TYPES, DEMO_CATEGORIES
+from training.demo_data.categories import CATEGORIES
+from training.demo_data.defects import DEFECT_TYPES
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -35,8 +36,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="folder that receives <category>/ (train/, validation/, test/, ground_truth/)",
     )
     parser.add_argument(
-        "--category", choices=DEMO_CATEGORIES, default="brick",
-        help="which scikit-image texture to use; also the category folder name",
+        "--category", choices=list(CATEGORIES), default="brick",
+        help="which category to write (also its folder name): the demo textures brick, grass, gravel, or the "
+        "benchmark's stars (sparse texture), meadow (stochastic), page (periodic), coffee and coins (aligned "
+        "objects), which have other photos and other defect kinds",
     )
     parser.add_argument(
         "--seed", type=int, default=0,
@@ -50,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--n-per-defect", type=int, default=12,
-        help=f"total number of evaluation images per defect type ({', '.join(DEFECT_TYPES)}), validation + test",
+        help=f"total number of evaluation images per defect type (demo: {', '.join(DEFECT_TYPES)}), validation + test",
     )
     parser.add_argument(
         "--validation-fraction", type=float, default=0.4,

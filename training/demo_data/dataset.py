@@ -55,7 +55,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.demo_data.defects import DEFECT_TYPES, DEMO_CATEGORIES, apply_defect, good_image
+from training.demo_data.categories import CATEGORIES, get_category
+from training.demo_data.defects import DEFECT_TYPES
 from training.split_sizes import validation_count
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ _SPLIT_IDS = {"train": 0, "test_good": 1, "defect": 2}
 
 
 def _rng(seed: int, category: str, split: str, defect_index: int, index: int) -> np.random.Generator:
-    entropy = [seed, DEMO_CATEGORIES.index(category), _SPLIT_IDS[split], defect_index, index]
+    entropy = [seed, list(CATEGORIES).index(category), _SPLIT_IDS[split], defect_index, index]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
@@ -105,7 +106,8 @@ def _placement(n: int, fraction: float) -> list[tuple[str, str]]:
 
 def _eval_folders(params: Mapping) -> list[tuple[str, int]]:
     """``(folder, total image count)`` for ``good`` and every defect type."""
-    return [("good", int(params["n_test_good"]))] + [(d, int(params["n_per_defect"])) for d in DEFECT_TYPES]
+    kinds = get_category(params["category"]).defects if params.get("category") in CATEGORIES else DEFECT_TYPES
+    return [("good", int(params["n_test_good"]))] + [(d, int(params["n_per_defect"])) for d in kinds]
 
 
 def _looks_complete(category_dir: Path, params: Mapping) -> bool:
@@ -142,18 +144,20 @@ def image_counts(category_dir: Path) -> dict[str, int]:
     counts = {"train/good": _count_images(category_dir / "train" / "good")}
     splits = ("validation", "test") if (category_dir / "validation").is_dir() else ("test",)
     for split in splits:
-        for folder in ("good",) + DEFECT_TYPES:
+        kinds = CATEGORIES[category_dir.name].defects if category_dir.name in CATEGORIES else DEFECT_TYPES
+        for folder in ("good",) + kinds:
             counts[f"{split}/{folder}"] = _count_images(category_dir / split / folder)
     return counts
 
 
 def _generate(target: Path, params: dict) -> None:
     category, size, seed = params["category"], params["image_size"], params["seed"]
+    renderer = get_category(category)
     fraction = params["validation_fraction"]
     train_dir = target / "train" / "good"
     train_dir.mkdir(parents=True)
     for i, name in enumerate(_image_names(params["n_train"])):
-        _write_png(train_dir / f"{name}.png", good_image(category, _rng(seed, category, "train", 0, i), size))
+        _write_png(train_dir / f"{name}.png", renderer.good(_rng(seed, category, "train", 0, i), size))
     # The random stream of evaluation image i is keyed by its generated index only, not by
     # where it is placed, so the images are the same as those of generator version 1.
     # Folders are created on first use: an empty validation/<folder> would make
@@ -161,16 +165,16 @@ def _generate(target: Path, params: dict) -> None:
     for i, (split, stem) in enumerate(_placement(params["n_test_good"], fraction)):
         image_dir = target / split / "good"
         image_dir.mkdir(parents=True, exist_ok=True)
-        _write_png(image_dir / f"{stem}.png", good_image(category, _rng(seed, category, "test_good", 0, i), size))
-    for d, defect in enumerate(DEFECT_TYPES):
+        _write_png(image_dir / f"{stem}.png", renderer.good(_rng(seed, category, "test_good", 0, i), size))
+    for d, defect in enumerate(renderer.defects):
         mask_dir = target / "ground_truth" / defect
         mask_dir.mkdir(parents=True)
         for i, (split, stem) in enumerate(_placement(params["n_per_defect"], fraction)):
             image_dir = target / split / defect
             image_dir.mkdir(parents=True, exist_ok=True)
             rng = _rng(seed, category, "defect", d + 1, i)
-            good = good_image(category, rng, size)
-            image, mask = apply_defect(rng, good, category, defect)
+            good = renderer.good(rng, size)
+            image, mask = renderer.defect(rng, good, defect)
             _write_png(image_dir / f"{stem}.png", image)
             _write_png(mask_dir / f"{stem}_mask.png", mask)
     manifest = {"generator": _GENERATOR, "version": _GENERATOR_VERSION, **params}
@@ -230,8 +234,7 @@ def write_or_keep_demo_dataset(
     Raises:
         ValueError, TypeError, FileExistsError: As :func:`write_demo_dataset`.
     """
-    if category not in DEMO_CATEGORIES:
-        raise ValueError(f"unknown demo category {category!r}; choose one of {', '.join(DEMO_CATEGORIES)}")
+    get_category(category)  # raises for an unknown name
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if image_size < 32:
@@ -325,7 +328,8 @@ def write_demo_dataset(
 
     Args:
         root: Folder that receives ``<category>/``; created if missing.
-        category: One of :data:`DEMO_CATEGORIES`; picks the scikit-image source texture.
+        category: A name of :data:`~training.demo_data.categories.CATEGORIES`: a demo texture (brick, grass,
+            gravel) or a benchmark category (stars, meadow, page, coffee, coins).
         seed: Non-negative seed; the same seed (and parameters) gives byte-identical files.
         image_size: Side of the square images in pixels (>= 32).
         n_train: Number of defect-free training images (``train/good``).

@@ -78,17 +78,20 @@ def _warp_crop(
     *,
     side_range: tuple[float, float],
     max_angle: float,
+    base_side: float = _SOURCE_CROP,
+    flips: bool = True,
 ) -> np.ndarray:
-    """Random rotated/flipped square crop of ``source`` resampled to ``out_size``.
+    """Random rotated/flipped square crop of ``source`` (grayscale or RGB) resampled to ``out_size``.
 
-    The crop is warped at roughly the source resolution and then area-resized to
-    ``out_size`` so that small output sizes are not aliased.
+    The crop shows about ``base_side`` source pixels (times ``side_range``); it is warped at roughly the source
+    resolution and then area-resized to ``out_size`` so that small output sizes are not aliased. ``flips=False``
+    keeps the orientation (printed text must not be mirrored); the stream is consumed the same either way.
     """
-    height, width = source.shape
-    side = _SOURCE_CROP * rng.uniform(*side_range)
+    height, width = source.shape[:2]
+    side = base_side * rng.uniform(*side_range)
     angle = math.radians(rng.uniform(-max_angle, max_angle))
-    flip_x = -1.0 if rng.random() < 0.5 else 1.0
-    flip_y = -1.0 if rng.random() < 0.5 else 1.0
+    flip_x = -1.0 if rng.random() < 0.5 and flips else 1.0
+    flip_y = -1.0 if rng.random() < 0.5 and flips else 1.0
     half_extent = 0.5 * side * (abs(math.cos(angle)) + abs(math.sin(angle)))
     half_extent = min(half_extent, 0.5 * min(height, width) - 1.0)
     cx = rng.uniform(half_extent, width - half_extent)
@@ -283,6 +286,32 @@ def _foreign(rng: np.random.Generator, image: np.ndarray, category: str) -> tupl
 _DEFECT_FUNCS = {"scratch": _scratch, "hole": _hole, "stain": _stain, "foreign": _foreign}
 
 
+def draw_defect(rng: np.random.Generator, good: np.ndarray, draw, limits: tuple[float, float],
+                name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Draws a defect with ``draw(rng, base) -> (alpha, target)`` until its mask covers a fraction of the image in
+    ``limits``, then blends ``target`` in only inside the mask (``alpha >= 0.5``), so the mask is exact.
+
+    Returns:
+        The uint8 RGB image with the defect and its uint8 0/255 mask ``(S, S)``.
+    """
+    base = good.astype(np.float32)
+    low, high = limits
+    alpha = target = None
+    for _ in range(100):  # rejection sampling on the mask area; deterministic given rng
+        alpha, target = draw(rng, base)
+        fraction = float((alpha >= 0.5).mean())
+        if low <= fraction <= high:
+            break
+    assert alpha is not None and target is not None
+    mask = alpha >= 0.5
+    weight = (alpha * mask)[..., None]
+    blended = base * (1.0 - weight) + np.clip(target, 0.0, 255.0) * weight
+    out = np.where(mask[..., None], np.clip(np.rint(blended), 0, 255), base).astype(np.uint8)
+    if not mask.any():  # cannot happen with sensible area limits; never write an empty mask
+        raise RuntimeError(f"failed to draw a {name} defect")
+    return out, mask.astype(np.uint8) * 255
+
+
 def apply_defect(
     rng: np.random.Generator, good: np.ndarray, category: str, defect: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -297,19 +326,5 @@ def apply_defect(
     Returns:
         The uint8 RGB image with the defect and its uint8 0/255 mask ``(S, S)``.
     """
-    base = good.astype(np.float32)
-    low, high = _AREA_LIMITS[defect]
-    alpha = target = None
-    for _ in range(100):  # rejection sampling on the mask area; deterministic given rng
-        alpha, target = _DEFECT_FUNCS[defect](rng, base, category)
-        fraction = float((alpha >= 0.5).mean())
-        if low <= fraction <= high:
-            break
-    assert alpha is not None and target is not None
-    mask = alpha >= 0.5
-    weight = (alpha * mask)[..., None]
-    blended = base * (1.0 - weight) + np.clip(target, 0.0, 255.0) * weight
-    out = np.where(mask[..., None], np.clip(np.rint(blended), 0, 255), base).astype(np.uint8)
-    if not mask.any():  # cannot happen with the area limits above; never write an empty mask
-        raise RuntimeError(f"failed to draw a {defect} defect")
-    return out, mask.astype(np.uint8) * 255
+    return draw_defect(rng, good, lambda r, base: _DEFECT_FUNCS[defect](r, base, category), _AREA_LIMITS[defect],
+                       defect)
