@@ -29,6 +29,7 @@ from training.data import (
 )
 from training.demo_data import DEFECT_TYPES, DEMO_CATEGORIES, write_demo_dataset
 from training.demo_data import dataset as demo_dataset
+from training.demo_data.categories import BENCHMARK, CATEGORIES
 from training.demo_data.defects import apply_defect, good_image
 from training.split_sizes import validation_count
 
@@ -495,9 +496,6 @@ def test_dataset_fingerprint(small_root, tmp_path):
 
 
 # --------------------------------------------------------------------------- benchmark categories
-from training.demo_data.categories import BENCHMARK, CATEGORIES  # noqa: E402
-
-
 @pytest.mark.parametrize("category", BENCHMARK)
 def test_benchmark_category_layout_masks_and_determinism(category: str, tmp_path: Path) -> None:
     """Each benchmark category writes the MVTec layout with its own defect kinds (none of the demo's), exact

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from training.demo_data.dataset import image_counts, write_or_keep_demo_dataset
 from training.demo_data.categories import CATEGORIES
+from training.demo_data.dataset import image_counts, write_or_keep_demo_dataset
 from training.demo_data.defects import DEFECT_TYPES
 
 
