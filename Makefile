@@ -14,8 +14,9 @@ IMAGE_SIZE ?= 256
 EPOCHS ?= 40
 SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
+PEERS_VENV ?= .venv-peers
 
-.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults bench-quality test clean help
+.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -70,8 +71,11 @@ bench-metrics: install  ## time pixel AUROC and AUPRO on an MVTec-sized syntheti
 bench-faults: install  ## crash, dead-stub and fuzz recovery times of the supervised server on $(REPO) (run make demo first)
 	$(VENV)/bin/kd-bench-faults --repository $(REPO) --readme README.md
 
-bench-quality: install  ## every image method on the benchmark categories (sparse/stochastic/periodic textures, objects); table into README
-	$(VENV)/bin/kd-bench-quality --readme README.md
+bench-quality: install  ## every image method and anomalib's PatchCore/PaDiM (own venv, .venv-peers) on the benchmark categories; table into README
+	$(VENV)/bin/kd-bench-quality --peers patchcore padim --peer-venv $(PEERS_VENV) --readme README.md
+
+peers-venv: install  ## create the anomalib yardstick's own venv ($(PEERS_VENV), pinned anomalib 2.7.0 stack, ~6 GB)
+	$(PY) -m bench.peers.venv --venv $(PEERS_VENV)
 
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)
