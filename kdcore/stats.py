@@ -182,6 +182,9 @@ class TrainingFacts(_Strict):
     dataset: str = Field(description="dataset root and category the model was trained on")
     dataset_fingerprint: str = Field(min_length=16, description="sha256 of the data's paths and bytes")
     num_train: int = Field(ge=1)
+    positional_normalization: bool = Field(
+        False, description="maps are per-pixel z-scores against the training images' maps (in the graph)"
+    )
     torch_version: str
 
 

@@ -111,3 +111,61 @@ def test_deployable_detector_takes_uint8_nhwc() -> None:
     assert isinstance(out, InferenceOutput) and InferenceOutput._fields == tuple(o.name for o in image_network_spec(8).outputs) == ("pred_score", "anomaly_map")
     assert torch.allclose(out.pred_score, ref[0], atol=1e-5)
     assert torch.allclose(out.anomaly_map, ref[1], atol=1e-5)
+
+
+def test_linear_heads_only_for_signed_taps(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    lite = RD4AD(_random_encoder(BackboneName.EFFICIENTNET_LITE0), image_size=64)
+    resnet = RD4AD(_random_encoder(BackboneName.RESNET18), image_size=64)
+    assert lite.heads is not None and resnet.heads is None  # the paper's ResNet recipe stays as published
+    with torch.no_grad():
+        _, student = lite(torch.randn(2, 3, 64, 64))
+    # The point of the heads: the student can now produce negative features, as the Lite taps are.
+    assert all((s < 0).any() for s in student)
+    assert {id(p) for p in lite.heads.parameters()} <= {id(p) for p in lite.trainable_parameters()}
+
+
+def test_feature_pool_averages_teacher_taps() -> None:
+    encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = RD4AD(encoder, 64).teacher_features(x)
+        pooled = RD4AD(encoder, 64, feature_pool=3).teacher_features(x)
+    for p, q in zip(plain, pooled, strict=True):
+        assert p.shape == q.shape
+        # an interior cell is the mean of its 3x3 neighbourhood
+        np.testing.assert_allclose(q[0, :, 2, 2].numpy(), p[0, :, 1:4, 1:4].mean(dim=(1, 2)).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        RD4AD(encoder, 64, feature_pool=2)
+
+
+def test_positional_normalizer_scores_deviation_from_the_typical_map() -> None:
+    from training.inference import PositionalNormalizer
+
+    norm = PositionalNormalizer(8)
+    assert norm.is_identity
+    maps = torch.rand(50, 8, 8)
+    maps[:, 0, :] += 5.0  # a border row that is always high on good images
+    maps[:, 0, :] += torch.randn(50, 8) * 0.01
+    norm.fit(maps)
+    assert not norm.is_identity
+    z = norm(maps[:, None])
+    torch.testing.assert_close(z.mean(0), torch.zeros(1, 8, 8), atol=1e-4, rtol=0)
+    defect = maps[:1, None].clone()
+    defect[..., 4, 4] += 1.0  # a real change, smaller than the border's usual value
+    out = norm(defect)
+    assert out.flatten().argmax().item() == 4 * 8 + 4  # the raw maximum was on the border row
+    assert defect.flatten().argmax().item() < 8
+    norm.reset()
+    assert norm.is_identity
+
+
+def test_deployable_score_is_max_of_normalised_map() -> None:
+    model = DeployableDetector(RD4AD(build_encoder(BackboneName.EFFICIENTNET_LITE0), 64)).eval()
+    images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        model.positional.fit(model.raw_maps(images))
+        out = model(images)
+    assert torch.allclose(out.pred_score[:, 0], out.anomaly_map.flatten(1).amax(1))
+    assert abs(out.anomaly_map.mean().item()) < 1e-3  # z-scores of the very maps it was fitted on
+    assert "positional.mean" in model.state_dict()  # travels in the checkpoint and the exported graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,6 +38,13 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     sigma: float = Field(4.0, gt=0, description="Gaussian smoothing of the anomaly map in pixels")
+    feature_pool: int = Field(
+        1, ge=1, description="rd4ad: side of the mean filter over each teacher tap (odd; 1: the paper's, none)"
+    )
+    positional_normalization: Literal["auto", "on", "off"] = Field(
+        "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
+        "that scores better on validation"
+    )
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
     validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")
@@ -47,6 +55,13 @@ class TrainConfig(BaseModel):
     def learning_rate(self) -> float:
         """``lr``, or the method's default."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @field_validator("feature_pool")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (a window centred on each position), got {v}")
+        return v
 
     @field_validator("image_size")
     @classmethod

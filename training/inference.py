@@ -50,8 +50,53 @@ class ImageNormalizer(nn.Module):
         return x * self.scale + self.shift
 
 
+class PositionalNormalizer(nn.Module):
+    """Per-pixel z-score of anomaly maps against the maps of good training images: ``(map - mean) / std``.
+
+    Why: where the images are aligned (objects, a fixed camera) and at the image borders (zero padding in every
+    convolution), some positions are always harder for the student to reconstruct, and their raw discrepancy
+    on good images outranks real defects elsewhere (the benchmark's ``stars``: every false alarm sat on a border).
+    Measuring the typical discrepancy per pixel on the training images and scoring the deviation from it removes
+    that. Starts as the identity (mean 0, std 1); :meth:`fit` sets it. Both tensors are persistent buffers, so
+    they travel in the checkpoint and in the exported graph.
+
+    Args:
+        size: Side of the (square) maps.
+    """
+
+    #: The std floor as a fraction of the mean std: positions that never vary must not turn into huge z-scores.
+    STD_FLOOR = 1e-3
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, 1, size, size))
+        self.register_buffer("inv_std", torch.ones(1, 1, size, size))
+
+    @torch.no_grad()
+    def fit(self, maps: Tensor) -> None:
+        """Set the statistics from raw maps ``(N, S, S)`` or ``(N, 1, S, S)`` of good training images."""
+        maps = maps.reshape(maps.shape[0], 1, *self.mean.shape[-2:]).to(torch.float64)
+        std = maps.std(dim=0, keepdim=True)
+        self.mean.copy_(maps.mean(dim=0, keepdim=True).to(torch.float32))
+        self.inv_std.copy_((1.0 / (std + self.STD_FLOOR * std.mean())).to(torch.float32))
+
+    def reset(self) -> None:
+        """Back to the identity."""
+        self.mean.zero_()
+        self.inv_std.fill_(1.0)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether :meth:`fit` is not in effect."""
+        return bool((self.mean == 0).all() and (self.inv_std == 1).all())
+
+    def forward(self, amap: Tensor) -> Tensor:
+        """Normalise maps ``(N, 1, S, S)``."""
+        return (amap - self.mean) * self.inv_std
+
+
 class DeployableDetector(nn.Module):
-    """A detector with its preprocessing, returning :class:`InferenceOutput`.
+    """A detector with its preprocessing and map normalisation, returning :class:`InferenceOutput`.
 
     Args:
         detector: The network; its ``mean`` and ``std`` set the normalisation.
@@ -62,11 +107,16 @@ class DeployableDetector(nn.Module):
         self.detector = detector
         self.normalize = ImageNormalizer(detector.mean, detector.std)
         self.image_size = int(detector.image_size)
+        self.positional = PositionalNormalizer(self.image_size)
+
+    def raw_maps(self, image: Tensor) -> Tensor:
+        """The detector's own maps ``(N, 1, S, S)`` before positional normalisation (what :meth:`PositionalNormalizer.fit` takes)."""
+        return self.detector.predict(self.normalize(image))[1]
 
     def forward(self, image: Tensor) -> InferenceOutput:
-        """Score uint8 RGB images ``(N, S, S, 3)``."""
-        score, amap = self.detector.predict(self.normalize(image))
-        return InferenceOutput(score, amap)
+        """Score uint8 RGB images ``(N, S, S, 3)``; the score is the maximum of the normalised map."""
+        amap = self.positional(self.raw_maps(image))
+        return InferenceOutput(torch.amax(amap, dim=(2, 3)), amap)
 
 
 # The field names are the network's output names on the wire: a rename on either side must fail at import.

@@ -57,7 +57,7 @@ def build_network(
         from training.rd4ad import RD4AD
 
         encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
-        return RD4AD(encoder, config.image_size, sigma=config.sigma)
+        return RD4AD(encoder, config.image_size, sigma=config.sigma, feature_pool=config.feature_pool)
     if config.method is Method.MKD:
         from training.mkd import MKDDetector
 

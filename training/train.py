@@ -137,11 +137,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model.load_state_dict(best_state)
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.epochs, best_score)
+    positional = fit_positional_normalization(
+        model, loader.dataset, validation, config.positional_normalization, progress=progress
+    )
 
     holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
     val = predict(model, validation, desc="validation" if progress else None)
     test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
-    stats = _calibrate_and_evaluate(model, config, splits, (holdout, val, test), history, best_epoch, step, seconds)
+    stats = _calibrate_and_evaluate(
+        model, config, splits, (holdout, val, test), history, best_epoch, step, seconds, positional
+    )
     save_checkpoint(model, config, paths)
     save_stats(stats, paths.stats)
     save_validation_samples(splits.validation, config.image_size, paths.samples)
@@ -151,6 +156,48 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     plot_score_histogram(stats, {"holdout (good)": holdout, "validation": val, "test": test}, paths.plots / "scores.png")
     plot_heatmaps(stats, splits.test, test, paths.plots / "test_heatmaps.png")
     return TrainResult(paths, stats, model)
+
+
+def fit_positional_normalization(
+    model: DeployableDetector,
+    train_images: ImageDataset,
+    validation: ImageDataset,
+    mode: str,
+    *,
+    progress: bool = False,
+) -> bool:
+    """Fit (or not) the model's :class:`~training.inference.PositionalNormalizer` on its training images' maps.
+
+    Args:
+        model: The trained detector; its normaliser is reset first.
+        train_images: The images it trained on (their maps are what "typical" means per pixel).
+        validation: The validation split, which decides ``"auto"`` with the same criterion as the kept epoch.
+        mode: ``"on"``, ``"off"`` or ``"auto"`` (:attr:`TrainConfig.positional_normalization`).
+        progress: Show progress bars.
+
+    Returns:
+        Whether the normalisation is in effect.
+    """
+    model.positional.reset()
+    if mode == "off":
+        return False
+    raw = predict(model, train_images, desc="positional statistics" if progress else None)
+    raw_val = predict(model, validation) if mode == "auto" else None
+    model.positional.fit(torch.from_numpy(raw.maps))
+    if raw_val is None:
+        return True
+    # The normalised validation maps, from the raw ones: what predict() would now return, without a second pass.
+    mean = model.positional.mean[0].numpy()
+    inv_std = model.positional.inv_std[0].numpy()
+    maps = (raw_val.maps - mean) * inv_std
+    normalised = Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, raw_val.labels, raw_val.masks)
+    before, after = _selection_score(raw_val), _selection_score(normalised)
+    keep = bool(np.isfinite(after) and after > before)
+    log.info("positional normalisation: validation criterion %.4f raw, %.4f normalised: %s",
+             before, after, "kept" if keep else "dropped")
+    if not keep:
+        model.positional.reset()
+    return keep
 
 
 def save_validation_samples(samples: list[Sample], image_size: int, path: Path, per_class: int = 3) -> Path:
@@ -194,6 +241,7 @@ def _calibrate_and_evaluate(
     best_epoch: int,
     steps: int,
     seconds: float,
+    positional: bool,
 ) -> Stats:
     """The stats JSON: good statistics from held-out good images, thresholds from validation, metrics from test."""
     holdout, val, test = predictions
@@ -238,6 +286,7 @@ def _calibrate_and_evaluate(
                 splits.train + splits.holdout + splits.validation + splits.test
             ),
             num_train=len(splits.train),
+            positional_normalization=positional,
             torch_version=torch.__version__,
         ),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

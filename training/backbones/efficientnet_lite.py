@@ -264,6 +264,8 @@ class EfficientNetLiteEncoder(FeatureEncoder):
 
     mean = TF_LITE_MEAN
     std = TF_LITE_STD
+    # MBConv blocks end in a linear projection (no activation): the taps take both signs.
+    signed_taps = True
 
     def __init__(self, variant: str | BackboneName = BackboneName.EFFICIENTNET_LITE0) -> None:
         super().__init__()

@@ -59,6 +59,8 @@ class FeatureEncoder(nn.Module):
         mean: Per-channel mean the weights expect on [0, 1] RGB input.
         std: Per-channel standard deviation the weights expect on [0, 1] RGB input.
         weights_path: The file the weights came from; ``None`` for a random initialisation.
+        signed_taps: Whether the taps are linear (signed) features rather than post-ReLU ones; a decoder that
+            reconstructs them needs a linear output layer (see :class:`training.rd4ad.RD4AD`).
     """
 
     name: str
@@ -66,6 +68,7 @@ class FeatureEncoder(nn.Module):
     strides: tuple[int, int, int] = TAP_STRIDES
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    signed_taps: bool = False
     # Checkpoint keys of layers this encoder deliberately does not build.
     _unused_prefixes: tuple[str, ...] = ()
 
