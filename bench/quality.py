@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,6 +100,35 @@ def markdown_table(cells: list[Cell], categories: list[str], methods: list[str])
     return head + "\n".join(rows) + "\n" + (f"\n{PEER_NOTE}\n" if with_peers else "")
 
 
+def parse_variants(specs: list[list[str]]) -> dict[str, dict[str, str]]:
+    """``[[label, "field=value", ...], ...]`` -> ``{label: {field: value}}``, checked against :class:`TrainConfig`.
+
+    Raises:
+        ValueError: A malformed item, a repeated or reserved label, or fields the config rejects.
+    """
+    from pydantic import ValidationError
+
+    from training.config import TrainConfig
+
+    variants: dict[str, dict[str, str]] = {}
+    for label, *items in specs:
+        reserved = label in variants or label in METHODS or label.startswith(PEER_PREFIX)
+        if reserved or not re.fullmatch(r"[a-z][a-z0-9_]*", label):
+            raise ValueError(f"--variant {label!r}: the label comes first, is new, not a method's name, and is "
+                             "lower-case letters, digits and _ (it names the served model)")
+        fields = dict(item.split("=", 1) for item in items if "=" in item)
+        if len(fields) != len(items):
+            raise ValueError(f"--variant {label}: expected FIELD=VALUE items, got {items}")
+        if {"data_root", "category", "output", "seed", "image_size"} & fields.keys():
+            raise ValueError(f"--variant {label}: data, output, seed and size are the benchmark's own")
+        try:
+            TrainConfig(**fields)
+        except ValidationError as exc:
+            raise ValueError(f"--variant {label}: {exc}") from exc
+        variants[label] = fields
+    return variants
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     from training.demo_data.categories import BENCHMARK
@@ -115,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmark categories to run")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                         help="image methods to train (student needs rd4ad); none with --peers: the peers alone")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="LABEL [FIELD=VALUE ...]",
+                        help="an extra row: kd-train with these TrainConfig fields changed, e.g. '--variant "
+                        "rd4ad_paper method=rd4ad linear_heads=off positional_normalization=off' (the before of an "
+                        "ablation, in the same run); repeatable")
     parser.add_argument("--peers", nargs="+", default=[], choices=list(PEERS),
                         help="anomalib methods to add as rows (the yardstick: anomalib 2.7.0 in its own venv, same "
                         "splits and Lite0 weights; fit seconds and in-process img/s)")
@@ -139,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     if "student" in args.methods and "rd4ad" not in args.methods:
         print("kd-bench-quality: the student distils an RD4AD run: add rd4ad to --methods", file=sys.stderr)
         return 2
-    if not args.methods and not args.peers:
+    try:
+        variants = parse_variants(args.variant)
+    except ValueError as exc:
+        print(f"kd-bench-quality: {exc}", file=sys.stderr)
+        return 2
+    if not args.methods and not args.peers and not variants:
         print("kd-bench-quality: nothing to run: give --methods or --peers", file=sys.stderr)
         return 2
     if args.peers:  # before any training: a peer venv that cannot be built should not cost the runs first
@@ -163,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     for category in args.categories:
         write_demo_dataset(args.data_root, category, seed=args.seed, image_size=args.image_size,
                            n_train=args.n_train, n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
-        for method in args.methods:
+        for method, overrides in [*((m, {"method": m}) for m in args.methods), *variants.items()]:
             output = args.runs / category / method
             options = {"data_root": args.data_root, "category": category, "image_size": args.image_size,
-                       "seed": args.seed, "method": Method(method), "output": output}
+                       "seed": args.seed, "output": output}
             if args.epochs is not None:
                 options["epochs"] = args.epochs
-            if method == "student":
+            options.update(overrides)
+            if Method(options.get("method", "rd4ad")) is Method.STUDENT and "teacher_run" not in overrides:
                 options["teacher_run"] = args.runs / category / "rd4ad"
             result = train(TrainConfig(**options), progress=False)
             m = result.stats.test_metrics
@@ -196,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.grpc_url, "grpc", model, samples.manifest.input, samples.inputs, concurrency=4,
                     seconds=args.seconds).images_per_second
 
-    rows = [*args.methods, *(PEER_PREFIX + p for p in args.peers)]
+    rows = [*args.methods, *variants, *(PEER_PREFIX + p for p in args.peers)]
     table = markdown_table(cells, args.categories, rows)
     print(table)
     args.runs.mkdir(parents=True, exist_ok=True)

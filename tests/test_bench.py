@@ -9,6 +9,7 @@ import pytest
 
 from bench import client_paths, serving
 from bench.readme import markers
+from safetensors.torch import load_file
 from export.repository import ExportResult
 
 pytestmark = pytest.mark.server
@@ -83,11 +84,15 @@ def test_kd_bench_quality_trains_serves_and_tables_each_category(tmp_path: Path)
     rc = quality.main(["--data-root", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
                        "--categories", "stars", "coffee", "--methods", "rd4ad", "student", "--image-size", "64",
                        "--epochs", "2", "--n-train", "8", "--n-test-good", "4", "--n-per-defect", "3",
-                       "--seconds", "0.3", "--readme", str(readme)])
+                       "--seconds", "0.3", "--readme", str(readme),
+                       "--variant", "rd4ad_paper", "method=rd4ad", "linear_heads=off", "positional_normalization=off"])
     assert rc == 0
     data = json.loads((tmp_path / "runs" / "quality.json").read_text())
     cells = {(c["category"], c["method"]): c for c in data["cells"]}
-    assert set(cells) == {(c, m) for c in ("stars", "coffee") for m in ("rd4ad", "student")}
+    assert set(cells) == {(c, m) for c in ("stars", "coffee") for m in ("rd4ad", "student", "rd4ad_paper")}
+    variant = json.loads((tmp_path / "runs" / "stars" / "rd4ad_paper" / "train_config.json").read_text())
+    assert variant["linear_heads"] == "off" and variant["positional_normalization"] == "off"
+    assert not any(".heads." in k for k in load_file(str(tmp_path / "runs" / "stars" / "rd4ad_paper" / "model.safetensors")))
     for cell in cells.values():
         assert 0.0 <= cell["image_auroc"] <= 1.0 and 0.0 <= cell["pixel_auroc"] <= 1.0
         assert cell["train_seconds"] > 0 and cell["served_images_per_second"] > 0
@@ -96,3 +101,15 @@ def test_kd_bench_quality_trains_serves_and_tables_each_category(tmp_path: Path)
     text = readme.read_text()
     assert "| rd4ad |" in text and "stars image / pixel AUROC" in text and "old" not in text
     assert quality.main(["--methods", "student", "--runs", str(tmp_path / "none")]) == 2  # needs its teacher
+    assert "| rd4ad_paper |" in text
+
+
+@pytest.mark.parametrize("spec", [["rd4ad"], ["Bad-Label", "method=rd4ad"], ["x", "feature_pool=2"],
+                                  ["x", "epochs"], ["x", "category=coins"], ["x", "no_such_field=1"]])
+def test_quality_variants_are_checked_before_any_training(spec: list[str], tmp_path: Path) -> None:
+    from bench import quality
+
+    with pytest.raises(ValueError, match="--variant"):
+        quality.parse_variants([spec])
+    assert quality.main(["--variant", *spec, "--methods", "--runs", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()

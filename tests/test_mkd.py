@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from export.network import check_parity, export_onnx, export_torchscript
 from kdcore.contract import image_network_spec
@@ -58,6 +59,27 @@ def test_loss_is_zero_for_an_exact_clone_and_positive_otherwise() -> None:
     # The opposite direction costs 2 per tap in the direction term.
     neg = mkd_loss(teacher, [-t for t in teacher], lambda_direction=1.0).item()
     assert neg == pytest.approx(sum(float((2 * t).pow(2).mean()) + 2.0 for t in teacher), rel=1e-5)
+    # Value terms are relative to each tap's scale, as in the anomaly map.
+    scales = [float(t.pow(2).mean()) for t in teacher]
+    rel = mkd_loss(teacher, [0.5 * t for t in teacher], scales=torch.tensor(scales)).item()
+    assert rel == pytest.approx(0.25 * 3, rel=1e-5)
+
+
+def test_loss_is_the_mean_of_the_map_terms(detector: MKDDetector) -> None:
+    """Train what is scored: the loss equals the unsmoothed map's terms averaged, at every tap's own grid."""
+    torch.manual_seed(1)
+    detector.tap_scale.copy_(torch.tensor([3.0, 5.0, 7.0]))
+    t = [torch.randn(2, c, SIZE // s, SIZE // s) for c, s in zip(detector.encoder.out_channels, (4, 8, 16))]
+    st = [x + 0.3 * torch.randn_like(x) for x in t]
+    # Only low-norm positions disagree in direction: the per-sample cosine of the paper hardly sees them.
+    t[0][:, :, :4] *= 1e-3
+    st[0][:, :, :4] = -t[0][:, :, :4]
+    expected = sum(
+        float(((a - b).pow(2).mean(1) / detector.tap_scale[i] + 0.5 * (1 - F.cosine_similarity(a, b, dim=1))).mean())
+        for i, (a, b) in enumerate(zip(t, st))
+    )
+    got = mkd_loss(t, st, lambda_direction=0.5, scales=detector.tap_scale).item()
+    assert got == pytest.approx(expected, rel=1e-5)
 
 
 def test_map_is_zero_for_an_exact_clone(detector: MKDDetector) -> None:

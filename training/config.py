@@ -38,6 +38,10 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     sigma: float = Field(4.0, gt=0, description="Gaussian smoothing of the anomaly map in pixels")
+    linear_heads: Literal["auto", "on", "off"] = Field(
+        "auto", description="rd4ad: a linear 1x1 output layer per scale on the decoder; auto: where the teacher's "
+        "taps are signed (EfficientNet-Lite), not for the ResNets (the paper's recipe)"
+    )
     feature_pool: int = Field(
         1, ge=1, description="rd4ad: side of the mean filter over each teacher tap (odd; 1: the paper's, none)"
     )

@@ -57,7 +57,10 @@ def build_network(
         from training.rd4ad import RD4AD
 
         encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
-        return RD4AD(encoder, config.image_size, sigma=config.sigma, feature_pool=config.feature_pool)
+        heads = None if config.linear_heads == "auto" else config.linear_heads == "on"
+        return RD4AD(
+            encoder, config.image_size, sigma=config.sigma, feature_pool=config.feature_pool, linear_heads=heads
+        )
     if config.method is Method.MKD:
         from training.mkd import MKDDetector
 

@@ -3,7 +3,8 @@
 Salehi, Sadjadi, Baselizadeh, Rohban & Rabiee, "Multiresolution Knowledge Distillation for Anomaly Detection",
 CVPR 2021. A frozen, pretrained teacher is tapped at several depths ("critical points"); a smaller "cloner"
 is trained on good images only to reproduce every tap, with a value loss (MSE) plus a direction loss
-(``1 - cos``) per tap (:func:`~training.mkd.loss.mkd_loss`). On anomalous inputs the cloner, which only ever
+(``1 - cos``) per tap (:func:`~training.mkd.loss.mkd_loss`, which departs from the paper's per-sample
+cosine and raw MSE to train exactly what the map scores; why is in its module). On anomalous inputs the cloner, which only ever
 imitated the teacher on normal data, diverges from it, and that discrepancy is the anomaly score.
 
 Published numbers (VGG16 teacher, its ImageNet weights, a narrow VGG cloner): MVTec AD mean image AUROC 87.7,
@@ -106,8 +107,8 @@ class MKDDetector(DistillationDetector):
         return teacher, self.cloner(x)
 
     def training_loss(self, x: Tensor) -> Tensor:
-        """:func:`~training.mkd.loss.mkd_loss` (value + ``lambda_direction`` x direction) on good images."""
-        return mkd_loss(*self(x), lambda_direction=self.lambda_direction)
+        """:func:`~training.mkd.loss.mkd_loss` on good images: the mean of the map's own terms, same tap scales."""
+        return mkd_loss(*self(x), lambda_direction=self.lambda_direction, scales=self.tap_scale)
 
     def anomaly_map(self, teacher: list[Tensor], student: list[Tensor]) -> Tensor:
         """The unsmoothed map ``(N, 1, S, S)`` described in the class docstring."""

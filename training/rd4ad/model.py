@@ -62,13 +62,22 @@ class RD4AD(DistillationDetector):
         image_size: Input side length in pixels (square inputs; a multiple of 32).
         sigma: Gaussian smoothing of the anomaly map in pixels.
         feature_pool: Side of the mean filter over each teacher tap (odd; 1: none).
+        linear_heads: Whether the decoder ends in a linear 1x1 convolution per scale; ``None``: where the
+            encoder's taps are signed.
 
     Raises:
         ValueError: If ``image_size`` is not a positive multiple of 32, ``feature_pool`` is not a positive odd
             number, or the backbone is unknown.
     """
 
-    def __init__(self, encoder: FeatureEncoder, image_size: int, sigma: float = 4.0, feature_pool: int = 1) -> None:
+    def __init__(
+        self,
+        encoder: FeatureEncoder,
+        image_size: int,
+        sigma: float = 4.0,
+        feature_pool: int = 1,
+        linear_heads: bool | None = None,
+    ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (the embedding is at stride 32), got {image_size}")
@@ -85,7 +94,9 @@ class RD4AD(DistillationDetector):
         self.decoder = ReverseDecoder(
             channels, self.bottleneck.embed_channels, spec.block, spec.decoder_blocks, spec.width_per_group
         )
-        self.heads = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels) if encoder.signed_taps else None
+        if linear_heads is None:
+            linear_heads = encoder.signed_taps
+        self.heads = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels) if linear_heads else None
         self.feature_pool = feature_pool
         self.anomaly_map = AnomalyMapGenerator((image_size, image_size), sigma)
 
