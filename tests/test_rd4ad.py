@@ -160,6 +160,22 @@ def test_positional_normalizer_scores_deviation_from_the_typical_map() -> None:
     assert norm.is_identity
 
 
+def test_positional_normalizer_does_not_amplify_float32_noise_of_a_flat_map() -> None:
+    """A near-constant map (an untrained student's) must not turn runtime rounding into score differences."""
+    from training.inference import PositionalNormalizer
+
+    norm = PositionalNormalizer(8)
+    flat = 0.068 + torch.randn(8, 8, 8) * 2e-5  # spread 3e-4 of the value, as the failing export had
+    norm.fit(flat)
+    assert norm.inv_std.max().item() <= 1.0 / (PositionalNormalizer.RELATIVE_STD_FLOOR * 0.068) * 1.01
+    ulps = flat[:1, None] * (1 + 1e-6)  # what two runtimes differ by on a float32 map
+    assert (norm(ulps) - norm(flat[:1, None])).abs().max().item() < 1e-3  # the export's parity tolerance
+    spread = torch.rand(50, 8, 8) + 1.0  # a real spread: the floor does not bind
+    norm.fit(spread)
+    torch.testing.assert_close(norm.inv_std, 1.0 / (spread.std(0) + 1e-3 * spread.std(0).mean())[None, None],
+                               rtol=1e-4, atol=0)
+
+
 def test_deployable_score_is_max_of_normalised_map() -> None:
     model = DeployableDetector(RD4AD(build_encoder(BackboneName.EFFICIENTNET_LITE0), 64)).eval()
     images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)

@@ -187,9 +187,8 @@ def fit_positional_normalization(
     if raw_val is None:
         return True
     # The normalised validation maps, from the raw ones: what predict() would now return, without a second pass.
-    mean = model.positional.mean[0].numpy()
-    inv_std = model.positional.inv_std[0].numpy()
-    maps = (raw_val.maps - mean) * inv_std
+    with torch.no_grad():
+        maps = model.positional(torch.from_numpy(raw_val.maps)[:, None])[:, 0].numpy()
     normalised = Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, raw_val.labels, raw_val.masks)
     before, after = _selection_score(raw_val), _selection_score(normalised)
     keep = bool(np.isfinite(after) and after > before)

@@ -5,10 +5,11 @@ Usage (inside the peer venv, see :mod:`bench.peers.venv`)::
     python bench/peers/anomalib_runner.py JOB.json OUT.npz             fit on the train images, score the test images
     python bench/peers/anomalib_runner.py --features JOB.json OUT.npz  only the backbone's feature maps (a check)
 
-It runs beside packages the project cannot share (anomalib pins numpy 2, the project numpy < 2), so it imports
-nothing of the project, and it is started as a file, not as ``bench.peers``. Its data handling (the job, the
-image rule, the result file) needs only the standard library, numpy and OpenCV, so the project's tests import
-this module and check that handling without anomalib; torch, timm and anomalib are imported where the models are
+It runs beside packages the project cannot share (anomalib pins numpy 2, the project numpy < 2), so of the
+project it imports only :mod:`kdcore.imageio` (numpy and OpenCV: how an image file becomes a model input, written
+once), and it is started as a file, not as ``bench.peers``. Its data handling (the job, the image rule, the
+result file) needs only the standard library, numpy and OpenCV, so the project's tests import this module and
+check that handling without anomalib; torch, timm and anomalib are imported where the models are
 built.
 
 The models are anomalib 2.7's own torch modules (:class:`PatchcoreModel`, :class:`PadimModel`): fitting is their
@@ -31,8 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+# Started as a file in the peer venv, where the project is not installed: the repository root makes the
+# torch-free kdcore importable (kdcore/__init__ imports nothing; kdcore.imageio needs numpy and OpenCV only).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kdcore import imageio  # noqa: E402
 
 if TYPE_CHECKING:  # torch is imported where the models are built: the data handling must not need it
     import torch
@@ -178,42 +183,14 @@ class PeerOutput:
 
 
 # ------------------------------------------------------------------------------------------------ images
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(image) * scale, 0, 255).astype(np.uint8)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def load_image(path: str | Path, size: int) -> np.ndarray:
-    """An image file as RGB uint8 ``(size, size, 3)``, by the project's rule (``kdcore.imageio``), copied here.
-
-    The project's reader cannot be imported in the peer venv, so its rule is restated: OpenCV decodes the file
-    unchanged, 16-bit and float images become 8-bit, grayscale is replicated, alpha is dropped, and the image is
-    resized with ``cv2.INTER_AREA``. ``tests/test_peers.py`` checks it against ``training.data.load_image``.
+    """An image file as RGB uint8 ``(size, size, 3)``, by the project's one rule: :mod:`kdcore.imageio`.
 
     Raises:
-        OSError: The file cannot be read or decoded.
+        OSError: The file cannot be read.
+        ValueError: It cannot be decoded (:class:`kdcore.imageio.ImageDecodeError`).
     """
-    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise OSError(f"cannot decode image file {path}")
-    image = _to_uint8(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image)
+    return imageio.resize_to(imageio.read_image(path), size)
 
 
 def to_input(images: np.ndarray) -> np.ndarray:

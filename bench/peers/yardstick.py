@@ -127,8 +127,8 @@ def measure(output: PeerOutput, samples: list, image_size: int) -> tuple[float, 
 
 
 def run_runner(python: Path, job_path: Path, out_path: Path, *, features: bool = False) -> None:
-    """Runs :mod:`~bench.peers.anomalib_runner` (as a file, so nothing of the project is imported) with the peer
-    venv's ``python``.
+    """Runs :mod:`~bench.peers.anomalib_runner` (as a file, so of the project only the torch-free
+    :mod:`kdcore.imageio` is imported) with the peer venv's ``python``.
 
     Raises:
         PeerRunError: A non-zero exit; the message has the end of its output.

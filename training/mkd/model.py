@@ -4,8 +4,9 @@ Salehi, Sadjadi, Baselizadeh, Rohban & Rabiee, "Multiresolution Knowledge Distil
 CVPR 2021. A frozen, pretrained teacher is tapped at several depths ("critical points"); a smaller "cloner"
 is trained on good images only to reproduce every tap, with a value loss (MSE) plus a direction loss
 (``1 - cos``) per tap (:func:`~training.mkd.loss.mkd_loss`, which departs from the paper's per-sample
-cosine and raw MSE to train exactly what the map scores; why is in its module). On anomalous inputs the cloner, which only ever
-imitated the teacher on normal data, diverges from it, and that discrepancy is the anomaly score.
+cosine and raw MSE to train exactly what the map scores; why is in its module). On anomalous inputs the
+cloner, which only ever imitated the teacher on normal data, diverges from it, and that discrepancy is the
+anomaly score.
 
 Published numbers (VGG16 teacher, its ImageNet weights, a narrow VGG cloner): MVTec AD mean image AUROC 87.7,
 CIFAR-10 one-class mean AUROC about 87.2. This machine's demo setting is much smaller (EfficientNet-Lite0

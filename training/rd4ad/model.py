@@ -7,8 +7,8 @@ Two changes for teachers other than the paper's ResNets, both measured on the qu
 
 - **Linear output heads.** The decoder's stages end in ReLU (they mirror ResNet blocks, whose outputs are
   post-ReLU), but EfficientNet-Lite taps are the blocks' linear projections and take both signs. A non-negative
-  student cannot point along a signed teacher vector: the loss stalled at cos ~0.5 and the stride-4 map scored
-  below chance. A 1x1 convolution per scale (:attr:`FeatureEncoder.signed_taps`) lets it.
+  student cannot point along a signed teacher vector: the loss stalled at a cosine distance of 0.45 per scale.
+  A 1x1 convolution per scale (:attr:`FeatureEncoder.signed_taps`) lets it.
 - **Local aggregation of the teacher's features** (``feature_pool``): a ``k x k`` mean over each tap, PatchCore's
   neighbourhood aggregation, so one teacher vector describes a patch rather than a pixel's receptive-field
   centre; ``1`` keeps the paper's.
