@@ -233,15 +233,21 @@ def test_taps_have_expected_channels_and_strides(name, random_encoder):
 
 
 @pytest.mark.parametrize("name", list(BackboneName), ids=lambda n: n.value)
-def test_single_tap_equals_the_full_forward(name, random_encoder):
+def test_single_tap_and_taps_through_equal_the_full_forward(name, random_encoder):
     encoder = random_encoder(name)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         taps = encoder(x)
-        for stride, expected in zip((4, 8, 16), taps):
+        for i, (stride, expected) in enumerate(zip((4, 8, 16), taps)):
             torch.testing.assert_close(encoder.tap(x, stride), expected, rtol=0, atol=0)
+            through = encoder.taps_through(x, stride)
+            assert len(through) == i + 1
+            for got, want in zip(through, taps, strict=False):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="strides"):
         encoder.tap(x, 32)
+    with pytest.raises(ValueError, match="strides"):
+        encoder.taps_through(x, 2)
 
 
 def test_normalisation_constants():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,12 +32,40 @@ def test_shapes_and_score_is_the_map_maximum() -> None:
     torch.testing.assert_close(score[:, 0], amap.flatten(1).amax(1))
 
 
-def test_student_costs_well_under_a_tenth_of_the_teacher() -> None:
+def _student(size: int, features: str) -> ScoreRegressor:
+    encoder = build_encoder("efficientnet_lite0", allow_random_init=True) if features == "hint" else None
+    return ScoreRegressor(size, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder)
+
+
+@pytest.mark.parametrize("features", ["hint", "scratch"])
+def test_student_costs_well_under_a_tenth_of_the_teacher(features: str) -> None:
     teacher = DeployableDetector(RD4AD(build_encoder("efficientnet_lite0"), 256)).eval()
-    student = DeployableDetector(ScoreRegressor(256, TF_LITE_MEAN, TF_LITE_STD)).eval()
+    student = DeployableDetector(_student(256, features)).eval()
     ratio = _flops(student, 256) / _flops(teacher, 256)
-    print(f"student / teacher FLOPs at 256 px: {ratio:.3f}")
+    print(f"{features} student / teacher FLOPs at 256 px: {ratio:.3f}")
     assert ratio < 0.1
+
+
+def test_hint_features_read_the_frozen_encoder_at_half_resolution() -> None:
+    student = _student(64, "hint")
+    encoder = student.features.encoder
+    trainable = {id(p) for p in student.trainable_parameters()}
+    assert not any(id(p) in trainable for p in encoder.parameters())
+    assert any(id(p) in trainable for p in student.features.mix.parameters())
+    student.train()
+    assert not encoder.training  # its BatchNorm statistics stay the pretrained ones
+    x = torch.randn(2, 3, 64, 64)
+    seen: list[torch.Tensor] = []
+    handle = encoder._conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    try:
+        with torch.no_grad():
+            feats = student.features(x)
+    finally:
+        handle.remove()
+    assert feats.shape == (2, 48, 8, 8)  # the stride-8 grid of the full-size input
+    torch.testing.assert_close(seen[0], torch.nn.functional.avg_pool2d(x, 2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="normalisation"):
+        ScoreRegressor(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), encoder=encoder)
 
 
 def test_perturbations_are_local_seeded_and_leave_the_input_alone() -> None:
@@ -49,9 +78,11 @@ def test_perturbations_are_local_seeded_and_leave_the_input_alone() -> None:
     assert torch.all(changed > 0) and torch.all(changed < 0.5)  # every image changed, only locally
 
 
-def test_student_learns_its_teachers_maps(trained_run: TrainResult) -> None:
+@pytest.mark.parametrize("features", ["hint", "scratch"])
+def test_student_learns_its_teachers_maps(trained_run: TrainResult, features: str) -> None:
     teacher = trained_run.model
-    student = ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, seed=0)
+    encoder = build_encoder("efficientnet_lite0") if features == "hint" else None
+    student = ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, seed=0, encoder=encoder)
     student.attach_teacher(teacher)
     assert "teacher" not in dict(student.named_modules()) and not any("teacher" in k for k in student.state_dict())
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -71,11 +102,33 @@ def test_student_learns_its_teachers_maps(trained_run: TrainResult) -> None:
     assert all(torch.equal(before[k], after[k]) for k in before), "the teacher must stay as trained"
 
 
-def test_export_parity(tmp_path) -> None:
-    model = DeployableDetector(ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD)).eval()
+@pytest.mark.parametrize("features", ["hint", "scratch"])
+def test_export_parity(tmp_path, features: str) -> None:
+    model = DeployableDetector(_student(64, features)).eval()
     spec = image_network_spec(64)
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     onnx_path = export_onnx(model, spec, tmp_path / "s.onnx")
     ts_path = export_torchscript(model, spec, tmp_path / "s.pt")
     _, reports = check_parity(model, spec, images, onnx_path, ts_path)
     assert all(max(r.max_abs.values()) < 1e-4 for r in reports)
+
+
+def test_a_student_records_its_teachers_backbone(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hint features read the teacher's encoder: the student's config names it, so the run folder rebuilds."""
+    from training.checkpoint import with_teacher_backbone
+    from training.config import TrainConfig
+    from training.methods import Method
+    from training.runs import RunPaths
+
+    teacher = TrainConfig(backbone="resnet18", teacher_weights=tmp_path / "r18.pth", output=tmp_path / "teacher")
+    RunPaths(teacher.output).root.mkdir()
+    RunPaths(teacher.output).config.write_text(teacher.model_dump_json())
+    student = with_teacher_backbone(TrainConfig(method=Method.STUDENT, teacher_run=teacher.output))
+    assert student.backbone.value == "resnet18" and student.teacher_weights == tmp_path / "r18.pth"
+    with caplog.at_level("WARNING"):
+        with_teacher_backbone(TrainConfig(method=Method.STUDENT, teacher_run=teacher.output, backbone="efficientnet_lite1"))
+    assert "resnet18" in caplog.text
+    rd4ad = TrainConfig(backbone="efficientnet_lite1")
+    assert with_teacher_backbone(rd4ad) is rd4ad
+    with pytest.raises(FileNotFoundError, match="finished training run"):
+        with_teacher_backbone(TrainConfig(method=Method.STUDENT, teacher_run=tmp_path / "none"))

@@ -20,6 +20,8 @@ from training.inference import DeployableDetector
 from training.methods import Method, backbone_label, build_network
 from training.runs import RunPaths
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def _errors_only(logger: logging.Logger) -> Iterator[None]:
@@ -70,6 +72,28 @@ def build_detector(
         student.attach_teacher(teacher)
         return DeployableDetector(student)
     return DeployableDetector(build_network(config, allow_random_init=config.allow_random_teacher))
+
+
+def with_teacher_backbone(config: TrainConfig) -> TrainConfig:
+    """A student's config naming its teacher run's backbone and weights (other methods' unchanged).
+
+    Why: the student's hint features read its teacher's encoder, and its input normalisation is the teacher's, so
+    the backbone is not the student's to choose; recording the teacher's in the student's own config is what
+    rebuilds the same network from the run folder.
+
+    Raises:
+        FileNotFoundError: The teacher run has no config.
+    """
+    if config.method is not Method.STUDENT or config.teacher_run is None:
+        return config
+    path = RunPaths(config.teacher_run).config
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {config.teacher_run} a finished training run?")
+    teacher = TrainConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    if "backbone" in config.model_fields_set and config.backbone is not teacher.backbone:
+        log.warning("the student reads its teacher's %s encoder, not the %s given", teacher.backbone.value,
+                    config.backbone.value)
+    return config.model_copy(update={"backbone": teacher.backbone, "teacher_weights": teacher.teacher_weights})
 
 
 def save_checkpoint(model: DeployableDetector, config: TrainConfig, paths: RunPaths) -> None:

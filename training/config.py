@@ -25,7 +25,8 @@ class TrainConfig(BaseModel):
     output: Path = Field(Path("runs/demo"), description="run folder for weights, stats JSON and plots")
     method: Method = Field(Method.RD4AD, description="detector: " + ", ".join(m.value for m in Method))
     teacher_run: Path | None = Field(None, description="method 'student': run folder of the trained RD4AD it imitates")
-    backbone: BackboneName = Field(BackboneName.EFFICIENTNET_LITE0, description="frozen teacher encoder")
+    backbone: BackboneName = Field(BackboneName.EFFICIENTNET_LITE0, description="frozen teacher encoder (student: "
+                                   "its teacher run's, whatever is given)")
     teacher_weights: Path | None = Field(None, description="teacher weights file; default: the backbone's usual place")
     allow_random_teacher: bool = Field(False, description="permit an untrained teacher (scores are meaningless)")
     image_size: int = Field(256, ge=32, description="square input side, a multiple of 32 (image methods only)")
@@ -45,6 +46,10 @@ class TrainConfig(BaseModel):
     feature_pool: int | None = Field(
         None, ge=1, description="rd4ad: side of the mean filter over each teacher tap (odd; 1: none, the paper's); "
         "default: 3 for the EfficientNet-Lite teachers (best on the quality benchmark), 1 for the ResNets"
+    )
+    student_features: Literal["hint", "scratch"] = Field(
+        "hint", description="student: hint = the teacher's pretrained encoder, frozen, at half resolution, under a "
+        "small trained mixer (best on the quality benchmark); scratch = a 22k-parameter CNN trained from scratch"
     )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "

@@ -79,7 +79,10 @@ def build_network(
 
         if config.teacher_run is None or normalization is None:
             raise ValueError("method 'student' needs teacher_run: the run folder of a trained RD4AD")
-        return ScoreRegressor(config.image_size, normalization.mean, normalization.std, seed=config.seed)
+        encoder = None
+        if config.student_features == "hint":
+            encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
+        return ScoreRegressor(config.image_size, normalization.mean, normalization.std, seed=config.seed, encoder=encoder)
     raise ValueError(f"unknown method {config.method!r}")
 
 
@@ -88,5 +91,5 @@ def backbone_label(config: TrainConfig) -> str:
     if config.method is Method.MULTITEACHER:
         return "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
     if config.method is Method.STUDENT:
-        return "student_cnn"
+        return "student_cnn" if config.student_features == "scratch" else f"student_cnn+{config.backbone.value}_hint"
     return config.backbone.value

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from kdcore.metrics import image_auroc, pixel_auroc
 from kdcore.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_threshold, fit_calibration
-from training.checkpoint import build_detector, save_checkpoint
+from training.checkpoint import build_detector, save_checkpoint, with_teacher_backbone
 from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, split_metrics
@@ -72,6 +72,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     Returns:
         The run's paths, stats and the trained (best-on-validation) model.
     """
+    config = with_teacher_backbone(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)

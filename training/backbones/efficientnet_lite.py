@@ -291,10 +291,13 @@ class EfficientNetLiteEncoder(FeatureEncoder):
                 taps.append(x)
         return taps
 
-    def tap(self, x: Tensor, stride: int) -> Tensor:
-        """See :meth:`FeatureEncoder.tap`; runs the blocks up to the tap only."""
+    def taps_through(self, x: Tensor, stride: int) -> list[Tensor]:
+        """See :meth:`FeatureEncoder.taps_through`; runs the blocks up to the tap only."""
         last = self._taps[self._tap_index(stride)]
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks[: last + 1]:
+        taps = []
+        for i, block in enumerate(self._blocks[: last + 1]):
             x = block(x)
-        return x
+            if i in self._taps:
+                taps.append(x)
+        return taps

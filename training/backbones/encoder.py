@@ -101,7 +101,22 @@ class FeatureEncoder(nn.Module):
         Raises:
             ValueError: If ``stride`` is not one of :attr:`strides`.
         """
-        return self(x)[self._tap_index(stride)]
+        return self.taps_through(x, stride)[-1]
+
+    def taps_through(self, x: Tensor, stride: int) -> list[Tensor]:
+        """The feature maps up to and including ``stride``, skipping the layers after it where the subclass can.
+
+        Args:
+            x: Normalised images ``(N, 3, H, W)``.
+            stride: One of :attr:`strides`.
+
+        Returns:
+            The same tensors as ``self(x)[: self.strides.index(stride) + 1]``.
+
+        Raises:
+            ValueError: If ``stride`` is not one of :attr:`strides`.
+        """
+        return self(x)[: self._tap_index(stride) + 1]
 
     def _tap_index(self, stride: int) -> int:
         if stride not in self.strides:

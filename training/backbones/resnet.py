@@ -134,13 +134,15 @@ class ResNetEncoder(FeatureEncoder):
         f3 = self.layer3(f2)
         return [f1, f2, f3]
 
-    def tap(self, x: Tensor, stride: int) -> Tensor:
-        """See :meth:`FeatureEncoder.tap`; stops after the layer that produces ``stride``."""
+    def taps_through(self, x: Tensor, stride: int) -> list[Tensor]:
+        """See :meth:`FeatureEncoder.taps_through`; stops after the layer that produces ``stride``."""
         last = self._tap_index(stride)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        taps = []
         for layer in (self.layer1, self.layer2, self.layer3)[: last + 1]:
             x = layer(x)
-        return x
+            taps.append(x)
+        return taps
 
 
 
