@@ -5,7 +5,8 @@ of :mod:`training.demo_data.benchmark` (a sparse, a stochastic and a periodic te
 with other photos and other defect kinds than the demo's), trains each image method on each with ``kd-train``'s
 defaults, exports every run into one repository, serves it, and reports per category and as a mean over the
 categories: image AUROC, pixel AUROC, AUPRO (test split; thresholds and kept epochs from validation), training
-seconds, and served images/s over gRPC (the score-only ensemble, 4 requests in flight). JSON and a Markdown table,
+seconds, and served images/s over gRPC (the score-only ensemble, 4 requests in flight); and, per category, the image
+AUROC of each defect kind against the good images (which defects a detector misses). JSON and Markdown tables,
 optionally written into README.md between the ``quality`` markers.
 
 ``--peers patchcore padim`` adds anomalib's PatchCore and PaDiM as rows of the same table: the yardstick of
@@ -21,14 +22,19 @@ import logging
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.measure import served_run
 from bench.peers.venv import DEFAULT_VENV
 from bench.peers.yardstick import PEER_PREFIX, PEERS
 from bench.readme import publish
 from kdcore.manifest import ValidationSamples, validation_folder
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.inference import DeployableDetector
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ class Cell:
     served_images_per_second: float | None = None
     in_process_images_per_second: float | None = None
     peer: bool = False
+    image_auroc_by_defect: dict[str, float] = field(default_factory=dict)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -98,6 +105,21 @@ def markdown_table(cells: list[Cell], categories: list[str], methods: list[str])
         rows.append(f"| {method} | " + " | ".join(per) + f" | {_fmt(m['image_auroc'])} / {_fmt(m['pixel_auroc'])} | "
                     f"{_fmt(m['aupro'])} | {_fmt(m['train_seconds'], 0)} |{speed}")
     return head + "\n".join(rows) + "\n" + (f"\n{PEER_NOTE}\n" if with_peers else "")
+
+
+def defect_table(cells: list[Cell], categories: list[str], methods: list[str]) -> str:
+    """One row per category and defect kind, one column per method: the image AUROC of that kind against the
+    category's good test images. Why: a category's AUROC averages its defect kinds, and one kind a detector cannot
+    see (or false alarms on good images, which pull every kind down) reads the same there."""
+    by = {(c.category, c.method): c for c in cells}
+    head = "| category | defect | " + " | ".join(methods) + " |\n" + "|---" * (len(methods) + 2) + "|\n"
+    rows = []
+    for cat in categories:
+        kinds = sorted({k for m in methods if (cat, m) in by for k in by[(cat, m)].image_auroc_by_defect})
+        for kind in kinds:
+            values = [by[(cat, m)].image_auroc_by_defect.get(kind) if (cat, m) in by else None for m in methods]
+            rows.append(f"| {cat} | {kind} | " + " | ".join(_fmt(v) for v in values) + " |")
+    return head + "\n".join(rows) + "\n"
 
 
 def parse_variants(specs: list[list[str]]) -> dict[str, dict[str, str]]:
@@ -211,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             options.update(overrides)
             if Method(options.get("method", "rd4ad")) is Method.STUDENT and "teacher_run" not in overrides:
                 options["teacher_run"] = args.runs / category / "rd4ad"
-            result = train(TrainConfig(**options), progress=False)
+            config = TrainConfig(**options)
+            result = train(config, progress=False)
             m = result.stats.test_metrics
             name = f"{category}_{method}"
             cells.append(Cell(category, method, name, m.image_auroc, m.pixel_auroc, m.aupro,
-                              result.stats.training.seconds))
+                              result.stats.training.seconds, image_auroc_by_defect=_by_defect(config, result.model)))
             runs.append((output, name))
             log.info("%s: image AUROC %s, pixel AUROC %s", name, _fmt(m.image_auroc), _fmt(m.pixel_auroc))
         for peer in args.peers:
@@ -237,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     seconds=args.seconds).images_per_second
 
     rows = [*args.methods, *variants, *(PEER_PREFIX + p for p in args.peers)]
-    table = markdown_table(cells, args.categories, rows)
+    table = (markdown_table(cells, args.categories, rows) + "\nImage AUROC of each defect kind against the good "
+             "test images:\n\n" + defect_table(cells, args.categories, rows))
     print(table)
     args.runs.mkdir(parents=True, exist_ok=True)
     out = args.runs / "quality.json"
@@ -266,7 +290,19 @@ def _peer_cell(args: argparse.Namespace, category: str, peer: str) -> tuple[Cell
              _fmt(r.image_auroc), _fmt(r.pixel_auroc), r.fit_seconds, _fmt(r.images_per_second, 1), r.versions)
     speed = None if math.isnan(r.images_per_second) else r.images_per_second
     return Cell(category, name, "", r.image_auroc, r.pixel_auroc, r.aupro, r.fit_seconds,
-                in_process_images_per_second=speed, peer=True), None
+                in_process_images_per_second=speed, peer=True, image_auroc_by_defect=r.image_auroc_by_defect), None
+
+
+def _by_defect(config: TrainConfig, model: DeployableDetector) -> dict[str, float]:
+    """The image AUROC of each defect kind of the run's test split (one more pass over it, in-process)."""
+    from kdcore.metrics import image_auroc_by_defect
+    from training.data import ImageDataset, make_splits
+    from training.evaluate import predict
+
+    splits = make_splits(config.data_root, config.category, holdout_fraction=config.holdout_fraction,
+                         validation_fraction=config.validation_fraction, seed=config.seed)
+    scores = predict(model, ImageDataset(splits.test, config.image_size)).scores
+    return image_auroc_by_defect([s.defect for s in splits.test], scores)
 
 
 if __name__ == "__main__":

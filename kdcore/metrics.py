@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -137,6 +138,33 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
         logger.warning("image AUROC is undefined: only one class present among %d images; returning NaN", y.size)
         return NAN
     return _auroc(y, s)
+
+
+def image_auroc_by_defect(defects: Sequence[str], scores: np.ndarray, good: str = "good") -> dict[str, float]:
+    """Image AUROC of each defect kind against all the good images: which defects a detector misses.
+
+    Args:
+        defects: ``(N,)`` each image's defect kind, ``good`` for the good ones (the MVTec AD folder names).
+        scores: ``(N,)`` anomaly scores, higher is more anomalous.
+        good: The name of the good images' kind.
+
+    Returns:
+        Defect kind -> AUROC, sorted by kind; NaN for every kind when there is no good image.
+
+    Raises:
+        ValueError: ``defects`` and ``scores`` differ in length, or the scores are not finite.
+    """
+    kinds = np.asarray(list(defects), dtype=object)
+    s = _scores(scores, "scores")
+    if kinds.shape != s.shape:
+        raise ValueError(f"{kinds.size} defect names for {s.size} scores")
+    normal = kinds == good
+    out = {}
+    for kind in sorted(set(kinds.tolist()) - {good}):
+        mine = kinds == kind
+        labels = np.r_[np.zeros(int(normal.sum()), np.int64), np.ones(int(mine.sum()), np.int64)]
+        out[kind] = image_auroc(labels, np.r_[s[normal], s[mine]])
+    return out
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:

@@ -98,8 +98,13 @@ def test_kd_bench_quality_trains_serves_and_tables_each_category(tmp_path: Path)
         assert cell["train_seconds"] > 0 and cell["served_images_per_second"] > 0
     mean = data["means"]["rd4ad"]["image_auroc"]
     assert abs(mean - (cells[("stars", "rd4ad")]["image_auroc"] + cells[("coffee", "rd4ad")]["image_auroc"]) / 2) < 1e-9
+    for (category, _), cell in cells.items():  # each defect kind of the category, against its good images
+        kinds = {"stars": {"smudge", "spots", "streak"}, "coffee": {"cutpaste", "erased", "tint"}}[category]
+        assert set(cell["image_auroc_by_defect"]) == kinds
+        assert all(0.0 <= v <= 1.0 for v in cell["image_auroc_by_defect"].values())
     text = readme.read_text()
     assert "| rd4ad |" in text and "stars image / pixel AUROC" in text and "old" not in text
+    assert "| category | defect | rd4ad | student | rd4ad_paper |" in text and "| coffee | tint |" in text
     assert quality.main(["--methods", "student", "--runs", str(tmp_path / "none")]) == 2  # needs its teacher
     assert "| rd4ad_paper |" in text
 

@@ -11,7 +11,15 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from bench.metrics import synthetic_maps
-from kdcore.metrics import aupro, evaluate, f1_at_threshold, f1_optimal_threshold, image_auroc, pixel_auroc
+from kdcore.metrics import (
+    aupro,
+    evaluate,
+    f1_at_threshold,
+    f1_optimal_threshold,
+    image_auroc,
+    image_auroc_by_defect,
+    pixel_auroc,
+)
 
 
 def _masks_and_maps(n: int = 6, size: int = 48, noise: float = 0.8, seed: int = 0):
@@ -182,3 +190,15 @@ def test_evaluate():
     assert 0.0 <= result["image_f1"] <= 1.0
     image_only = evaluate(labels, scores, None, None, image_threshold, pixel_threshold)
     assert math.isnan(image_only["aupro"]) and image_only["image_auroc"] == result["image_auroc"]
+
+
+def test_image_auroc_by_defect_scores_each_kind_against_all_good_images():
+    defects = ["good", "good", "good", "spots", "spots", "streak", "streak"]
+    scores = np.array([0.1, 0.2, 0.3, 0.25, 0.05, 0.9, 0.8])
+    by = image_auroc_by_defect(defects, scores)
+    assert list(by) == ["spots", "streak"]
+    assert by["streak"] == 1.0
+    assert by["spots"] == pytest.approx(roc_auc_score([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.25, 0.05]))
+    with pytest.raises(ValueError, match="defect names"):
+        image_auroc_by_defect(defects[:-1], scores)
+    assert all(math.isnan(v) for v in image_auroc_by_defect(["spots"], np.array([1.0])).values())

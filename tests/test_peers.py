@@ -237,6 +237,16 @@ def test_table_labels_peer_speed_in_process_and_keeps_the_project_only_table() -
     assert PEER_NOTE in both
 
 
+def test_defect_table_has_a_row_per_category_and_kind() -> None:
+    from bench.quality import Cell, defect_table
+
+    project = Cell("stars", "rd4ad", "", 0.9, 0.9, 0.8, 1.0, image_auroc_by_defect={"spots": 0.5, "streak": 1.0})
+    peer = Cell("stars", "anomalib-patchcore", "", 0.9, 0.9, 0.8, 1.0, peer=True, image_auroc_by_defect={"spots": 0.75})
+    lines = defect_table([project, peer], ["stars"], ["rd4ad", "anomalib-patchcore"]).splitlines()
+    assert lines[0] == "| category | defect | rd4ad | anomalib-patchcore |"
+    assert lines[2:] == ["| stars | spots | 0.500 | 0.750 |", "| stars | streak | 1.000 | n/a |"]
+
+
 # ------------------------------------------------------------------------------------------------ the real peer
 @NEEDS_PEER_VENV
 def test_peer_backbone_equals_the_projects_teacher(tiny: Path, tmp_path: Path) -> None:
@@ -268,5 +278,7 @@ def test_peer_fits_scores_and_is_measured_end_to_end(tiny: Path, tmp_path: Path,
         assert 0.0 <= value <= 1.0
     assert result.fit_seconds > 0 and result.images_per_second > 0 and result.batch_size == 8
     assert result.versions.startswith("anomalib 2.7.0") and result.name == f"anomalib-{method}"
+    assert set(result.image_auroc_by_defect) == {"smudge", "spots", "streak"}  # the stars category's kinds
+    assert all(0.0 <= v <= 1.0 for v in result.image_auroc_by_defect.values())
     with np.load(tmp_path / "result.npz") as z:
         assert z["maps"].shape[1:] == (64, 64) and z["maps"].dtype == np.float32

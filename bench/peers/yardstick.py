@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from bench.peers import anomalib_runner
 from bench.peers.anomalib_runner import Job, PeerOutput
 from bench.peers.venv import DEFAULT_VENV, ensure_peer_venv
-from kdcore.metrics import aupro, image_auroc, pixel_auroc
+from kdcore.metrics import aupro, image_auroc, image_auroc_by_defect, pixel_auroc
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class PeerResult:
         batch_size: The batch of that throughput.
         threads: torch threads used by the peer.
         versions: The peer's anomalib, torch and timm versions.
+        image_auroc_by_defect: Test split, each defect kind against the good images.
     """
 
     category: str
@@ -63,6 +64,7 @@ class PeerResult:
     batch_size: int
     threads: int
     versions: str
+    image_auroc_by_defect: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -169,4 +171,5 @@ def run_peer(data_root: Path, category: str, method: str, *, workdir: Path, imag
     output = PeerOutput.load(out_path, n_images=len(samples), image_size=image_size)
     i_auroc, p_auroc, pro = measure(output, samples, image_size)
     return PeerResult(category, method, i_auroc, p_auroc, pro, output.fit_seconds, output.images_per_second,
-                      output.batch_size, output.threads, output.versions)
+                      output.batch_size, output.threads, output.versions,
+                      image_auroc_by_defect([s.defect for s in samples], output.scores))
