@@ -87,7 +87,7 @@ class HintFeatures(nn.Module):
 
     def __init__(self, encoder: FeatureEncoder, image_size: int, width: int, downsample: int = 2) -> None:
         super().__init__()
-        if downsample < 1 or image_size % (downsample * self.TAP_STRIDE * 2):
+        if downsample < 1 or image_size % (downsample * self.TAP_STRIDE):
             raise ValueError(f"image_size {image_size} and downsample {downsample} do not tile the tap grid")
         self.encoder = encoder.freeze()
         self.downsample, self.grid, self.out_channels = downsample, image_size // STRIDE, width
