@@ -102,6 +102,24 @@ def test_student_learns_its_teachers_maps(trained_run: TrainResult, features: st
     assert all(torch.equal(before[k], after[k]) for k in before), "the teacher must stay as trained"
 
 
+def test_max_targets_keep_a_small_defect_at_its_peak(trained_run: TrainResult) -> None:
+    """A few-pixel peak of the teacher's map survives max pooling to the student's cells; the mean dilutes it."""
+    teacher = trained_run.model
+    students = {pool: ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, target_pool=pool)
+                for pool in ("mean", "max")}
+    for student in students.values():
+        student.attach_teacher(teacher)
+    images = torch.from_numpy(np.load(trained_run.paths.samples)["inputs"])
+    x = DeployableDetector(students["max"]).normalize(images)
+    scored = torch.log1p(teacher.positional(teacher.detector.predict(x)[1]).clamp_min(0))
+    mean, peak = students["mean"].targets(x), students["max"].targets(x)
+    assert mean.shape == peak.shape == (len(x), 1, 8, 8)
+    torch.testing.assert_close(peak.flatten(1).amax(1), scored.flatten(1).amax(1))  # the image's peak, kept
+    assert torch.all(peak >= mean - 1e-6) and torch.any(peak > mean + 1e-3)
+    with pytest.raises(ValueError, match="target_pool"):
+        ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, target_pool="median")
+
+
 @pytest.mark.parametrize("features", ["hint", "scratch"])
 def test_export_parity(tmp_path, features: str) -> None:
     model = DeployableDetector(_student(64, features)).eval()

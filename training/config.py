@@ -51,6 +51,10 @@ class TrainConfig(BaseModel):
         "hint", description="student: hint = the teacher's pretrained encoder, frozen, at half resolution, under a "
         "small trained mixer (best on the quality benchmark); scratch = a 22k-parameter CNN trained from scratch"
     )
+    student_target_pool: Literal["mean", "max"] = Field(
+        "mean", description="student: how the teacher's map is reduced to the student's stride-8 cells; max keeps "
+        "a defect of a few pixels at its peak (the teacher's score is a maximum), mean is smoother"
+    )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
         "that scores better on validation"

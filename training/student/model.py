@@ -1,7 +1,7 @@
 """A compact student that regresses a trained RD4AD teacher's anomaly map directly from the image.
 
 Knowledge distillation of the *score* (the KD-AE idea: a small network predicts the big model's anomaly
-score) applied to maps: the target is ``log(1 + teacher map)`` average-pooled to the student's stride-8 grid, the
+score) applied to maps: the target is ``log(1 + teacher map)`` pooled (mean or max) to the student's stride-8 grid, the
 loss is L1, and the training images are the good ones plus synthetically perturbed good ones
 (:mod:`training.student.perturb`) so that the targets are not all near zero. At inference the student alone
 runs: ``map = exp(prediction) - 1`` upsampled to the input size, ``score = max(map)``; the teacher is not in the
@@ -38,6 +38,8 @@ from training.student.perturb import perturb
 
 #: The student predicts on the stride-8 grid of the input.
 STRIDE = 8
+#: The reductions of the teacher's map to the student's cells (``target_pool``).
+TARGET_POOLS = {"mean": F.avg_pool2d, "max": F.max_pool2d}
 
 
 def _separable(ch: int, dilation: int) -> nn.Sequential:
@@ -124,9 +126,12 @@ class ScoreRegressor(DistillationDetector):
             smooth; this removes cell-level noise for almost no cost).
         encoder: A pretrained encoder for :class:`HintFeatures` (its normalisation must be ``mean`` and ``std``);
             ``None``: :class:`ScratchFeatures`.
+        target_pool: How a stride-8 cell's target reduces the teacher's map: ``"mean"`` or ``"max"`` (a defect
+            of a few pixels keeps its peak, and the teacher's image score is the map's maximum).
 
     Raises:
-        ValueError: An image size off the stride-8 grid, or an encoder expecting another normalisation.
+        ValueError: An image size off the stride-8 grid, an encoder expecting another normalisation, or an
+            unknown ``target_pool``.
     """
 
     def __init__(
@@ -138,10 +143,14 @@ class ScoreRegressor(DistillationDetector):
         seed: int = 0,
         smoothing: float = 1.0,
         encoder: FeatureEncoder | None = None,
+        target_pool: str = "mean",
     ) -> None:
         super().__init__()
         if image_size % STRIDE:
             raise ValueError(f"image_size must be a multiple of {STRIDE}, got {image_size}")
+        if target_pool not in TARGET_POOLS:
+            raise ValueError(f"target_pool must be one of {sorted(TARGET_POOLS)}, got {target_pool!r}")
+        self.target_pool = target_pool
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         if encoder is not None and (tuple(encoder.mean) != self.mean or tuple(encoder.std) != self.std):
             raise ValueError(f"the {encoder.name} encoder expects another input normalisation than the teacher's")
@@ -177,7 +186,7 @@ class ScoreRegressor(DistillationDetector):
 
     @torch.no_grad()
     def targets(self, x: Tensor) -> Tensor:
-        """``log(1 + teacher map)`` average-pooled to the student's grid, the map as the teacher scores it.
+        """``log(1 + teacher map)`` pooled (``target_pool``) to the student's grid, the map as the teacher scores it.
 
         Why the scored map (after the teacher's positional normalisation, where it has one) and not the raw one:
         the student should learn where the teacher *alarms*, not where its raw discrepancy is merely high (image
@@ -186,7 +195,7 @@ class ScoreRegressor(DistillationDetector):
         if self.teacher is None:
             raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
         amap = self.teacher.positional(self.teacher.detector.predict(x)[1])
-        return F.avg_pool2d(torch.log1p(amap.clamp_min(0)), STRIDE)
+        return TARGET_POOLS[self.target_pool](torch.log1p(amap.clamp_min(0)), STRIDE)
 
     def training_loss(self, x: Tensor) -> Tensor:
         """L1 between the student's and the teacher's log maps, on good and perturbed good images."""
