@@ -120,9 +120,16 @@ class DeployableDetector(nn.Module):
         """The detector's own maps ``(N, 1, S, S)`` before positional normalisation (what :meth:`PositionalNormalizer.fit` takes)."""
         return self.detector.predict(self.normalize(image))[1]
 
+    def scored_maps(self, normalized: Tensor) -> Tensor:
+        """The maps ``(N, 1, S, S)`` the score is taken from, for images already through :attr:`normalize`.
+
+        One place for the composition, because a student distilling this detector learns exactly these maps.
+        """
+        return self.positional(self.detector.predict(normalized)[1])
+
     def forward(self, image: Tensor) -> InferenceOutput:
         """Score uint8 RGB images ``(N, S, S, 3)``; the score is the maximum of the normalised map."""
-        amap = self.positional(self.raw_maps(image))
+        amap = self.scored_maps(self.normalize(image))
         return InferenceOutput(torch.amax(amap, dim=(2, 3)), amap)
 
 

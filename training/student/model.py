@@ -194,7 +194,7 @@ class ScoreRegressor(DistillationDetector):
         """
         if self.teacher is None:
             raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
-        amap = self.teacher.positional(self.teacher.detector.predict(x)[1])
+        amap = self.teacher.scored_maps(x)
         return TARGET_POOLS[self.target_pool](torch.log1p(amap.clamp_min(0)), STRIDE)
 
     def training_loss(self, x: Tensor) -> Tensor:
