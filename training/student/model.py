@@ -1,8 +1,8 @@
 """A compact student that regresses a trained RD4AD teacher's anomaly map directly from the image.
 
 Knowledge distillation of the *score* (the KD-AE idea: a small network predicts the big model's anomaly
-score) applied to maps: the target is ``log(1 + teacher map)`` pooled (mean or max) to the student's stride-8 grid, the
-loss is L1, and the training images are the good ones plus synthetically perturbed good ones
+score) applied to maps: the target is ``log(1 + teacher map)`` pooled (max by default, or mean) to the student's
+stride-8 grid, the loss is L1, and the training images are the good ones plus synthetically perturbed good ones
 (:mod:`training.student.perturb`) so that the targets are not all near zero. At inference the student alone
 runs: ``map = exp(prediction) - 1`` upsampled to the input size, ``score = max(map)``; the teacher is not in the
 exported graph.
@@ -126,8 +126,8 @@ class ScoreRegressor(DistillationDetector):
             smooth; this removes cell-level noise for almost no cost).
         encoder: A pretrained encoder for :class:`HintFeatures` (its normalisation must be ``mean`` and ``std``);
             ``None``: :class:`ScratchFeatures`.
-        target_pool: How a stride-8 cell's target reduces the teacher's map: ``"mean"`` or ``"max"`` (a defect
-            of a few pixels keeps its peak, and the teacher's image score is the map's maximum).
+        target_pool: How a stride-8 cell's target reduces the teacher's map: ``"max"`` (a defect of a few pixels
+            keeps its peak, and the teacher's image score is the map's maximum) or ``"mean"``.
 
     Raises:
         ValueError: An image size off the stride-8 grid, an encoder expecting another normalisation, or an
@@ -143,7 +143,7 @@ class ScoreRegressor(DistillationDetector):
         seed: int = 0,
         smoothing: float = 1.0,
         encoder: FeatureEncoder | None = None,
-        target_pool: str = "mean",
+        target_pool: str = "max",
     ) -> None:
         super().__init__()
         if image_size % STRIDE:
