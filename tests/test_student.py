@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.network import check_parity, export_onnx, export_torchscript
@@ -13,7 +14,7 @@ from training.backbones import TF_LITE_MEAN, TF_LITE_STD, build_encoder
 from training.inference import DeployableDetector
 from training.rd4ad import RD4AD
 from training.student import ScoreRegressor
-from training.student.perturb import perturb
+from training.student.perturb import FAMILIES, perturb
 from training.train import TrainResult
 
 
@@ -68,14 +69,33 @@ def test_hint_features_read_the_frozen_encoder_at_half_resolution() -> None:
         ScoreRegressor(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), encoder=encoder)
 
 
-def test_perturbations_are_local_seeded_and_leave_the_input_alone() -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_perturbations_are_local_seeded_and_leave_the_input_alone(family: str) -> None:
     x = torch.randn(4, 3, 64, 64)
     original = x.clone()
-    a = perturb(x, torch.Generator().manual_seed(1))
-    b = perturb(x, torch.Generator().manual_seed(1))
+    a = perturb(x, torch.Generator().manual_seed(1), family)
+    b = perturb(x, torch.Generator().manual_seed(1), family)
     assert torch.equal(x, original) and torch.equal(a, b)
     changed = (a != x).any(1).float().mean((1, 2))
     assert torch.all(changed > 0) and torch.all(changed < 0.5)  # every image changed, only locally
+    with pytest.raises(ValueError, match="family"):
+        perturb(x, torch.Generator(), "tint")
+
+
+def test_broad_perturbations_span_sizes_and_change_colour() -> None:
+    """The broad family reaches defects of a few pixels and changes colour, which the structural one never does."""
+    x = torch.randn(64, 3, 128, 128)
+    area = {f: (perturb(x, torch.Generator().manual_seed(0), f) != x).any(1).float().mean((1, 2)) for f in FAMILIES}
+    assert area["broad"].min() < 0.004 < area["structural"].min()  # under 8 x 8 px of 128 x 128 somewhere
+    x = torch.zeros(64, 3, 128, 128)  # a flat image: a colour change shows in the channel means
+    out = {f: perturb(x, torch.Generator().manual_seed(0), f) for f in FAMILIES}
+    # Pixels moved off 0 yet flat among their neighbours: a colour shift (jitter, synthetic texture), not noise.
+    def flat_shift(o: torch.Tensor) -> torch.Tensor:
+        local_var = F.avg_pool2d(o**2, 3, 1, 1) - F.avg_pool2d(o, 3, 1, 1) ** 2
+        return ((o.abs() > 0.05) & (local_var < 1e-4)).flatten(1).any(1)
+
+    tinted = {f: flat_shift(o) for f, o in out.items()}
+    assert tinted["broad"].sum() >= 16 and not tinted["structural"].any()
 
 
 @pytest.mark.parametrize("features", ["hint", "scratch"])

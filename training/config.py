@@ -56,6 +56,11 @@ class TrainConfig(BaseModel):
         "a defect of a few pixels at its peak (the teacher's score is a maximum), mean is smoother; on the quality "
         "benchmark max averaged 0.882 image AUROC to the mean's 0.871, within its run-to-run spread"
     )
+    student_perturbations: Literal["structural", "broad"] = Field(
+        "structural", description="student: the synthetic changes of good images it learns the teacher's reaction "
+        "to; structural = noise, blur, shuffle and cut-paste rectangles; broad = those plus colour jitter and "
+        "synthetic textures, on soft blobs 0.02 to 0.3 of the side"
+    )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
         "that scores better on validation"

@@ -83,7 +83,8 @@ def build_network(
         if config.student_features == "hint":
             encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
         return ScoreRegressor(config.image_size, normalization.mean, normalization.std, seed=config.seed,
-                              encoder=encoder, target_pool=config.student_target_pool)
+                              encoder=encoder, target_pool=config.student_target_pool,
+                              perturbations=config.student_perturbations)
     raise ValueError(f"unknown method {config.method!r}")
 
 

@@ -34,7 +34,7 @@ from training.backbones.encoder import FeatureEncoder
 from training.detector import DistillationDetector
 from training.inference import DeployableDetector
 from training.layers import conv_bn_relu
-from training.student.perturb import perturb
+from training.student.perturb import FAMILIES, perturb
 
 #: The student predicts on the stride-8 grid of the input.
 STRIDE = 8
@@ -128,10 +128,12 @@ class ScoreRegressor(DistillationDetector):
             ``None``: :class:`ScratchFeatures`.
         target_pool: How a stride-8 cell's target reduces the teacher's map: ``"max"`` (a defect of a few pixels
             keeps its peak, and the teacher's image score is the map's maximum) or ``"mean"``.
+        perturbations: The family of synthetic changes of the training images
+            (:data:`training.student.perturb.FAMILIES`).
 
     Raises:
         ValueError: An image size off the stride-8 grid, an encoder expecting another normalisation, or an
-            unknown ``target_pool``.
+            unknown ``target_pool`` or ``perturbations``.
     """
 
     def __init__(
@@ -144,13 +146,16 @@ class ScoreRegressor(DistillationDetector):
         smoothing: float = 1.0,
         encoder: FeatureEncoder | None = None,
         target_pool: str = "max",
+        perturbations: str = "structural",
     ) -> None:
         super().__init__()
         if image_size % STRIDE:
             raise ValueError(f"image_size must be a multiple of {STRIDE}, got {image_size}")
         if target_pool not in TARGET_POOLS:
             raise ValueError(f"target_pool must be one of {sorted(TARGET_POOLS)}, got {target_pool!r}")
-        self.target_pool = target_pool
+        if perturbations not in FAMILIES:
+            raise ValueError(f"perturbations must be one of {FAMILIES}, got {perturbations!r}")
+        self.target_pool, self.perturbations = target_pool, perturbations
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         if encoder is not None and (tuple(encoder.mean) != self.mean or tuple(encoder.std) != self.std):
             raise ValueError(f"the {encoder.name} encoder expects another input normalisation than the teacher's")
@@ -199,7 +204,7 @@ class ScoreRegressor(DistillationDetector):
 
     def training_loss(self, x: Tensor) -> Tensor:
         """L1 between the student's and the teacher's log maps, on good and perturbed good images."""
-        batch = torch.cat([x, perturb(x, self.generator)])
+        batch = torch.cat([x, perturb(x, self.generator, self.perturbations)])
         return F.l1_loss(self.log_map(batch), self.targets(batch))
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
