@@ -14,6 +14,7 @@ from training.backbones import TF_LITE_MEAN, TF_LITE_STD, build_encoder
 from training.inference import DeployableDetector
 from training.rd4ad import RD4AD
 from training.student import ScoreRegressor
+from training.student.model import POOL_COPIES
 from training.student.perturb import FAMILIES, perturb
 from training.train import TrainResult
 
@@ -110,13 +111,16 @@ def test_student_learns_its_teachers_maps(trained_run: TrainResult, features: st
     x = DeployableDetector(student).normalize(images)
     opt = torch.optim.Adam(student.trainable_parameters(), lr=3e-3)
     torch.manual_seed(0)
+    student.prepare(iter([x]))  # a one-shot iterator: the pool reads the training batches once
+    assert len(student.pool[0]) == len(x) * (POOL_COPIES + 1) == len(student.pool[1])
     losses = []
-    for _ in range(25):
-        loss = student.training_loss(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    while len(losses) < 25:
+        for batch in student.epoch_batches(iter(())):  # the pool, not the loader's batches
+            loss = student.training_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the teacher must stay as trained"

@@ -7,7 +7,8 @@ normalised preprocessing in front of it, using the detector's own ``mean`` and `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -36,8 +37,21 @@ class DistillationDetector(nn.Module):
             batches: Normalised training batches ``(N, 3, S, S)``; iterate at most once.
         """
 
-    def training_loss(self, x: Tensor) -> Tensor:
-        """The scalar loss on a normalised batch ``(N, 3, S, S)`` of good training images."""
+    def steps_per_epoch(self, loader_steps: int) -> int:
+        """Optimiser steps in one epoch, given the training loader's batches per epoch (default: one per batch)."""
+        return loader_steps
+
+    def epoch_batches(self, batches: Iterator[Tensor]) -> Iterator[Any]:
+        """What one epoch's :meth:`training_loss` calls receive (default: the normalised training batches).
+
+        A method that trains on material of its own, prepared once in :meth:`prepare`, yields that instead and
+        leaves ``batches`` unread (the images are then not decoded again).
+        """
+        return batches
+
+    def training_loss(self, x: Any) -> Tensor:
+        """The scalar loss on one item of :meth:`epoch_batches`: by default a normalised batch ``(N, 3, S, S)`` of
+        good training images."""
         raise NotImplementedError
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:

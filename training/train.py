@@ -98,22 +98,25 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         drop_last=len(splits.train) > config.batch_size,
         generator=generator,
     )
-    steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
     validation = ImageDataset(splits.validation, config.image_size)  # decoded once, scored every eval
+    # Timed from here: what a method prepares from the training images (statistics, the student's pool of
+    # teacher targets) is part of its training time.
+    started = time.perf_counter()
     with torch.no_grad():  # statistics some methods measure on the training images first (z-scores, tap scales)
         detector.prepare(model.normalize(batch["image"]) for batch in loader)
+    steps_per_epoch = detector.steps_per_epoch(len(loader))
+    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch or steps_per_epoch)
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -np.inf, 0, None
     step = 0
-    started = time.perf_counter()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = []
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(detector.epoch_batches(model.normalize(b["image"]) for b in loader)):
             if i >= steps_per_epoch:
                 break
-            loss = detector.training_loss(model.normalize(batch["image"]))
+            loss = detector.training_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

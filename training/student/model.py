@@ -3,7 +3,8 @@
 Knowledge distillation of the *score* (the KD-AE idea: a small network predicts the big model's anomaly
 score) applied to maps: the target is ``log(1 + teacher map)`` pooled (max by default, or mean) to the student's
 stride-8 grid, the loss is L1, and the training images are the good ones plus synthetically perturbed good ones
-(:mod:`training.student.perturb`) so that the targets are not all near zero. At inference the student alone
+(:mod:`training.student.perturb`) so that the targets are not all near zero, asked of the teacher once, into a
+pool the student then trains on (:meth:`ScoreRegressor.prepare`). At inference the student alone
 runs: ``map = exp(prediction) - 1`` upsampled to the input size, ``score = max(map)``; the teacher is not in the
 exported graph.
 
@@ -25,6 +26,8 @@ network's early layers as "hints" is FitNets' (Romero et al., ICLR 2015).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +43,10 @@ from training.student.perturb import FAMILIES, perturb
 STRIDE = 8
 #: The reductions of the teacher's map to the student's cells (``target_pool``).
 TARGET_POOLS = {"mean": F.avg_pool2d, "max": F.max_pool2d}
+#: Perturbed copies of each training image in the student's pool (besides the image itself).
+POOL_COPIES = 16
+#: Pool samples per optimiser step.
+POOL_BATCH = 32
 
 
 def _separable(ch: int, dilation: int) -> nn.Sequential:
@@ -66,6 +73,14 @@ class ScratchFeatures(nn.Sequential):
             _separable(width, 1), _separable(width, 2), _separable(width, 4),
         )
         self.out_channels = width
+
+    def frozen(self, x: Tensor) -> Tensor:
+        """The part of the features no training changes: nothing here, the images themselves."""
+        return x
+
+    def trained(self, z: Tensor) -> Tensor:
+        """Features ``(N, width, S/8, S/8)`` from :meth:`frozen`'s output."""
+        return super().forward(z)
 
 
 class HintFeatures(nn.Module):
@@ -102,15 +117,24 @@ class HintFeatures(nn.Module):
             *(_separable(width, d) for d in (1, 2, 4, 8)),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalised images ``(N, 3, S, S)`` to features ``(N, width, S/8, S/8)``."""
-        with torch.no_grad():  # the encoder is fixed; only the mixer learns
-            small = F.avg_pool2d(x, self.downsample) if self.downsample > 1 else x
-            taps = self.encoder.taps_through(small, self.TAP_STRIDE)
+    @torch.no_grad()
+    def frozen(self, x: Tensor) -> Tensor:
+        """The frozen encoder's taps of normalised images ``(N, 3, S, S)``, on the student's grid and concatenated:
+        what no training changes, so the student's pool holds these rather than the images."""
+        small = F.avg_pool2d(x, self.downsample) if self.downsample > 1 else x
+        taps = self.encoder.taps_through(small, self.TAP_STRIDE)
         size = (self.grid, self.grid)
         taps = [F.interpolate(t, size=size, mode="bilinear", align_corners=False) if resample else t
                 for t, resample in zip(taps, self._resample, strict=True)]
-        return self.mix(torch.cat(taps, dim=1))
+        return torch.cat(taps, dim=1)
+
+    def trained(self, z: Tensor) -> Tensor:
+        """Features ``(N, width, S/8, S/8)`` from :meth:`frozen`'s output: the mixer, the part that learns."""
+        return self.mix(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised images ``(N, 3, S, S)`` to features ``(N, width, S/8, S/8)``."""
+        return self.trained(self.frozen(x))
 
 
 class ScoreRegressor(DistillationDetector):
@@ -169,6 +193,7 @@ class ScoreRegressor(DistillationDetector):
         # trained, nor saved, nor exported.
         self.__dict__["teacher"] = None
         self.__dict__["generator"] = torch.Generator().manual_seed(seed)
+        self.__dict__["pool"] = None  # (frozen features, targets), built by prepare(); never saved
 
     def attach_teacher(self, teacher: DeployableDetector) -> None:
         """Set the trained RD4AD (with its preprocessing) whose maps are the targets.
@@ -202,10 +227,50 @@ class ScoreRegressor(DistillationDetector):
         amap = self.teacher.scored_maps(x)
         return TARGET_POOLS[self.target_pool](torch.log1p(amap.clamp_min(0)), STRIDE)
 
-    def training_loss(self, x: Tensor) -> Tensor:
-        """L1 between the student's and the teacher's log maps, on good and perturbed good images."""
-        batch = torch.cat([x, perturb(x, self.generator, self.perturbations)])
-        return F.l1_loss(self.log_map(batch), self.targets(batch))
+    @torch.no_grad()
+    def prepare(self, batches: Iterable[Tensor]) -> None:
+        """Build the training pool: every training image and :data:`POOL_COPIES` perturbed copies of it, each as
+        its frozen features and the teacher's targets.
+
+        Why a pool rather than perturbing and asking the teacher at every step: the teacher's forward pass is
+        most of a step's cost (the student's trained part is a few percent of its FLOPs), so a step on the
+        pool is about 20x cheaper and the student gets thousands of steps instead of a couple of hundred in
+        less time. It was underfitting at 200 steps (``stars``: image AUROC 0.81 at 200 steps, 0.90 at 3000 on
+        a pool; README). Stored as float16 to halve the memory (about 190 MB for 85 images at 256 px).
+
+        Raises:
+            RuntimeError: Without a teacher, or without any batch.
+        """
+        if self.teacher is None:
+            raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
+        frozen, targets = [], []
+        for x in batches:
+            for copy in range(POOL_COPIES + 1):
+                xk = x if copy == 0 else perturb(x, self.generator, self.perturbations)
+                frozen.append(self.features.frozen(xk).half())
+                targets.append(self.targets(xk))
+        if not frozen:
+            raise RuntimeError("the student's pool needs at least one training batch")
+        self.__dict__["pool"] = (torch.cat(frozen), torch.cat(targets))
+
+    def steps_per_epoch(self, loader_steps: int) -> int:
+        """One pass over the pool in batches of :data:`POOL_BATCH`."""
+        if self.pool is None:
+            raise RuntimeError("prepare(training batches) first: the student trains on its pool")
+        return -(-len(self.pool[0]) // POOL_BATCH)
+
+    def epoch_batches(self, batches: Iterator[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The pool, shuffled, as ``(frozen features, targets)`` batches; the training images are not read again."""
+        if self.pool is None:
+            raise RuntimeError("prepare(training batches) first: the student trains on its pool")
+        frozen, targets = self.pool
+        for idx in torch.randperm(len(frozen), generator=self.generator).split(POOL_BATCH):
+            yield frozen[idx].float(), targets[idx]
+
+    def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """L1 between the student's and the teacher's log maps on a pool batch (:meth:`epoch_batches`)."""
+        frozen, targets = batch
+        return F.l1_loss(self.smooth(self.head(self.features.trained(frozen))), targets)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw scores ``(N, 1)`` and maps ``(N, 1, S, S)`` in the teacher's units."""
