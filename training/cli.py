@@ -118,7 +118,7 @@ def kdae_config(config: TrainConfig) -> KDAEConfig:
                          f"drop --image-size {config.image_size}")
     given = config.model_fields_set
     sizes: dict[str, int] = {}
-    if "epochs" in given:
+    if "epochs" in given and config.epochs is not None:
         sizes.update(epochs_teacher=config.epochs, epochs_student=config.epochs)
     if "batch_size" in given:
         sizes["batch_size"] = config.batch_size

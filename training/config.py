@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.backbones import BackboneName
-from training.methods import DEFAULT_LR, Method
+from training.methods import DEFAULT_EPOCHS, DEFAULT_LR, Method
 
 
 class TrainConfig(BaseModel):
@@ -30,9 +30,11 @@ class TrainConfig(BaseModel):
     teacher_weights: Path | None = Field(None, description="teacher weights file; default: the backbone's usual place")
     allow_random_teacher: bool = Field(False, description="permit an untrained teacher (scores are meaningless)")
     image_size: int = Field(256, ge=32, description="square input side, a multiple of 32 (image methods only)")
-    epochs: int = Field(40, ge=1, description="training epochs; kdae_vector: of teacher and student each "
-                        "(not given: KD-AE's own 200 and 100)")
-    batch_size: int = Field(16, ge=1, description="batch size; kdae_vector: of both networks (not given: KD-AE's 32)")
+    epochs: int | None = Field(None, ge=1, description="training epochs; default per method (40; student: 80 passes "
+                               "over its pool); kdae_vector: of teacher and student each (not given: KD-AE's own "
+                               "200 and 100)")
+    batch_size: int = Field(16, ge=1, description="batch size; student: of the images its pool is built from (it "
+                            "trains on the pool 32 at a time); kdae_vector: of both networks (not given: KD-AE's 32)")
     lr: float | None = Field(
         None, gt=0, description="Adam learning rate; default per method (rd4ad: the paper's 0.005, kdae_vector: "
         "0.01, others 0.001)"
@@ -57,7 +59,7 @@ class TrainConfig(BaseModel):
         "benchmark max averaged 0.882 image AUROC to the mean's 0.871, within its run-to-run spread"
     )
     student_perturbations: Literal["structural", "broad"] = Field(
-        "structural", description="student: the synthetic changes of good images it learns the teacher's reaction "
+        "broad", description="student: the synthetic changes of good images it learns the teacher's reaction "
         "to; structural = noise, blur, shuffle and cut-paste rectangles; broad = those plus colour jitter and "
         "synthetic textures, on soft blobs 0.02 to 0.3 of the side"
     )
@@ -75,6 +77,11 @@ class TrainConfig(BaseModel):
     def learning_rate(self) -> float:
         """``lr``, or the method's default."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def training_epochs(self) -> int:
+        """``epochs``, or the method's default (image methods; KD-AE reads ``epochs`` itself)."""
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.method]
 
     @field_validator("feature_pool")
     @classmethod

@@ -109,8 +109,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -np.inf, 0, None
     step = 0
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=config.training_epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    for epoch in range(1, config.training_epochs + 1):
         model.train()
         losses = []
         for i, batch in enumerate(detector.epoch_batches(model.normalize(b["image"]) for b in loader)):
@@ -125,7 +125,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if epoch % config.eval_every == 0 or epoch == config.training_epochs:
             val = predict(model, validation)
             score = _selection_score(val)
             if not np.isfinite(score):  # no anomalies to validate against: fall back to the training loss
@@ -140,7 +140,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.epochs, best_score)
+    log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
     positional = fit_positional_normalization(
         model, loader.dataset, validation, config.positional_normalization, progress=progress
     )
@@ -276,7 +276,7 @@ def _calibrate_and_evaluate(
         validation_metrics=split_metrics(val, "validation", image_threshold.value, pixel_threshold.value),
         test_metrics=split_metrics(test, "test", image_threshold.value, pixel_threshold.value),
         training=TrainingFacts(
-            epochs=config.epochs,
+            epochs=config.training_epochs,
             best_epoch=best_epoch,
             steps=steps,
             seconds=round(seconds, 2),

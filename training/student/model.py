@@ -170,7 +170,7 @@ class ScoreRegressor(DistillationDetector):
         smoothing: float = 1.0,
         encoder: FeatureEncoder | None = None,
         target_pool: str = "max",
-        perturbations: str = "structural",
+        perturbations: str = "broad",
     ) -> None:
         super().__init__()
         if image_size % STRIDE:
