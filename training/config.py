@@ -61,7 +61,8 @@ class TrainConfig(BaseModel):
     student_perturbations: Literal["structural", "broad"] = Field(
         "broad", description="student: the synthetic changes of good images it learns the teacher's reaction "
         "to; structural = noise, blur, shuffle and cut-paste rectangles; broad = those plus colour jitter and "
-        "synthetic textures, on soft blobs 0.02 to 0.3 of the side"
+        "synthetic textures, on soft blobs 0.02 to 0.3 of the side (stars image AUROC 0.927 vs 0.811 for "
+        "structural, README)"
     )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
