@@ -212,7 +212,11 @@ class ScoreRegressor(DistillationDetector):
 
     def log_map(self, x: Tensor) -> Tensor:
         """The prediction ``log(1 + map)`` on the stride-8 grid, ``(N, 1, S/8, S/8)``."""
-        return self.smooth(self.head(self.features(x)))
+        return self._log_map_of(self.features.frozen(x))
+
+    def _log_map_of(self, frozen: Tensor) -> Tensor:
+        """:meth:`log_map` from the features' frozen part (an image's, or a pool sample's)."""
+        return self.smooth(self.head(self.features.trained(frozen)))
 
     @torch.no_grad()
     def targets(self, x: Tensor) -> Tensor:
@@ -240,10 +244,8 @@ class ScoreRegressor(DistillationDetector):
         (about 190 MB for 85 images at 256 px).
 
         Raises:
-            RuntimeError: Without a teacher, or without any batch.
+            RuntimeError: Without a teacher (from :meth:`targets`), or without any batch.
         """
-        if self.teacher is None:
-            raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
         frozen, targets = [], []
         for x in batches:
             for copy in range(POOL_COPIES + 1):
@@ -254,24 +256,25 @@ class ScoreRegressor(DistillationDetector):
             raise RuntimeError("the student's pool needs at least one training batch")
         self.__dict__["pool"] = (torch.cat(frozen), torch.cat(targets))
 
-    def steps_per_epoch(self, loader_steps: int) -> int:
-        """One pass over the pool in batches of :data:`POOL_BATCH`."""
+    def _prepared_pool(self) -> tuple[Tensor, Tensor]:
         if self.pool is None:
             raise RuntimeError("prepare(training batches) first: the student trains on its pool")
-        return -(-len(self.pool[0]) // POOL_BATCH)
+        return self.pool
+
+    def steps_per_epoch(self, loader_steps: int) -> int:
+        """One pass over the pool in batches of :data:`POOL_BATCH`."""
+        return -(-len(self._prepared_pool()[0]) // POOL_BATCH)
 
     def epoch_batches(self, batches: Iterator[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         """The pool, shuffled, as ``(frozen features, targets)`` batches; the training images are not read again."""
-        if self.pool is None:
-            raise RuntimeError("prepare(training batches) first: the student trains on its pool")
-        frozen, targets = self.pool
+        frozen, targets = self._prepared_pool()
         for idx in torch.randperm(len(frozen), generator=self.generator).split(POOL_BATCH):
             yield frozen[idx].float(), targets[idx]
 
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """L1 between the student's and the teacher's log maps on a pool batch (:meth:`epoch_batches`)."""
         frozen, targets = batch
-        return F.l1_loss(self.smooth(self.head(self.features.trained(frozen))), targets)
+        return F.l1_loss(self._log_map_of(frozen), targets)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw scores ``(N, 1)`` and maps ``(N, 1, S, S)`` in the teacher's units."""
