@@ -70,6 +70,28 @@ def test_hint_features_read_the_frozen_encoder_at_half_resolution() -> None:
         ScoreRegressor(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), encoder=encoder)
 
 
+def test_memory_channel_measures_distance_to_good_vectors_but_never_to_a_samples_own_image() -> None:
+    features = _student(64, "hint").features
+    assert features.memory == 256
+    generator = torch.Generator().manual_seed(0)
+    taps = features.taps(torch.randn(3, 3, 64, 64, generator=generator))
+    features.fit_memory(taps, torch.Generator().manual_seed(1))
+    floor = 0.5 * np.log(1e-6)  # log distance of a vector to itself
+    # At inference a training image's own cells are in the bank ...
+    assert features.nearest(taps).min() < floor + 1
+    # ... but while the pool is built they are skipped, so training sees the distances a new image would get.
+    apart = features.nearest(taps, torch.arange(3))
+    assert apart.min() > floor + 1 and torch.isfinite(apart).all()
+    # A vector far from every good one is far.
+    assert features.nearest(taps + 10.0).min() > features.nearest(taps).max()
+    # Bank vectors are the good images' own, and the channel is the mixer's last input.
+    vectors = taps.permute(0, 2, 3, 1).reshape(-1, taps.shape[1])
+    assert (features.bank[:, None] - vectors[None]).abs().amax(-1).amin(1).max() == 0
+    assert features.frozen(taps.new_zeros(2, 3, 64, 64)).shape[1] == taps.shape[1] + 1
+    with pytest.raises(ValueError, match="memory"):
+        ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=features.encoder, memory=-1)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_perturbations_are_local_seeded_and_leave_the_input_alone(family: str) -> None:
     x = torch.randn(4, 3, 64, 64)

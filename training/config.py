@@ -64,6 +64,11 @@ class TrainConfig(BaseModel):
         "synthetic textures, on soft blobs 0.02 to 0.3 of the side (stars image AUROC 0.927 vs 0.811 for "
         "structural, README)"
     )
+    student_memory: int = Field(
+        256, ge=0, description="student (hint features): good tap vectors it keeps for one more input channel, each "
+        "cell's distance to the nearest of them (0: none); it flags changes unlike its perturbations (page pixel "
+        "AUROC, README)"
+    )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
         "that scores better on validation"
