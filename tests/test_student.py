@@ -71,8 +71,9 @@ def test_hint_features_read_the_frozen_encoder_at_half_resolution() -> None:
 
 
 def test_memory_channel_measures_distance_to_good_vectors_but_never_to_a_samples_own_image() -> None:
-    features = _student(64, "hint").features
-    assert features.memory == 256
+    encoder = build_encoder("efficientnet_lite0", allow_random_init=True)
+    assert ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder).features.memory == 0  # opt-in
+    features = ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder, memory=256).features
     generator = torch.Generator().manual_seed(0)
     taps = features.taps(torch.randn(3, 3, 64, 64, generator=generator))
     features.fit_memory(taps, torch.Generator().manual_seed(1))
@@ -89,7 +90,9 @@ def test_memory_channel_measures_distance_to_good_vectors_but_never_to_a_samples
     assert (features.bank[:, None] - vectors[None]).abs().amax(-1).amin(1).max() == 0
     assert features.frozen(taps.new_zeros(2, 3, 64, 64)).shape[1] == taps.shape[1] + 1
     with pytest.raises(ValueError, match="memory"):
-        ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=features.encoder, memory=-1)
+        ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder, memory=-1)
+    with pytest.raises(ValueError, match="pool_copies"):
+        ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder, pool_copies=-1)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -121,11 +124,13 @@ def test_broad_perturbations_span_sizes_and_change_colour() -> None:
     assert tinted["broad"].sum() >= 16 and not tinted["structural"].any()
 
 
-@pytest.mark.parametrize("features", ["hint", "scratch"])
+@pytest.mark.parametrize("features", ["hint", "hint_memory", "scratch"])
 def test_student_learns_its_teachers_maps(trained_run: TrainResult, features: str) -> None:
     teacher = trained_run.model
-    encoder = build_encoder("efficientnet_lite0") if features == "hint" else None
-    student = ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, seed=0, encoder=encoder)
+    encoder = build_encoder("efficientnet_lite0") if features.startswith("hint") else None
+    memory, copies = (64, 4) if features == "hint_memory" else (0, POOL_COPIES)
+    student = ScoreRegressor(64, teacher.detector.mean, teacher.detector.std, seed=0, encoder=encoder,
+                             memory=memory, pool_copies=copies)
     student.attach_teacher(teacher)
     assert "teacher" not in dict(student.named_modules()) and not any("teacher" in k for k in student.state_dict())
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -134,7 +139,7 @@ def test_student_learns_its_teachers_maps(trained_run: TrainResult, features: st
     opt = torch.optim.Adam(student.trainable_parameters(), lr=3e-3)
     torch.manual_seed(0)
     student.prepare(iter([x]))  # a one-shot iterator: the pool reads the training batches once
-    assert len(student.pool[0]) == len(x) * (POOL_COPIES + 1) == len(student.pool[1])
+    assert len(student.pool[0]) == len(x) * (copies + 1) == len(student.pool[1])
     losses = []
     while len(losses) < 25:
         for batch in student.epoch_batches(iter(())):  # the pool, not the loader's batches

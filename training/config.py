@@ -65,9 +65,13 @@ class TrainConfig(BaseModel):
         "structural, README)"
     )
     student_memory: int = Field(
-        256, ge=0, description="student (hint features): good tap vectors it keeps for one more input channel, each "
-        "cell's distance to the nearest of them (0: none); it flags changes unlike its perturbations (page pixel "
-        "AUROC, README)"
+        0, ge=0, description="student (hint features): good tap vectors it keeps for one more input channel, each "
+        "cell's distance to the nearest of them (0: none, the default: on the quality benchmark it helped page's "
+        "pixel AUROC but cost stars' small spots and meadow's pixel AUROC, README)"
+    )
+    student_pool_copies: int = Field(
+        16, ge=0, description="student: perturbed copies of each training image in its pool of teacher targets "
+        "(more: more kinds of change seen, a longer prepare)"
     )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "

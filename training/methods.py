@@ -88,7 +88,8 @@ def build_network(
             encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
         return ScoreRegressor(config.image_size, normalization.mean, normalization.std, seed=config.seed,
                               encoder=encoder, target_pool=config.student_target_pool,
-                              perturbations=config.student_perturbations, memory=config.student_memory)
+                              perturbations=config.student_perturbations, memory=config.student_memory,
+                              pool_copies=config.student_pool_copies)
     raise ValueError(f"unknown method {config.method!r}")
 
 
