@@ -91,6 +91,8 @@ def test_memory_channel_measures_distance_to_good_vectors_but_never_to_a_samples
     assert features.frozen(taps.new_zeros(2, 3, 64, 64)).shape[1] == taps.shape[1] + 1
     with pytest.raises(ValueError, match="memory"):
         ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder, memory=-1)
+    with pytest.raises(ValueError, match="hint features"):
+        ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, memory=16)
     with pytest.raises(ValueError, match="pool_copies"):
         ScoreRegressor(64, TF_LITE_MEAN, TF_LITE_STD, encoder=encoder, pool_copies=-1)
 

@@ -14,10 +14,10 @@ Two feature extractors (``kd-train --student-features``):
   its stride-4 and stride-8 taps, then a small trained mixer. Why: a network trained from scratch on a hundred
   good images and synthetic perturbations learns what *those* perturbations look like, not what normal looks
   like; generic pretrained features carry the second (the quality benchmark's ``page``, README: image AUROC 0.550
-  from scratch, 0.851 with the hint features, same targets and training). With them, by default, one more input
-  channel: each cell's distance to the nearest of 256 good tap vectors (``--student-memory``), which rises for
-  changes unlike the perturbations it learned from. About 9.5% of an EfficientNet-Lite0 RD4AD's FLOPs at 256 px
-  (7% without the memory; the encoder's first blocks at a quarter of the pixels dominate).
+  from scratch, 0.851 with the hint features, same targets and training). About 7% of an EfficientNet-Lite0 RD4AD's
+  FLOPs at 256 px (the encoder's first blocks at a quarter of the pixels dominate). Optionally one more input
+  channel, each cell's distance to the nearest of N good tap vectors (``--student-memory N``; 9.5% of the FLOPs
+  at 256), which rises for changes unlike the perturbations it learned from.
 - ``scratch``: a 22k-parameter CNN trained from scratch (about 4% of the teacher's FLOPs).
 
 Reference: Bergmann et al., "Uninformed Students" (CVPR 2020) and Batzner et al., "EfficientAD" (WACV 2024)
@@ -228,8 +228,9 @@ class ScoreRegressor(DistillationDetector):
         pool_copies: Perturbed copies of each training image in the pool (:meth:`prepare`).
 
     Raises:
-        ValueError: An image size off the stride-8 grid, an encoder expecting another normalisation, or an
-            unknown ``target_pool`` or ``perturbations``.
+        ValueError: An image size off the stride-8 grid, an encoder expecting another normalisation, an
+            unknown ``target_pool`` or ``perturbations``, a negative ``memory`` or ``pool_copies``, or a memory
+            without an encoder.
     """
 
     def __init__(
@@ -255,6 +256,8 @@ class ScoreRegressor(DistillationDetector):
             raise ValueError(f"perturbations must be one of {FAMILIES}, got {perturbations!r}")
         if pool_copies < 0:
             raise ValueError(f"pool_copies must be >= 0, got {pool_copies}")
+        if memory and encoder is None:
+            raise ValueError("a memory needs the hint features (an encoder): the scratch features have no taps")
         self.target_pool, self.perturbations, self.pool_copies = target_pool, perturbations, pool_copies
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         if encoder is not None and (tuple(encoder.mean) != self.mean or tuple(encoder.std) != self.std):
