@@ -158,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     speedup = student.ort_batch8 / teacher.ort_batch8
     loss = 100 * ((teacher.image_auroc or 0) - (student.image_auroc or 0))
     verdict = "meets" if speedup >= 5 and loss <= 2 else "misses"
-    # A student can score higher than its teacher on a small test split: say so instead of "-0.8 points lost".
-    change = f"{loss:.1f} points of image AUROC lost" if loss > 0 else f"{-loss:.1f} points of image AUROC gained"
+    # A student can score higher than its teacher on a small test split: say so instead of "-0.8 points lost"; and a
+    # tie is a tie, not "-0.0 points gained".
+    if round(loss, 1) == 0:
+        change = "no image AUROC lost"
+    elif loss > 0:
+        change = f"{loss:.1f} points of image AUROC lost"
+    else:
+        change = f"{-loss:.1f} points of image AUROC gained"
     print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {change}: "
           f"{verdict} the target (>= 5x, <= 2 points lost)")
     return publish(args.readme, "compare", table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} "
