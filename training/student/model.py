@@ -76,6 +76,9 @@ class ScratchFeatures(nn.Sequential):
         )
         self.out_channels = width
 
+    #: No nearest-neighbour channel (:attr:`HintFeatures.memory`): the scratch features have no taps to keep.
+    memory = 0
+
     def frozen(self, x: Tensor, images: Tensor | None = None) -> Tensor:
         """The part of the features no training changes: nothing here, the images themselves (``images`` unused:
         the scratch features have no memory)."""
@@ -328,7 +331,7 @@ class ScoreRegressor(DistillationDetector):
         images = list(batches)
         if not images:
             raise RuntimeError("the student's pool needs at least one training batch")
-        if getattr(self.features, "memory", 0):
+        if self.features.memory:
             self.features.fit_memory(torch.cat([self.features.taps(x) for x in images]), self.generator)
         frozen, targets, first = [], [], 0
         for x in images:
