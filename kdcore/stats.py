@@ -185,6 +185,9 @@ class TrainingFacts(_Strict):
     positional_normalization: bool = Field(
         False, description="maps are per-pixel z-scores against the training images' maps (in the graph)"
     )
+    map_scales: Literal["all", "without_finest", "coarsest"] = Field(
+        "all", description="which of the teacher's scales the map sums (rd4ad; the finest is stride 4)"
+    )
     torch_version: str
 
 

@@ -10,7 +10,7 @@ import scipy.ndimage as ndi
 import torch
 
 from kdcore.contract import image_network_spec
-from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, gaussian_kernel_1d
+from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, cosine_distance_maps, gaussian_kernel_1d
 from training.backbones import BackboneName, build_encoder
 from training.inference import DeployableDetector, InferenceOutput
 from training.rd4ad import RD4AD, reverse_distillation_loss
@@ -78,7 +78,7 @@ def test_training_steps_reduce_loss() -> None:
 
 
 def test_anomaly_map_follows_the_published_recipe() -> None:
-    gen = AnomalyMapGenerator((32, 32), sigma=4.0)
+    gen = AnomalyMapGenerator((32, 32), num_scales=2, sigma=4.0)
     t = [torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)]
     score, amap = gen(t, [x.clone() for x in t])
     assert amap.abs().max() < 1e-5 and score.abs().max() < 1e-5
@@ -89,6 +89,29 @@ def test_anomaly_map_follows_the_published_recipe() -> None:
     up = torch.nn.functional.interpolate(raw[:, None], size=(32, 32), mode="bilinear", align_corners=True)
     expected = ndi.gaussian_filter(up[0, 0].double().numpy(), sigma=4)
     np.testing.assert_allclose(amap[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_map_sums_only_the_chosen_scales() -> None:
+    gen = AnomalyMapGenerator((32, 32), num_scales=3)
+    t = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
+    s = [torch.randn_like(x) for x in t]
+
+    def alone(scales: list[int]) -> torch.Tensor:
+        return gen.blur(sum(cosine_distance_maps([t[i]], [s[i]], (32, 32)) for i in scales))
+
+    _, amap = gen(t, s)
+    torch.testing.assert_close(amap, alone([0, 1, 2]))
+    for which, kept in (("without_finest", [1, 2]), ("coarsest", [2]), ("all", [0, 1, 2])):
+        gen.use_scales(which)
+        score, amap = gen(t, s)
+        torch.testing.assert_close(amap, alone(kept))
+        torch.testing.assert_close(score[:, 0], amap.flatten(1).amax(1))
+    gen.use_scales("coarsest")
+    assert gen.state_dict()["scale_weights"].tolist() == [0.0, 0.0, 1.0]  # the choice travels in the checkpoint
+    with pytest.raises(ValueError, match="map scales"):
+        gen.use_scales("finest")
+    with pytest.raises(ValueError, match="map scales"):
+        AnomalyMapGenerator((32, 32), num_scales=1).use_scales("without_finest")  # would leave no scale
 
 
 def test_blur_equals_scipy_and_kernel_is_normalised() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import subprocess
@@ -17,7 +18,9 @@ from kdcore.stats import ThresholdMethod, load_stats
 from training.checkpoint import load_checkpoint
 from training.data import ImageDataset, make_splits
 from training.runs import RunPaths
-from training.train import TrainResult
+from training.anomaly_map import MAP_SCALES
+from training.evaluate import predict
+from training.train import MapComposition, TrainResult, _selection_score, fit_map_composition
 
 
 def test_run_folder_is_complete_and_reloadable(trained_run: TrainResult) -> None:
@@ -47,6 +50,35 @@ def test_stats_are_from_validation_and_metrics_are_sane(trained_run: TrainResult
     assert 1 <= stats.training.best_epoch <= stats.training.epochs
     history = json.loads(trained_run.paths.history.read_text())
     assert len(history) == stats.training.epochs and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_map_composition_is_the_best_candidate_on_validation(trained_run: TrainResult, demo_root) -> None:
+    """The chosen scales and normalisation score best on validation of all candidates, and are what is saved."""
+    stats = load_stats(trained_run.paths.stats)
+    reloaded, config = load_checkpoint(trained_run.paths.root)
+    assert reloaded.detector.anomaly_map.scale_weights.tolist() == {
+        "all": [1.0, 1.0, 1.0], "without_finest": [0.0, 1.0, 1.0], "coarsest": [0.0, 0.0, 1.0]
+    }[stats.training.map_scales]
+    assert reloaded.positional.is_identity != stats.training.positional_normalization
+
+    splits = make_splits(demo_root, "brick", seed=config.seed)
+    train_images = ImageDataset(splits.train, config.image_size)
+    validation = ImageDataset(splits.validation, config.image_size)
+    model = copy.deepcopy(reloaded)
+    criteria = {}
+    for scales in MAP_SCALES:
+        for positional in ("off", "on"):
+            fixed = config.model_copy(update={"map_scales": scales, "positional_normalization": positional})
+            fit_map_composition(model, train_images, validation, fixed)
+            criteria[(scales, positional == "on")] = _selection_score(predict(model, validation))
+    chosen = fit_map_composition(model, train_images, validation, config)
+    assert (chosen.scales, chosen.positional) == (stats.training.map_scales, stats.training.positional_normalization)
+    assert criteria[(chosen.scales, chosen.positional)] == max(criteria.values())
+    # The first best wins: a tie keeps all scales and the raw map.
+    assert chosen == next(MapComposition(*k) for k, v in criteria.items() if v == max(criteria.values()))
+    with torch.no_grad():
+        batch = torch.from_numpy(np.load(trained_run.paths.samples)["inputs"][:2])
+        torch.testing.assert_close(model(batch).anomaly_map, reloaded(batch).anomaly_map)
 
 
 def test_splits_do_not_overlap(trained_run: TrainResult, demo_root) -> None:

@@ -70,24 +70,33 @@ class GaussianBlur2d(nn.Module):
         return F.conv2d(torch.index_select(x, 2, self.rows), self.kernel_v)
 
 
-def cosine_distance_maps(teacher: Sequence[Tensor], student: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+def cosine_distance_maps(
+    teacher: Sequence[Tensor], student: Sequence[Tensor], size: tuple[int, int], weights: Tensor | None = None
+) -> Tensor:
     """Sum over scales of ``1 - cos`` over channels, each upsampled to ``size``.
 
     Args:
         teacher: Feature maps ``(N, C_i, H_i, W_i)``, one per scale.
         student: Feature maps of the same shapes.
         size: Output ``(H, W)``, the network's input size.
+        weights: Optional weight per scale ``(len(teacher),)``; ``None`` weighs every scale 1.
 
     Returns:
         Unsmoothed anomaly map of shape ``(N, 1, H, W)``, in ``[0, 2 * len(teacher)]``.
     """
     total: Tensor | None = None
-    for t, s in zip(teacher, student, strict=True):
+    for i, (t, s) in enumerate(zip(teacher, student, strict=True)):
         distance = 1.0 - F.cosine_similarity(t, s, dim=1).unsqueeze(1)
         distance = F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
+        if weights is not None:
+            distance = distance * weights[i]
         total = distance if total is None else total + distance
     assert total is not None, "at least one scale is required"
     return total
+
+
+#: Which teacher scales an anomaly map sums, finest first dropped (see :meth:`AnomalyMapGenerator.use_scales`).
+MAP_SCALES = ("all", "without_finest", "coarsest")
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -95,17 +104,38 @@ class AnomalyMapGenerator(nn.Module):
 
     Args:
         image_size: ``(H, W)`` of the network input; the map has this size.
+        num_scales: How many feature scales the map sums (finest first).
         sigma: Gaussian smoothing in pixels.
     """
 
-    def __init__(self, image_size: tuple[int, int], sigma: float = 4.0) -> None:
+    def __init__(self, image_size: tuple[int, int], num_scales: int, sigma: float = 4.0) -> None:
         super().__init__()
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.blur = GaussianBlur2d(sigma, self.image_size)
+        # A buffer, not a constructor argument: the scales are chosen on validation after training, and the
+        # choice must travel in the checkpoint and the exported graph like the weights do.
+        self.register_buffer("scale_weights", torch.ones(num_scales))
+
+    def use_scales(self, which: str) -> None:
+        """Sum ``"all"`` scales, all ``"without_finest"``, or the ``"coarsest"`` alone.
+
+        The finest tap describes the smallest patches: it finds the smallest defects (a sparse texture's spots)
+        but is also the noisiest on a stochastic texture's good images, where coarser scales separate better.
+
+        Raises:
+            ValueError: For another name, or one that would leave no scale.
+        """
+        n = self.scale_weights.numel()
+        dropped = {"all": 0, "without_finest": 1, "coarsest": n - 1}.get(which)
+        if dropped is None or dropped >= n:
+            raise ValueError(f"map scales must be one of {MAP_SCALES} with {n} scale(s), got {which!r}")
+        weights = torch.ones(n)
+        weights[:dropped] = 0.0
+        self.scale_weights.copy_(weights)
 
     def forward(self, teacher: Sequence[Tensor], student: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Returns ``(score (N, 1), map (N, 1, H, W))``; the score is the map's maximum."""
-        amap = self.blur(cosine_distance_maps(teacher, student, self.image_size))
+        amap = self.blur(cosine_distance_maps(teacher, student, self.image_size, self.scale_weights))
         score = torch.amax(amap, dim=(2, 3))
         return score, amap
 

@@ -77,6 +77,11 @@ class TrainConfig(BaseModel):
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
         "that scores better on validation"
     )
+    map_scales: Literal["auto", "all", "without_finest", "coarsest"] = Field(
+        "auto", description="rd4ad: which teacher scales its map sums: all, all but the finest (stride 4), or the "
+        "coarsest (stride 16) alone; auto: the one that scores best on validation, chosen together with "
+        "positional normalisation (meadow's grass: coarsest, stars' small spots: all; README)"
+    )
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
     validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")

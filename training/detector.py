@@ -54,6 +54,14 @@ class DistillationDetector(nn.Module):
         good training images."""
         raise NotImplementedError
 
+    def use_map_scales(self, which: str) -> bool:
+        """Make the map sum only some of the teacher's scales (``"all"``, ``"without_finest"``, ``"coarsest"``).
+
+        Returns:
+            Whether the method has this choice (default: no, and nothing changes).
+        """
+        return False
+
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw image scores ``(N, 1)`` and raw anomaly maps ``(N, 1, S, S)`` for a normalised batch.
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from kdcore.metrics import image_auroc, pixel_auroc
 from kdcore.stats import ModelInfo, Normalization, ScoreStatistics, Stats, TrainingFacts, save_stats
 from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_threshold, fit_calibration
+from training.anomaly_map import MAP_SCALES
 from training.checkpoint import build_detector, save_checkpoint, with_teacher_backbone
 from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
@@ -141,15 +142,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model.load_state_dict(best_state)
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
-    positional = fit_positional_normalization(
-        model, loader.dataset, validation, config.positional_normalization, progress=progress
-    )
+    composition = fit_map_composition(model, loader.dataset, validation, config, progress=progress)
 
     holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
     val = predict(model, validation, desc="validation" if progress else None)
     test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
     stats = _calibrate_and_evaluate(
-        model, config, splits, (holdout, val, test), history, best_epoch, step, seconds, positional
+        model, config, splits, (holdout, val, test), history, best_epoch, step, seconds, composition
     )
     save_checkpoint(model, config, paths)
     save_stats(stats, paths.stats)
@@ -162,45 +161,84 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     return TrainResult(paths, stats, model)
 
 
-def fit_positional_normalization(
+@dataclass(frozen=True)
+class MapComposition:
+    """How the scored map is made from the network's distances, chosen after training."""
+
+    scales: str = "all"
+    """Which teacher scales the map sums (:data:`training.anomaly_map.MAP_SCALES`)."""
+    positional: bool = False
+    """Whether the map is a per-pixel z-score against the training images' maps."""
+
+
+def fit_map_composition(
     model: DeployableDetector,
     train_images: ImageDataset,
     validation: ImageDataset,
-    mode: str,
+    config: TrainConfig,
     *,
     progress: bool = False,
-) -> bool:
-    """Fit (or not) the model's :class:`~training.inference.PositionalNormalizer` on its training images' maps.
+) -> MapComposition:
+    """Choose the map's scales and positional normalisation, and leave ``model`` set up with the choice.
+
+    Every candidate (each scale set the detector offers, raw or normalised) is scored on the validation split
+    with the criterion that kept the epoch; the first best wins, so a tie keeps all scales and the raw map.
+    Fixed settings (``config.map_scales`` or ``config.positional_normalization`` not ``"auto"``) are not searched.
 
     Args:
         model: The trained detector; its normaliser is reset first.
         train_images: The images it trained on (their maps are what "typical" means per pixel).
-        validation: The validation split, which decides ``"auto"`` with the same criterion as the kept epoch.
-        mode: ``"on"``, ``"off"`` or ``"auto"`` (:attr:`TrainConfig.positional_normalization`).
+        validation: The validation split, which decides the ``"auto"`` settings.
+        config: The run's configuration (``map_scales``, ``positional_normalization``).
         progress: Show progress bars.
 
     Returns:
-        Whether the normalisation is in effect.
+        The composition in effect.
     """
     model.positional.reset()
-    if mode == "off":
-        return False
-    raw = predict(model, train_images, desc="positional statistics" if progress else None)
-    raw_val = predict(model, validation) if mode == "auto" else None
-    model.positional.fit(torch.from_numpy(raw.maps))
-    if raw_val is None:
-        return True
-    # The normalised validation maps, from the raw ones: what predict() would now return, without a second pass.
-    with torch.no_grad():
-        maps = model.positional(torch.from_numpy(raw_val.maps)[:, None])[:, 0].numpy()
-    normalised = Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, raw_val.labels, raw_val.masks)
-    before, after = _selection_score(raw_val), _selection_score(normalised)
-    keep = bool(np.isfinite(after) and after > before)
-    log.info("positional normalisation: validation criterion %.4f raw, %.4f normalised: %s",
-             before, after, "kept" if keep else "dropped")
-    if not keep:
+    scale_options = MAP_SCALES if config.map_scales == "auto" else (config.map_scales,)
+    if not model.detector.use_map_scales(scale_options[0]):
+        scale_options = ("all",)  # the method sums no teacher scales: nothing to choose
+    mode = config.positional_normalization
+    positional_options = {"off": (False,), "on": (True,), "auto": (False, True)}[mode]
+    searched = len(scale_options) * len(positional_options) > 1
+    best: tuple[float, MapComposition, dict[str, torch.Tensor] | None] | None = None
+    for scales in scale_options:
+        model.detector.use_map_scales(scales)
         model.positional.reset()
-    return keep
+        raw_val = predict(model, validation) if searched else None
+        for positional in positional_options:
+            fitted = None
+            if positional:
+                raw = predict(model, train_images, desc=f"positional statistics ({scales})" if progress else None)
+                model.positional.fit(torch.from_numpy(raw.maps))
+                fitted = copy.deepcopy(model.positional.state_dict())
+            if raw_val is None:
+                return MapComposition(scales, positional)
+            score = _selection_score(_normalised(model, raw_val) if positional else raw_val)
+            log.info("map of %s scales, %s: validation criterion %.4f", scales,
+                     "normalised" if positional else "raw", score)
+            if np.isfinite(score) and (best is None or score > best[0]):
+                best = (score, MapComposition(scales, positional), fitted)
+            model.positional.reset()
+    if best is None:  # no anomalies in validation to choose with: the first candidate, as without a search
+        model.detector.use_map_scales(scale_options[0])
+        if mode == "on":
+            model.positional.fit(torch.from_numpy(predict(model, train_images).maps))
+        return MapComposition(scale_options[0], mode == "on")
+    _, choice, fitted = best
+    model.detector.use_map_scales(choice.scales)
+    if fitted is not None:
+        model.positional.load_state_dict(fitted)
+    log.info("map: %s scales, %s", choice.scales, "positionally normalised" if choice.positional else "raw")
+    return choice
+
+
+def _normalised(model: DeployableDetector, raw: Predictions) -> Predictions:
+    """What predict() returns with the fitted positional normaliser, computed from the raw maps without a pass."""
+    with torch.no_grad():
+        maps = model.positional(torch.from_numpy(raw.maps)[:, None])[:, 0].numpy()
+    return Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, raw.labels, raw.masks)
 
 
 def save_validation_samples(samples: list[Sample], image_size: int, path: Path, per_class: int = 3) -> Path:
@@ -244,7 +282,7 @@ def _calibrate_and_evaluate(
     best_epoch: int,
     steps: int,
     seconds: float,
-    positional: bool,
+    composition: MapComposition,
 ) -> Stats:
     """The stats JSON: good statistics from held-out good images, thresholds from validation, metrics from test."""
     holdout, val, test = predictions
@@ -289,7 +327,8 @@ def _calibrate_and_evaluate(
                 splits.train + splits.holdout + splits.validation + splits.test
             ),
             num_train=len(splits.train),
-            positional_normalization=positional,
+            positional_normalization=composition.positional,
+            map_scales=composition.scales,
             torch_version=torch.__version__,
         ),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -98,12 +98,17 @@ class RD4AD(DistillationDetector):
             linear_heads = encoder.signed_taps
         self.heads = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels) if linear_heads else None
         self.feature_pool = feature_pool
-        self.anomaly_map = AnomalyMapGenerator((image_size, image_size), sigma)
+        self.anomaly_map = AnomalyMapGenerator((image_size, image_size), len(channels), sigma)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters: the bottleneck, the decoder and its heads (the teacher stays frozen)."""
         heads = [*self.heads.parameters()] if self.heads is not None else []
         return [*self.bottleneck.parameters(), *self.decoder.parameters(), *heads]
+
+    def use_map_scales(self, which: str) -> bool:
+        """Which teacher scales the map sums (:meth:`AnomalyMapGenerator.use_scales`); RD4AD has the choice."""
+        self.anomaly_map.use_scales(which)
+        return True
 
     def teacher_features(self, x: Tensor) -> list[Tensor]:
         """The frozen teacher's taps, locally aggregated when ``feature_pool > 1``."""
