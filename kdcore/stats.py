@@ -188,6 +188,9 @@ class TrainingFacts(_Strict):
     map_scales: Literal["all", "without_finest", "coarsest"] = Field(
         "all", description="which of the teacher's scales the map sums (rd4ad; the finest is stride 4)"
     )
+    denoising: Literal["off", "structural", "broad"] = Field(
+        "off", description="rd4ad: the perturbation family its decoder learned to undo ('off': the paper's training)"
+    )
     torch_version: str
 
 

@@ -13,6 +13,7 @@ from kdcore.contract import image_network_spec
 from training.anomaly_map import AnomalyMapGenerator, GaussianBlur2d, cosine_distance_maps, gaussian_kernel_1d
 from training.backbones import BackboneName, build_encoder
 from training.inference import DeployableDetector, InferenceOutput
+from training.perturb import perturb
 from training.rd4ad import RD4AD, reverse_distillation_loss
 
 
@@ -75,6 +76,45 @@ def test_training_steps_reduce_loss() -> None:
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
     assert all(p.grad is None for p in model.encoder.parameters())  # the teacher stays frozen
+
+
+def test_pixelwise_loss_asks_for_a_small_changed_region_to_be_restored() -> None:
+    """A student wrong on one cell of 256 barely moves the flattened cosine; the per-pixel term sees it fully."""
+    teacher = [torch.randn(1, 16, 16, 16)]
+    student = [teacher[0].clone()]
+    student[0][0, :, 3, 3] = -teacher[0][0, :, 3, 3]  # the opposite direction at one cell
+    flat = reverse_distillation_loss(teacher, student).item()
+    both = reverse_distillation_loss(teacher, student, pixelwise=True).item()
+    assert flat < 0.02
+    assert both - flat == pytest.approx(2.0 / 256, rel=1e-4)  # 1 - cos = 2 at one cell of 256
+    assert reverse_distillation_loss(teacher, [3.0 * teacher[0]], pixelwise=True).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_denoising_reads_a_perturbed_copy_and_targets_the_clean_features() -> None:
+    encoder = build_encoder(BackboneName.EFFICIENTNET_LITE0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = RD4AD(encoder, 64, feature_pool=3, denoising="broad", seed=5)
+    loss = model.training_loss(x)
+    generator = torch.Generator().manual_seed(5)  # the model's own draw, replayed
+    with torch.no_grad():
+        changed = perturb(x, generator, "broad")
+        assert not torch.equal(changed, x)
+        expected = reverse_distillation_loss(
+            model.teacher_features(x), model.student_features(model.teacher_features(changed)), pixelwise=True
+        )
+        from_changed = model.student_features(model.teacher_features(changed))
+        from_clean = model(x)[1]
+        clean = reverse_distillation_loss(*model(x), pixelwise=True).item()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(loss.item() - clean) > 1e-4 * clean  # so the equality above tells the two inputs apart
+    assert all(not torch.allclose(a, b, atol=1e-4) for a, b in zip(from_changed, from_clean, strict=True))
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())  # the teacher stays frozen
+    off = RD4AD(encoder, 64, feature_pool=3)  # the paper's training: the image's own features, flattened
+    assert off.denoising == "off"
+    assert off.training_loss(x).item() == pytest.approx(reverse_distillation_loss(*off(x)).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="denoising"):
+        RD4AD(encoder, 64, denoising="gaussian")
 
 
 def test_anomaly_map_follows_the_published_recipe() -> None:

@@ -15,7 +15,7 @@ from training.inference import DeployableDetector
 from training.rd4ad import RD4AD
 from training.student import ScoreRegressor
 from training.student.model import POOL_COPIES
-from training.student.perturb import FAMILIES, perturb
+from training.perturb import FAMILIES, perturb
 from training.train import TrainResult
 
 

@@ -73,6 +73,11 @@ class TrainConfig(BaseModel):
         16, ge=0, description="student: perturbed copies of each training image in its pool of teacher targets "
         "(more: more kinds of change seen, a longer prepare)"
     )
+    denoising: Literal["off", "structural", "broad"] = Field(
+        "broad", description="rd4ad: the bottleneck reads the teacher's features of a perturbed copy of each "
+        "training image (a --student-perturbations family) and the decoder is asked for the unperturbed image's "
+        "features, pixel by pixel too; off: the paper's training (README: meadow's cutpaste)"
+    )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
         "that scores better on validation"

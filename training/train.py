@@ -32,7 +32,7 @@ from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
-from training.methods import ADAM_BETAS, backbone_label
+from training.methods import ADAM_BETAS, Method, backbone_label
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.runs import RunPaths
 
@@ -329,6 +329,7 @@ def _calibrate_and_evaluate(
             num_train=len(splits.train),
             positional_normalization=composition.positional,
             map_scales=composition.scales,
+            denoising=config.denoising if config.method is Method.RD4AD else "off",
             torch_version=torch.__version__,
         ),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

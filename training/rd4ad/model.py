@@ -12,12 +12,19 @@ Two changes for teachers other than the paper's ResNets, both measured on the qu
 - **Local aggregation of the teacher's features** (``feature_pool``): a ``k x k`` mean over each tap, PatchCore's
   neighbourhood aggregation, so one teacher vector describes a patch rather than a pixel's receptive-field
   centre; ``1`` keeps the paper's.
+
+And one change of training, for every teacher (``denoising``, README "Denoising"): the bottleneck reads the
+teacher's features of a locally perturbed copy of each training image and the decoder is asked for the clean
+image's, as RD++ (Tien et al., CVPR 2023) does with simplex noise. The paper's decoder reads the features of the
+image itself and learns to pass on whatever they say, rotated grass included; a denoiser learns to replace an
+unusual patch by the usual, so the patch stands out in the map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,6 +35,7 @@ from training.rd4ad.blocks import BlockType
 from training.rd4ad.bottleneck import OneClassBottleneck
 from training.rd4ad.decoder import ReverseDecoder
 from training.rd4ad.loss import reverse_distillation_loss
+from training.perturb import FAMILIES, perturb
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,13 @@ class RD4AD(DistillationDetector):
         feature_pool: Side of the mean filter over each teacher tap (odd; 1: none).
         linear_heads: Whether the decoder ends in a linear 1x1 convolution per scale; ``None``: where the
             encoder's taps are signed.
+        denoising: ``"off"`` (the paper's training) or a perturbation family of :mod:`training.perturb`: the
+            student learns to give the good image's features from the features of a locally changed copy.
+        seed: Seed of the training-time perturbations.
 
     Raises:
         ValueError: If ``image_size`` is not a positive multiple of 32, ``feature_pool`` is not a positive odd
-            number, or the backbone is unknown.
+            number, ``denoising`` is unknown, or the backbone is unknown.
     """
 
     def __init__(
@@ -77,6 +88,8 @@ class RD4AD(DistillationDetector):
         sigma: float = 4.0,
         feature_pool: int = 1,
         linear_heads: bool | None = None,
+        denoising: str = "off",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 32:
@@ -99,6 +112,10 @@ class RD4AD(DistillationDetector):
         self.heads = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels) if linear_heads else None
         self.feature_pool = feature_pool
         self.anomaly_map = AnomalyMapGenerator((image_size, image_size), len(channels), sigma)
+        if denoising != "off" and denoising not in FAMILIES:
+            raise ValueError(f"denoising must be 'off' or one of {FAMILIES}, got {denoising!r}")
+        self.denoising = denoising
+        self.__dict__["generator"] = torch.Generator().manual_seed(seed)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters: the bottleneck, the decoder and its heads (the teacher stays frozen)."""
@@ -118,17 +135,33 @@ class RD4AD(DistillationDetector):
             features = [F.avg_pool2d(f, k, stride=1, padding=k // 2) for f in features]
         return features
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Teacher and student features for a normalised batch ``(N, 3, S, S)``."""
-        teacher = self.teacher_features(x)
+    def student_features(self, teacher: list[Tensor]) -> list[Tensor]:
+        """The student's reconstruction of every teacher scale from the bottleneck of ``teacher``."""
         student = self.decoder(self.bottleneck(teacher))
         if self.heads is not None:
             student = [head(s) for head, s in zip(self.heads, student, strict=True)]
-        return teacher, student
+        return student
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Teacher and student features for a normalised batch ``(N, 3, S, S)``."""
+        teacher = self.teacher_features(x)
+        return teacher, self.student_features(teacher)
 
     def training_loss(self, x: Tensor) -> Tensor:
-        """Reverse-distillation loss on a normalised batch of good images."""
-        return reverse_distillation_loss(*self(x))
+        """Reverse-distillation loss on a normalised batch of good images.
+
+        With ``denoising`` the bottleneck reads the teacher's features of a perturbed copy of the batch
+        (:func:`training.perturb.perturb`) and the decoder is asked for the unperturbed features. A per-pixel term
+        joins the paper's loss then: its one cosine per flattened image is dominated by the unchanged area (the
+        blobs cover a few percent of it), so it barely asks for the changed blobs to be restored, which is the
+        point (README, "Denoising").
+        """
+        if self.denoising == "off":
+            return reverse_distillation_loss(*self(x))
+        teacher = self.teacher_features(x)
+        with torch.no_grad():
+            changed = self.teacher_features(perturb(x, self.generator, self.denoising))
+        return reverse_distillation_loss(teacher, self.student_features(changed), pixelwise=True)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Image scores ``(N, 1)`` and smoothed anomaly maps ``(N, 1, S, S)`` for a normalised batch."""

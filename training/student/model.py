@@ -3,7 +3,7 @@
 Knowledge distillation of the *score* (the KD-AE idea: a small network predicts the big model's anomaly
 score) applied to maps: the target is ``log(1 + teacher map)`` pooled (max by default, or mean) to the student's
 stride-8 grid, the loss is L1, and the training images are the good ones plus synthetically perturbed good ones
-(:mod:`training.student.perturb`) so that the targets are not all near zero, asked of the teacher once, into a
+(:mod:`training.perturb`) so that the targets are not all near zero, asked of the teacher once, into a
 pool the student then trains on (:meth:`ScoreRegressor.prepare`). At inference the student alone
 runs: ``map = exp(prediction) - 1`` upsampled to the input size, ``score = max(map)``; the teacher is not in the
 exported graph.
@@ -39,7 +39,7 @@ from training.backbones.encoder import FeatureEncoder
 from training.detector import DistillationDetector
 from training.inference import DeployableDetector
 from training.layers import conv_bn_relu
-from training.student.perturb import FAMILIES, perturb
+from training.perturb import FAMILIES, perturb
 
 #: The student predicts on the stride-8 grid of the input.
 STRIDE = 8
@@ -225,7 +225,7 @@ class ScoreRegressor(DistillationDetector):
         target_pool: How a stride-8 cell's target reduces the teacher's map: ``"max"`` (a defect of a few pixels
             keeps its peak, and the teacher's image score is the map's maximum) or ``"mean"``.
         perturbations: The family of synthetic changes of the training images
-            (:data:`training.student.perturb.FAMILIES`).
+            (:data:`training.perturb.FAMILIES`).
         memory: Hint features only: good tap vectors kept for the nearest-neighbour channel
             (:class:`HintFeatures`; 0: none).
         pool_copies: Perturbed copies of each training image in the pool (:meth:`prepare`).

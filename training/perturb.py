@@ -1,8 +1,11 @@
-"""Synthetic perturbations of good images, so the score-regressing student sees non-zero teacher maps.
+"""Synthetic local changes of good images, for the two detectors that learn from changed good images.
 
-The student learns "how the teacher reacts to local change"; it can only imitate the teacher on the kinds of
-change it has seen, so the family should span change broadly rather than resemble any test defect. Two families
-(``kd-train --student-perturbations``):
+- The score-regressing student (:mod:`training.student`) learns "how the teacher reacts to local change"; it can
+  only imitate the teacher on the kinds of change it has seen (``kd-train --student-perturbations``).
+- RD4AD's denoising training (``kd-train --denoising``, :mod:`training.rd4ad.model`) feeds the bottleneck the
+  teacher's features of a changed image and asks the decoder for the unchanged image's features.
+
+Either way the family should span change broadly rather than resemble any test defect. Two families:
 
 - ``structural``: Gaussian-noise, locally blurred, pixel-shuffled and same-image cut-paste rectangles, 8-30% of
   the side. Structure changes only; colour and brightness stay, and nothing is smaller than 8% of the side.
@@ -14,7 +17,8 @@ change it has seen, so the family should span change broadly rather than resembl
 Neither family draws on the test defects of the demo (scratches, holes, stains, foreign textures) or of the
 benchmark (streaks, smudges, spots, rotated cut-paste, defocus, channel-rotated tint, erased regions); the
 benchmark's kinds are classes of change (colour, blur, missing structure) that ``broad`` covers in general form,
-which the README states where it reports the student.
+which the README states where it reports the student and RD4AD's denoising (``broad`` also moves and mirrors the
+image's own content, a cousin of the benchmark's rotated cut-paste).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: The perturbation families, by ``kd-train --student-perturbations`` name.
+#: The perturbation families, by ``kd-train --student-perturbations`` / ``--denoising`` name.
 FAMILIES = ("structural", "broad")
 
 
