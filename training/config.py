@@ -74,9 +74,10 @@ class TrainConfig(BaseModel):
         "(more: more kinds of change seen, a longer prepare)"
     )
     denoising: Literal["off", "structural", "broad"] = Field(
-        "broad", description="rd4ad: the bottleneck reads the teacher's features of a perturbed copy of each "
+        "off", description="rd4ad: the bottleneck reads the teacher's features of a perturbed copy of each "
         "training image (a --student-perturbations family) and the decoder is asked for the unperturbed image's "
-        "features, pixel by pixel too; off: the paper's training (README: meadow's cutpaste)"
+        "features, pixel by pixel too; off: the paper's training, the default (README: gains on the benchmark's "
+        "small draw, a loss on meadow's larger one)"
     )
     positional_normalization: Literal["auto", "on", "off"] = Field(
         "auto", description="score maps as per-pixel z-scores against the training images' maps; auto: where "
