@@ -189,7 +189,8 @@ class TrainingFacts(_Strict):
         "all", description="which of the teacher's scales the map sums (rd4ad; the finest is stride 4)"
     )
     denoising: Literal["off", "structural", "broad"] = Field(
-        "off", description="rd4ad: the perturbation family its decoder learned to undo ('off': the paper's training)"
+        "off", description="rd4ad: the perturbation family its decoder learned to undo ('off': the paper's training); "
+        "with kd-train's 'auto', the training validation chose"
     )
     torch_version: str
 

@@ -20,7 +20,10 @@ from training.data import ImageDataset, make_splits
 from training.runs import RunPaths
 from training.anomaly_map import MAP_SCALES
 from training.evaluate import predict
-from training.train import MapComposition, TrainResult, _selection_score, fit_map_composition
+from training.config import TrainConfig
+from training.train import (
+    DENOISING_AUTO, MapComposition, TrainResult, _selection_score, denoising_candidates, fit_map_composition, train,
+)
 
 
 def test_run_folder_is_complete_and_reloadable(trained_run: TrainResult) -> None:
@@ -47,7 +50,7 @@ def test_stats_are_from_validation_and_metrics_are_sane(trained_run: TrainResult
         assert value is not None and 0 <= value <= 1
     assert m.image_auroc > 0.6, "a few epochs on a pretrained teacher already separate the demo defects"
     assert len(stats.training.dataset_fingerprint) == 64
-    assert stats.training.denoising == "off"  # kd-train's default for RD4AD (the paper's training), recorded
+    assert stats.training.denoising in ("off", "broad")  # kd-train's auto, resolved on validation and recorded
     assert 1 <= stats.training.best_epoch <= stats.training.epochs
     history = json.loads(trained_run.paths.history.read_text())
     assert len(history) == stats.training.epochs and history[-1]["loss"] < history[0]["loss"]
@@ -151,3 +154,24 @@ def test_cli_trains_the_vector_kdae_with_method_flag(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "training.cli", "--method", "kdae_vector", "--category", "brick"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "digit" in bad.stderr
+
+
+def test_denoising_auto_keeps_the_training_validation_prefers(demo_root, tmp_path) -> None:
+    """``auto`` trains both from the same seed and keeps the one with the better validation criterion, bit for bit."""
+    common = dict(data_root=demo_root, category="brick", image_size=64, epochs=2, batch_size=8, eval_every=1,
+                  max_steps_per_epoch=2, seed=0)
+    auto = train(TrainConfig(output=tmp_path / "auto", denoising="auto", **common), progress=False)
+    alone = {d: train(TrainConfig(output=tmp_path / d, denoising=d, **common), progress=False) for d in DENOISING_AUTO}
+    criterion = {d: r.stats.validation_metrics.image_auroc + 1e-3 * r.stats.validation_metrics.pixel_auroc
+                 for d, r in alone.items()}
+    chosen = auto.stats.training.denoising
+    assert chosen == max(DENOISING_AUTO, key=lambda d: criterion[d])  # the first of equals: the paper's training
+    kept, same = auto.model.state_dict(), alone[chosen].model.state_dict()
+    assert all(torch.equal(kept[k], same[k]) for k in kept)
+    assert auto.stats.test_metrics == alone[chosen].stats.test_metrics
+    # The run folder names the choice, and rebuilds from its saved configuration.
+    reloaded, config = load_checkpoint(auto.paths.root)
+    assert config.denoising == chosen
+    assert [c.denoising for c in denoising_candidates(TrainConfig(denoising="auto"))] == list(DENOISING_AUTO)
+    assert [c.denoising for c in denoising_candidates(TrainConfig(denoising="auto", method="mkd"))] == ["off"]
+    assert denoising_candidates(TrainConfig(denoising="broad"))[0].denoising == "broad"

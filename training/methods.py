@@ -66,8 +66,10 @@ def build_network(
         encoder = build_encoder(config.backbone, config.teacher_weights, allow_random_init=allow_random_init)
         heads = None if config.linear_heads == "auto" else config.linear_heads == "on"
         pool = config.feature_pool or (LITE_FEATURE_POOL if encoder.signed_taps else 1)
+        # "auto" is a choice between trainings that training.train.train makes; the network is the same either way.
+        denoising = "off" if config.denoising == "auto" else config.denoising
         return RD4AD(encoder, config.image_size, sigma=config.sigma, feature_pool=pool, linear_heads=heads,
-                     denoising=config.denoising, seed=config.seed)
+                     denoising=denoising, seed=config.seed)
     if config.method is Method.MKD:
         from training.mkd import MKDDetector
 

@@ -38,6 +38,9 @@ from training.runs import RunPaths
 
 log = logging.getLogger(__name__)
 
+#: What ``denoising="auto"`` chooses between, in this order (a tie keeps the first: the paper's training).
+DENOISING_AUTO = ("off", "broad")
+
 
 @dataclass
 class TrainResult:
@@ -63,30 +66,31 @@ def _selection_score(val: Predictions) -> float:
     return image_auroc(val.labels, val.scores) + 1e-3 * np.nan_to_num(pixel_auroc(val.masks, val.maps))
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train, select, calibrate and evaluate one image detector (any method but ``kdae_vector``); write its run folder.
+@dataclass
+class _Fitted:
+    """One trained candidate, before calibration: the weights kept on validation and how they were reached."""
 
-    Args:
-        config: The run's configuration.
-        progress: Show progress bars.
+    config: TrainConfig
+    model: DeployableDetector
+    train_images: ImageDataset
+    history: list[dict[str, float]]
+    best_epoch: int
+    steps: int
+    seconds: float
+    composition: MapComposition
+    validation: Predictions
+    """The validation split scored by the finished candidate (its map composition applied)."""
 
-    Returns:
-        The run's paths, stats and the trained (best-on-validation) model.
-    """
-    config = with_teacher_backbone(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    @property
+    def criterion(self) -> float:
+        """The validation criterion of the finished candidate (``-inf`` where validation has no anomalies)."""
+        score = _selection_score(self.validation)
+        return score if np.isfinite(score) else -np.inf
+
+
+def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool) -> _Fitted:
+    """Train one detector from a fresh seed, keep its best epoch on validation and choose its map composition."""
     generator = seed_everything(config.seed)
-    paths = RunPaths(config.output)
-    splits: DatasetSplits = make_splits(
-        config.data_root,
-        config.category,
-        holdout_fraction=config.holdout_fraction,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-    )
-    log.info("splits: train %d, holdout %d, validation %d, test %d",
-             len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
     model = build_detector(config)
     detector = model.detector
     optimizer = torch.optim.Adam(
@@ -99,7 +103,6 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         drop_last=len(splits.train) > config.batch_size,
         generator=generator,
     )
-    validation = ImageDataset(splits.validation, config.image_size)  # decoded once, scored every eval
     # Timed from here: what a method prepares from the training images (statistics, the student's pool of
     # teacher targets) is part of its training time.
     started = time.perf_counter()
@@ -143,19 +146,69 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
     composition = fit_map_composition(model, loader.dataset, validation, config, progress=progress)
-
-    holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
     val = predict(model, validation, desc="validation" if progress else None)
+    return _Fitted(config, model, loader.dataset, history, best_epoch, step, seconds, composition, val)
+
+
+def denoising_candidates(config: TrainConfig) -> list[TrainConfig]:
+    """The configurations ``train`` fits: both trainings of RD4AD for ``denoising="auto"``, else ``config`` alone."""
+    if config.denoising != "auto":
+        return [config]
+    if config.method is not Method.RD4AD:
+        return [config.model_copy(update={"denoising": "off"})]
+    return [config.model_copy(update={"denoising": d}) for d in DENOISING_AUTO]
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train, select, calibrate and evaluate one image detector (any method but ``kdae_vector``); write its run folder.
+
+    With ``denoising="auto"`` (RD4AD) both trainings of :data:`DENOISING_AUTO` run from the same seed and the one
+    with the higher validation criterion is kept (the first on a tie: the paper's); the training time counts
+    both, and the run folder holds the kept one, its configuration and stats naming the choice.
+
+    Args:
+        config: The run's configuration.
+        progress: Show progress bars.
+
+    Returns:
+        The run's paths, stats and the trained (best-on-validation) model.
+    """
+    config = with_teacher_backbone(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    paths = RunPaths(config.output)
+    splits: DatasetSplits = make_splits(
+        config.data_root,
+        config.category,
+        holdout_fraction=config.holdout_fraction,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+    )
+    log.info("splits: train %d, holdout %d, validation %d, test %d",
+             len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
+    validation = ImageDataset(splits.validation, config.image_size)  # decoded once, scored every eval
+    fits: list[_Fitted] = []
+    for candidate in denoising_candidates(config):
+        fits.append(_fit(candidate, splits, validation, progress))
+        if config.denoising == "auto":
+            log.info("denoising %s: validation criterion %.4f", candidate.denoising, fits[-1].criterion)
+    best = max(fits, key=lambda f: f.criterion)  # max keeps the first of equals
+    seconds = sum(f.seconds for f in fits)  # the choice is part of training: its time counts every candidate
+    del fits  # the other candidate's weights are not needed any more
+    config, model = best.config, best.model
+    holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
+    val = best.validation
     test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
     stats = _calibrate_and_evaluate(
-        model, config, splits, (holdout, val, test), history, best_epoch, step, seconds, composition
+        model, config, splits, (holdout, val, test), best.history, best.best_epoch, best.steps, seconds,
+        best.composition,
     )
     save_checkpoint(model, config, paths)
     save_stats(stats, paths.stats)
     save_validation_samples(splits.validation, config.image_size, paths.samples)
-    paths.history.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    paths.history.write_text(json.dumps(best.history, indent=2) + "\n", encoding="utf-8")
     paths.plots.mkdir(exist_ok=True)
-    plot_history(history, paths.plots / "loss.png")
+    plot_history(best.history, paths.plots / "loss.png")
     plot_score_histogram(stats, {"holdout (good)": holdout, "validation": val, "test": test}, paths.plots / "scores.png")
     plot_heatmaps(stats, splits.test, test, paths.plots / "test_heatmaps.png")
     return TrainResult(paths, stats, model)

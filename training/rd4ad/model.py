@@ -13,11 +13,12 @@ Two changes for teachers other than the paper's ResNets, both measured on the qu
   neighbourhood aggregation, so one teacher vector describes a patch rather than a pixel's receptive-field
   centre; ``1`` keeps the paper's.
 
-An option of training, off by default (``denoising``, README "Denoising"): the bottleneck reads the teacher's
-features of a locally perturbed copy of each training image and the decoder is asked for the clean image's, as
-RD++ (Tien et al., CVPR 2023) does with simplex noise. The paper's decoder reads the features of the image itself
-and can learn to pass on whatever they say; a denoiser should learn to replace an unusual patch by the usual. On
-the quality benchmark it gained on one draw of the data and lost on meadow's larger draw, so it stays an option.
+And a second way of training (``denoising``, README "Denoising"): the bottleneck reads the teacher's features of
+a locally perturbed copy of each training image and the decoder is asked for the clean image's, as RD++ (Tien et
+al., CVPR 2023) does with simplex noise. The paper's decoder reads the features of the image itself and can learn
+to pass on whatever they say; a denoiser should learn to replace an unusual patch by the usual. On the quality
+benchmark it gained on one draw of meadow and lost on a larger one, so ``kd-train`` trains both and keeps the one
+validation prefers (:func:`training.train.train`).
 """
 
 from __future__ import annotations
