@@ -3,8 +3,8 @@ selection on validation, then statistics, thresholds and metrics. (``kdae_vector
 :func:`training.kdae.train_kdae`, which ``kd-train`` calls for it.)
 
 Data discipline: the student trains on ``train`` only; ``holdout`` (good images from train/, never trained on)
-gives the good-score statistics and the calibration scale; ``validation`` picks the kept epoch and the
-thresholds; ``test`` is touched once, at the end, for the reported metrics.
+gives the good-score statistics and the calibration scale; ``validation`` picks the kept epoch, the map's
+composition, RD4AD's training (``denoising="auto"``) and the thresholds; ``test`` is touched once, at the end, for the reported metrics.
 """
 
 from __future__ import annotations
