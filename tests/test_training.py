@@ -170,7 +170,7 @@ def test_denoising_auto_keeps_the_training_validation_prefers(demo_root, tmp_pat
     assert all(torch.equal(kept[k], same[k]) for k in kept)
     assert auto.stats.test_metrics == alone[chosen].stats.test_metrics
     # The run folder names the choice, and rebuilds from its saved configuration.
-    reloaded, config = load_checkpoint(auto.paths.root)
+    _, config = load_checkpoint(auto.paths.root)
     assert config.denoising == chosen
     assert [c.denoising for c in denoising_candidates(TrainConfig(denoising="auto"))] == list(DENOISING_AUTO)
     assert [c.denoising for c in denoising_candidates(TrainConfig(denoising="auto", method="mkd"))] == ["off"]

@@ -72,7 +72,6 @@ class _Fitted:
 
     config: TrainConfig
     model: DeployableDetector
-    train_images: ImageDataset
     history: list[dict[str, float]]
     best_epoch: int
     steps: int
@@ -80,12 +79,8 @@ class _Fitted:
     composition: MapComposition
     validation: Predictions
     """The validation split scored by the finished candidate (its map composition applied)."""
-
-    @property
-    def criterion(self) -> float:
-        """The validation criterion of the finished candidate (``-inf`` where validation has no anomalies)."""
-        score = _selection_score(self.validation)
-        return score if np.isfinite(score) else -np.inf
+    criterion: float
+    """The validation criterion of ``validation`` (``-inf`` where validation has no anomalies)."""
 
 
 def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool) -> _Fitted:
@@ -147,7 +142,9 @@ def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, p
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
     composition = fit_map_composition(model, loader.dataset, validation, config, progress=progress)
     val = predict(model, validation, desc="validation" if progress else None)
-    return _Fitted(config, model, loader.dataset, history, best_epoch, step, seconds, composition, val)
+    criterion = _selection_score(val)
+    criterion = criterion if np.isfinite(criterion) else -np.inf
+    return _Fitted(config, model, history, best_epoch, step, seconds, composition, val, criterion)
 
 
 def denoising_candidates(config: TrainConfig) -> list[TrainConfig]:
