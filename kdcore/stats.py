@@ -192,6 +192,11 @@ class TrainingFacts(_Strict):
         "off", description="rd4ad: the perturbation family its decoder learned to undo ('off': the paper's training); "
         "with kd-train's 'auto', the training validation chose"
     )
+    tap_memory_weight: float = Field(
+        0.0, ge=0, description="rd4ad: weight of the teacher-tap nearest-neighbour distance in the map, chosen on "
+        "validation (0: no memory in the graph)"
+    )
+    tap_memory_vectors: int = Field(0, ge=0, description="good training tap vectors the memory holds (0: none)")
     torch_version: str
 
 

@@ -21,8 +21,10 @@ from training.runs import RunPaths
 from training.anomaly_map import MAP_SCALES
 from training.evaluate import predict
 from training.config import TrainConfig
+from training.memory import MEMORY_WEIGHTS
 from training.train import (
-    DENOISING_AUTO, MapComposition, TrainResult, _selection_score, denoising_candidates, fit_map_composition, train,
+    DENOISING_AUTO, MapComposition, TrainResult, _selection_score, denoising_candidates, fit_map_composition,
+    fit_tap_memory, train,
 )
 
 
@@ -80,9 +82,46 @@ def test_map_composition_is_the_best_candidate_on_validation(trained_run: TrainR
     assert criteria[(chosen.scales, chosen.positional)] == max(criteria.values())
     # The first best wins: a tie keeps all scales and the raw map.
     assert chosen == next(MapComposition(*k) for k, v in criteria.items() if v == max(criteria.values()))
+    fit_tap_memory(model, train_images, validation, config, chosen)  # the memory joins the chosen map
     with torch.no_grad():
         batch = torch.from_numpy(np.load(trained_run.paths.samples)["inputs"][:2])
         torch.testing.assert_close(model(batch).anomaly_map, reloaded(batch).anomaly_map)
+
+
+def test_tap_memory_weight_is_the_best_on_validation(trained_run: TrainResult, demo_root) -> None:
+    """The memory's weight scores best on validation of all candidates (the first best: no memory on a tie), and
+    the checkpoint carries it, bank and all."""
+    stats = load_stats(trained_run.paths.stats)
+    reloaded, config = load_checkpoint(trained_run.paths.root)
+    assert reloaded.memory.weight == stats.training.tap_memory_weight
+    assert reloaded.memory.bank.shape[0] == stats.training.tap_memory_vectors
+    assert (stats.training.tap_memory_vectors > 0) == (stats.training.tap_memory_weight > 0)
+
+    splits = make_splits(demo_root, "brick", seed=config.seed)
+    train_images = ImageDataset(splits.train, config.image_size)
+    validation = ImageDataset(splits.validation, config.image_size)
+    model = copy.deepcopy(reloaded)
+    model.memory.reset()
+    with torch.no_grad():
+        images = torch.stack([train_images[i]["image"] for i in range(len(train_images))])
+        _, raw, taps = model.detector.predict_and_taps(model.normalize(images))
+        maps = model.positional(raw)
+    criteria = []
+    for weight in MEMORY_WEIGHTS:
+        model.memory.fit(taps, maps, seed=config.seed)
+        model.memory.set_weight(weight)
+        criteria.append(_selection_score(predict(model, validation)))
+    assert stats.training.tap_memory_weight == MEMORY_WEIGHTS[criteria.index(max(criteria))]
+    composition = MapComposition(stats.training.map_scales, stats.training.positional_normalization)
+    chosen = fit_tap_memory(model, train_images, validation, config, composition)
+    assert (chosen.memory_weight, chosen.memory_vectors) == (stats.training.tap_memory_weight,
+                                                             stats.training.tap_memory_vectors)
+    with torch.no_grad():
+        batch = torch.from_numpy(np.load(trained_run.paths.samples)["inputs"][:2])
+        torch.testing.assert_close(model(batch).anomaly_map, reloaded(batch).anomaly_map)
+    # Off: no memory at all, whatever validation would say.
+    off = fit_tap_memory(model, train_images, validation, config.model_copy(update={"tap_memory": "off"}), composition)
+    assert (off.memory_weight, off.memory_vectors, model.memory.active) == (0.0, 0, False)
 
 
 def test_splits_do_not_overlap(trained_run: TrainResult, demo_root) -> None:

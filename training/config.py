@@ -89,6 +89,12 @@ class TrainConfig(BaseModel):
         "coarsest (stride 16) alone; auto: the one that scores best on validation, chosen together with "
         "positional normalisation (meadow's grass: coarsest, stars' small spots: all; README)"
     )
+    tap_memory: Literal["auto", "off"] = Field(
+        "auto", description="rd4ad: add to the map the distance of the teacher's taps (strides 8 and 16) to "
+        "their nearest good training vector, PatchCore's principle, with the weight (0, 0.5, 1, 2, 4 or 8 after "
+        "z-scores) that scores best on validation; 0 drops the memory (meadow's cut-paste grass: 4; stars and "
+        "page: 0; README); off: never"
+    )
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
     validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")

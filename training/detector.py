@@ -62,6 +62,11 @@ class DistillationDetector(nn.Module):
         """
         return False
 
+    def predict_and_taps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`predict`'s score and map, and the teacher tap vectors a :class:`~training.memory.TapMemory`
+        compares with its bank, ``(N, C, h, w)``, from the same pass (default: none, the method has no memory)."""
+        return (*self.predict(x), None)
+
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw image scores ``(N, 1)`` and raw anomaly maps ``(N, 1, S, S)`` for a normalised batch.
 

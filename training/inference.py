@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdcore.contract import RAW_MAP, RAW_PRED
 from training.detector import DistillationDetector
+from training.memory import TapMemory
 
 
 class InferenceOutput(NamedTuple):
@@ -115,6 +116,7 @@ class DeployableDetector(nn.Module):
         self.normalize = ImageNormalizer(detector.mean, detector.std)
         self.image_size = int(detector.image_size)
         self.positional = PositionalNormalizer(self.image_size)
+        self.memory = TapMemory(self.image_size, float(getattr(detector, "sigma", 4.0)))
 
     def raw_maps(self, image: Tensor) -> Tensor:
         """The detector's own maps ``(N, 1, S, S)`` before positional normalisation (what :meth:`PositionalNormalizer.fit` takes)."""
@@ -123,9 +125,15 @@ class DeployableDetector(nn.Module):
     def scored_maps(self, normalized: Tensor) -> Tensor:
         """The maps ``(N, 1, S, S)`` the score is taken from, for images already through :attr:`normalize`.
 
-        One place for the composition, because a student distilling this detector learns exactly these maps.
+        One place for the composition, because a student distilling this detector learns exactly these maps:
+        the network's map, positionally normalised where that was chosen, then joined by the tap memory's
+        distances where validation gave them a weight.
         """
-        return self.positional(self.detector.predict(normalized)[1])
+        if not self.memory.active:
+            return self.positional(self.detector.predict(normalized)[1])
+        _, raw, taps = self.detector.predict_and_taps(normalized)
+        assert taps is not None, "a tap memory on a detector without taps"
+        return self.memory(self.positional(raw), taps)
 
     def forward(self, image: Tensor) -> InferenceOutput:
         """Score uint8 RGB images ``(N, S, S, 3)``; the score is the maximum of the normalised map."""

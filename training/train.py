@@ -10,6 +10,7 @@ composition, RD4AD's training (``denoising="auto"``) and the thresholds; ``test`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,6 +34,7 @@ from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, split_metrics
 from training.inference import DeployableDetector
+from training.memory import MEMORY_WEIGHTS
 from training.methods import ADAM_BETAS, Method, backbone_label
 from training.plots import plot_heatmaps, plot_history, plot_score_histogram
 from training.runs import RunPaths
@@ -141,6 +144,9 @@ def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, p
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
     composition = fit_map_composition(model, loader.dataset, validation, config, progress=progress)
+    memory_started = time.perf_counter()  # the memory's bank and weight are fitted like PatchCore's: training time
+    composition = fit_tap_memory(model, loader.dataset, validation, config, composition)
+    seconds += time.perf_counter() - memory_started
     val = predict(model, validation, desc="validation" if progress else None)
     criterion = _selection_score(val)
     criterion = criterion if np.isfinite(criterion) else -np.inf
@@ -219,6 +225,10 @@ class MapComposition:
     """Which teacher scales the map sums (:data:`training.anomaly_map.MAP_SCALES`)."""
     positional: bool = False
     """Whether the map is a per-pixel z-score against the training images' maps."""
+    memory_weight: float = 0.0
+    """Weight of the tap memory's nearest-neighbour distances in the map (0: no memory)."""
+    memory_vectors: int = 0
+    """Vectors in the tap memory's bank (0: no memory)."""
 
 
 def fit_map_composition(
@@ -246,6 +256,7 @@ def fit_map_composition(
         The composition in effect.
     """
     model.positional.reset()
+    model.memory.reset()  # the composition is chosen for the network's own map; a memory joins it afterwards
     scale_options = MAP_SCALES if config.map_scales == "auto" else (config.map_scales,)
     if not model.detector.use_map_scales(scale_options[0]):
         scale_options = ("all",)  # the method sums no teacher scales: nothing to choose
@@ -282,6 +293,67 @@ def fit_map_composition(
         model.positional.load_state_dict(fitted)
     log.info("map: %s scales, %s", choice.scales, "positionally normalised" if choice.positional else "raw")
     return choice
+
+
+@torch.no_grad()
+def _maps_and_taps(model: DeployableDetector, dataset: ImageDataset) -> tuple[Predictions, Tensor] | None:
+    """The scored maps without a memory (positional normalisation applied) and the memory's taps, in one pass;
+    ``None`` when the detector has no taps."""
+    maps, taps, labels, masks = [], [], [], []
+    for batch in DataLoader(dataset, batch_size=16, shuffle=False):
+        _, raw, tap = model.detector.predict_and_taps(model.normalize(batch["image"]))
+        if tap is None:
+            return None
+        maps.append(model.positional(raw))
+        taps.append(tap)
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"].numpy())
+    amap = torch.cat(maps)
+    flat = amap[:, 0].numpy()
+    return (Predictions(flat.reshape(len(flat), -1).max(axis=1), flat, np.concatenate(labels), np.concatenate(masks)),
+            torch.cat(taps))
+
+
+def fit_tap_memory(
+    model: DeployableDetector,
+    train_images: ImageDataset,
+    validation: ImageDataset,
+    config: TrainConfig,
+    composition: MapComposition,
+) -> MapComposition:
+    """Fit the tap memory on the training images and choose its weight on validation (:mod:`training.memory`).
+
+    Runs after :func:`fit_map_composition`, so the memory joins the map that composition chose. Every weight of
+    :data:`~training.memory.MEMORY_WEIGHTS` is scored with the criterion that kept the epoch; the first best wins,
+    so a tie, or a validation split without anomalies, keeps no memory. A detector without taps, or
+    ``config.tap_memory == "off"``, keeps none either.
+
+    Returns:
+        ``composition`` with the memory's weight and size; ``model`` is left set up with the choice.
+    """
+    model.memory.reset()
+    if config.tap_memory == "off":
+        return composition
+    train_parts = _maps_and_taps(model, train_images)
+    if train_parts is None or len(train_images) < 2:
+        return composition
+    val, val_taps = _maps_and_taps(model, validation)
+    train_maps = torch.from_numpy(train_parts[0].maps)[:, None]
+    model.memory.fit(train_parts[1], train_maps, seed=config.seed)
+    with torch.no_grad():
+        val_maps = torch.from_numpy(val.maps)[:, None]
+        val_distances = model.memory.distance_map(val_taps)
+        best: tuple[float, float] | None = None
+        for weight in MEMORY_WEIGHTS:
+            maps = model.memory.combine(val_maps, val_distances, weight)[:, 0].numpy()
+            score = _selection_score(Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, val.labels, val.masks))
+            log.info("tap memory weight %g: validation criterion %.4f", weight, score)
+            if np.isfinite(score) and (best is None or score > best[0]):
+                best = (score, weight)
+    weight = 0.0 if best is None else best[1]
+    model.memory.set_weight(weight)
+    log.info("tap memory: weight %g, %d vectors", weight, model.memory.bank.shape[0])
+    return dataclasses.replace(composition, memory_weight=weight, memory_vectors=int(model.memory.bank.shape[0]))
 
 
 def _normalised(model: DeployableDetector, raw: Predictions) -> Predictions:
@@ -379,6 +451,8 @@ def _calibrate_and_evaluate(
             num_train=len(splits.train),
             positional_normalization=composition.positional,
             map_scales=composition.scales,
+            tap_memory_weight=composition.memory_weight,
+            tap_memory_vectors=composition.memory_vectors,
             denoising=config.denoising if config.method is Method.RD4AD else "off",
             torch_version=torch.__version__,
         ),

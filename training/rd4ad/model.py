@@ -100,6 +100,7 @@ class RD4AD(DistillationDetector):
         spec = STUDENT_SPECS[BackboneName(encoder.name)]
         channels = encoder.out_channels
         self.image_size = image_size
+        self.sigma = sigma
         self.mean, self.std = encoder.mean, encoder.std
         self.encoder = encoder
         self.bottleneck = OneClassBottleneck(
@@ -168,3 +169,15 @@ class RD4AD(DistillationDetector):
         """Image scores ``(N, 1)`` and smoothed anomaly maps ``(N, 1, S, S)`` for a normalised batch."""
         teacher, student = self(x)
         return self.anomaly_map(teacher, student)
+
+    def predict_and_taps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`predict` and the memory's tap vectors: every teacher scale but the finest (locally aggregated,
+        as the decoder's targets), averaged down to the coarsest's grid and concatenated (PatchCore's layers 2
+        and 3 on a Lite teacher; stride 16, so a 256 px image asks 256 nearest neighbours)."""
+        teacher, student = self(x)
+        score, amap = self.anomaly_map(teacher, student)
+        # The taps sit at strides 4, 8, 16 (each twice the last); a fixed kernel, not adaptive pooling, which
+        # ONNX cannot export for a dynamic batch.
+        last = len(teacher) - 1
+        taps = torch.cat([F.avg_pool2d(f, 2 ** (last - i)) if i < last else f for i, f in enumerate(teacher) if i], 1)
+        return score, amap, taps
