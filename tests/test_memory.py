@@ -12,7 +12,7 @@ from export.network import check_parity, export_onnx, export_torchscript
 from kdcore.contract import image_network_spec
 from training.backbones import BackboneName, build_encoder
 from training.inference import DeployableDetector
-from training.memory import TapMemory
+from training.memory import MEMORY_WEIGHTS, TapMemory
 from training.rd4ad import RD4AD
 
 
@@ -84,6 +84,9 @@ def test_state_dict_carries_a_bank_of_any_size() -> None:
     assert fresh.active and torch.equal(fresh.bank, memory.bank) and torch.equal(fresh.coefficients, memory.coefficients)
     fresh.load_state_dict(TapMemory(32).state_dict(), strict=True)  # and back to none
     assert not fresh.active
+    fresh.load_state_dict(memory.state_dict())
+    fresh.load_state_dict({}, strict=True)  # a checkpoint from before the memory: none, and no missing keys
+    assert not fresh.active
 
 
 def _rd4ad_with_memory(weight: float) -> DeployableDetector:
@@ -125,3 +128,16 @@ def test_a_model_with_memory_exports_with_parity(tmp_path) -> None:
     with torch.no_grad():
         without = model.positional(model.detector.predict(model.normalize(torch.from_numpy(images)))[1]).numpy()
     assert not np.allclose(eager[1], without)  # the exported map is the memory's, not the network's alone
+
+
+def test_tap_distance_report_scores_every_candidate_on_both_splits(trained_run) -> None:
+    """``python -m bench.tap_distance``: the network's map, the distance alone and each weight, on validation and test."""
+    from bench.tap_distance import report
+
+    lines = report(trained_run.paths.root)
+    rows = [line for line in lines if line.startswith("| ")]
+    assert len(rows) == 2 * (2 + len(MEMORY_WEIGHTS) - 1)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(0.0 <= float(c.split()[-1]) <= 1.0 for c in cells[1:])
+        assert {c.split()[0] for c in cells[3:]} == {"scratch", "hole", "stain", "foreign"}

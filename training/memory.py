@@ -61,6 +61,9 @@ class TapMemory(nn.Module):
         return float(self.coefficients[4]) if self.active else 0.0
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        if not any(key.startswith(prefix) for key in state_dict):
+            self.reset()  # a checkpoint from before the memory existed: none, as it was trained
+            return
         # The bank's size is the training set's: take the checkpoint's shapes before the copy checks them.
         for name in ("bank", "bank_sq"):
             key = prefix + name

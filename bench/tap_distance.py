@@ -1,0 +1,87 @@
+"""Where a trained RD4AD's map and a nearest-neighbour distance on the same teacher taps part ways, per defect kind.
+
+``python -m bench.tap_distance RUN [RUN ...]``: for each RD4AD run folder, its network's scored map (without a tap
+memory), the tap memory's distance map alone (:class:`training.memory.TapMemory` fitted on the run's training
+split, as ``kd-train`` fits it) and the two joined at each candidate weight, scored on the run's validation and
+test splits: image and pixel AUROC over the split, and the pixel AUROC of each defect kind's images with the good
+ones. The README's "A memory of the teacher's taps" cites it; it reads the splits the run was trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kdcore.metrics import image_auroc, pixel_auroc
+from training.checkpoint import load_checkpoint
+from training.data import ImageDataset, make_splits
+from training.memory import MEMORY_WEIGHTS
+
+
+@torch.no_grad()
+def _maps_and_taps(model, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    maps, taps, labels, masks = [], [], [], []
+    for batch in DataLoader(dataset, batch_size=16):
+        _, raw, tap = model.detector.predict_and_taps(model.normalize(batch["image"]))
+        if tap is None:
+            raise SystemExit("this run's detector has no teacher taps (tap_distance is for RD4AD runs)")
+        maps.append(model.positional(raw))
+        taps.append(tap)
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"].numpy())
+    return torch.cat(maps), torch.cat(taps), np.concatenate(labels), np.concatenate(masks)
+
+
+def _row(name: str, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> str:
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    cells = [name, f"{image_auroc(labels, scores):.3f}", f"{pixel_auroc(masks, maps):.3f}"]
+    for kind in sorted(set(defects) - {"good"}):
+        keep = (defects == "good") | (defects == kind)
+        cells.append(f"{kind} {pixel_auroc(masks[keep], maps[keep]):.3f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def report(run: Path) -> list[str]:
+    """The Markdown rows of one run: validation and test, each map candidate."""
+    model, config = load_checkpoint(run)
+    model = copy.deepcopy(model)
+    model.memory.reset()
+    splits = make_splits(config.data_root, config.category, holdout_fraction=config.holdout_fraction,
+                         validation_fraction=config.validation_fraction, seed=config.seed)
+    train_maps, train_taps, _, _ = _maps_and_taps(model, ImageDataset(splits.train, config.image_size))
+    model.memory.fit(train_taps, train_maps, seed=config.seed)
+    lines = [f"{run} ({config.category}): image AUROC, pixel AUROC, pixel AUROC per defect kind (with the good images)"]
+    for split, samples in (("validation", splits.validation), ("test", splits.test)):
+        maps, taps, labels, masks = _maps_and_taps(model, ImageDataset(samples, config.image_size))
+        defects = np.array([s.defect for s in samples])
+        with torch.no_grad():
+            distance = model.memory.distance_map(taps)
+            lines.append(_row(f"{split}: network map", maps[:, 0].numpy(), labels, masks, defects))
+            lines.append(_row(f"{split}: tap distance alone", distance[:, 0].numpy(), labels, masks, defects))
+            for weight in MEMORY_WEIGHTS[1:]:
+                joined = model.memory.combine(maps, distance, weight)[:, 0].numpy()
+                lines.append(_row(f"{split}: joined, weight {weight:g}", joined, labels, masks, defects))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="RD4AD run folders (kd-train --output)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for run in args.runs:
+        print("\n".join(report(run)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
