@@ -16,26 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from kdcore.metrics import image_auroc, pixel_auroc
 from training.checkpoint import load_checkpoint
 from training.data import ImageDataset, make_splits
 from training.memory import MEMORY_WEIGHTS
-
-
-@torch.no_grad()
-def _maps_and_taps(model, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    maps, taps, labels, masks = [], [], [], []
-    for batch in DataLoader(dataset, batch_size=16):
-        _, raw, tap = model.detector.predict_and_taps(model.normalize(batch["image"]))
-        if tap is None:
-            raise SystemExit("this run's detector has no teacher taps (tap_distance is for RD4AD runs)")
-        maps.append(model.positional(raw))
-        taps.append(tap)
-        labels.append(batch["label"].numpy())
-        masks.append(batch["mask"].numpy())
-    return torch.cat(maps), torch.cat(taps), np.concatenate(labels), np.concatenate(masks)
+from training.train import maps_and_taps
 
 
 def _row(name: str, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> str:
@@ -54,11 +40,15 @@ def report(run: Path) -> list[str]:
     model.memory.reset()
     splits = make_splits(config.data_root, config.category, holdout_fraction=config.holdout_fraction,
                          validation_fraction=config.validation_fraction, seed=config.seed)
-    train_maps, train_taps, _, _ = _maps_and_taps(model, ImageDataset(splits.train, config.image_size))
-    model.memory.fit(train_taps, train_maps, seed=config.seed)
+    train_images = ImageDataset(splits.train, config.image_size)
+    parts = maps_and_taps(model, train_images)
+    if parts is None:
+        raise SystemExit(f"{run}: this detector has no teacher taps (tap_distance is for RD4AD runs)")
+    model.memory.fit(parts[1], torch.from_numpy(parts[0].maps)[:, None], seed=config.seed)
     lines = [f"{run} ({config.category}): image AUROC, pixel AUROC, pixel AUROC per defect kind (with the good images)"]
     for split, samples in (("validation", splits.validation), ("test", splits.test)):
-        maps, taps, labels, masks = _maps_and_taps(model, ImageDataset(samples, config.image_size))
+        predictions, taps = maps_and_taps(model, ImageDataset(samples, config.image_size))
+        maps, labels, masks = torch.from_numpy(predictions.maps)[:, None], predictions.labels, predictions.masks
         defects = np.array([s.defect for s in samples])
         with torch.no_grad():
             distance = model.memory.distance_map(taps)

@@ -296,9 +296,16 @@ def fit_map_composition(
 
 
 @torch.no_grad()
-def _maps_and_taps(model: DeployableDetector, dataset: ImageDataset) -> tuple[Predictions, Tensor] | None:
-    """The scored maps without a memory (positional normalisation applied) and the memory's taps, in one pass;
-    ``None`` when the detector has no taps."""
+def maps_and_taps(model: DeployableDetector, dataset: ImageDataset) -> tuple[Predictions, Tensor] | None:
+    """The scored maps without a memory (positional normalisation applied) and the memory's taps, in one pass.
+
+    Args:
+        model: The detector (its memory, if any, is not applied).
+        dataset: The images to score.
+
+    Returns:
+        The predictions and the taps ``(N, C, h, w)``; ``None`` when the detector has no taps.
+    """
     maps, taps, labels, masks = [], [], [], []
     for batch in DataLoader(dataset, batch_size=16, shuffle=False):
         _, raw, tap = model.detector.predict_and_taps(model.normalize(batch["image"]))
@@ -334,10 +341,10 @@ def fit_tap_memory(
     model.memory.reset()
     if config.tap_memory == "off":
         return composition
-    train_parts = _maps_and_taps(model, train_images)
+    train_parts = maps_and_taps(model, train_images)
     if train_parts is None or len(train_images) < 2:
         return composition
-    val, val_taps = _maps_and_taps(model, validation)
+    val, val_taps = maps_and_taps(model, validation)
     train_maps = torch.from_numpy(train_parts[0].maps)[:, None]
     model.memory.fit(train_parts[1], train_maps, seed=config.seed)
     with torch.no_grad():
