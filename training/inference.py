@@ -122,29 +122,18 @@ class DeployableDetector(nn.Module):
         """The detector's own maps ``(N, 1, S, S)`` before positional normalisation (what :meth:`PositionalNormalizer.fit` takes)."""
         return self.detector.predict(self.normalize(image))[1]
 
-    def own_memory(self, normalized: Tensor) -> Tensor | None:
-        """For training images already through :attr:`normalize`: the bank vectors of the memory that are their
-        own (``(N, M)``, :meth:`TapMemory.own_vectors`), to pass to :meth:`scored_maps` as ``exclude`` for them and
-        their perturbed copies; ``None`` without a memory."""
-        if not self.memory.active:
-            return None
-        taps = self.detector.predict_and_taps(normalized)[2]
-        assert taps is not None, "a tap memory on a detector without taps"
-        return self.memory.own_vectors(taps)
-
-    def scored_maps(self, normalized: Tensor, exclude: Tensor | None = None) -> Tensor:
+    def scored_maps(self, normalized: Tensor) -> Tensor:
         """The maps ``(N, 1, S, S)`` the score is taken from, for images already through :attr:`normalize`.
 
         One place for the composition, because a student distilling this detector learns exactly these maps:
         the network's map, positionally normalised where that was chosen, then joined by the tap memory's
-        distances where validation gave them a weight. ``exclude`` (from :meth:`own_memory`): bank vectors the
-        memory may not match, so a training image is scored as a new one would be (the student's targets).
+        distances where validation gave them a weight.
         """
         if not self.memory.active:
             return self.positional(self.detector.predict(normalized)[1])
         _, raw, taps = self.detector.predict_and_taps(normalized)
         assert taps is not None, "a tap memory on a detector without taps"
-        return self.memory(self.positional(raw), taps, exclude)
+        return self.memory(self.positional(raw), taps)
 
     def forward(self, image: Tensor) -> InferenceOutput:
         """Score uint8 RGB images ``(N, S, S, 3)``; the score is the maximum of the normalised map."""

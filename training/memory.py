@@ -30,11 +30,6 @@ MEMORY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: compared with every bank vector (about 1.7 GFLOP per 256 px image at 21 760 vectors of 152 channels).
 MAX_BANK = 32768
 
-#: A bank vector within this fraction of the bank's RMS norm of one of an image's own tap vectors is that image's
-#: (the same teacher pass on the same pixels, up to float rounding; distinct vectors of real images are far
-#: apart: on meadow the nearest other image's vector is at 0.43 of the RMS norm on average, never under 0.23).
-OWN_TOLERANCE = 1e-2
-
 
 class TapMemory(nn.Module):
     """Nearest-neighbour distances of tap vectors to a bank of good training vectors, added to a detector's map.
@@ -86,43 +81,21 @@ class TapMemory(nn.Module):
             missing_keys.remove(prefix + "center")
         self._has_bank = self.bank.shape[0] > 0
 
-    def _squared(self, taps: Tensor) -> Tensor:
-        """Squared distances ``(N, hw, M)`` of every tap vector to every bank vector.
+    def distances(self, taps: Tensor) -> Tensor:
+        """Distance of each tap vector ``(N, C, h, w)`` to its nearest bank vector, as ``(N, 1, h, w)``.
 
         ``|q - b|^2 = |q|^2 - 2 q.b + |b|^2`` as one matrix product: no ``cdist``, so the graph exports to
         ONNX opset 17 as plain MatMul and ReduceMin.
         """
+        n, c, h, w = taps.shape
         query = taps.flatten(2).transpose(1, 2) - self.center  # (N, hw, C)
-        return (query * query).sum(-1, keepdim=True) - 2.0 * torch.matmul(query, self.bank.t()) + self.bank_sq
-
-    def distances(self, taps: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """Distance of each tap vector ``(N, C, h, w)`` to its nearest bank vector, as ``(N, 1, h, w)``.
-
-        Args:
-            taps: The images' taps.
-            exclude: ``(N, M)`` bank vectors each image may not match (:meth:`own_vectors`); none by default.
-        """
-        n, _, h, w = taps.shape
-        squared = self._squared(taps)
-        if exclude is not None:
-            squared = squared.masked_fill(exclude[:, None, :], float("inf"))
+        squared = (query * query).sum(-1, keepdim=True) - 2.0 * torch.matmul(query, self.bank.t()) + self.bank_sq
         nearest = torch.amin(squared, dim=-1).clamp_min(0.0)
         return torch.sqrt(nearest).reshape(n, 1, h, w)
 
-    @torch.no_grad()
-    def own_vectors(self, taps: Tensor) -> Tensor:
-        """``(N, M)``: which bank vectors are each image's own (its taps are in the bank: a training image).
-
-        Why: a training image, perturbed, would find its unperturbed self in the bank, so content moved within
-        it reads as normal; the student's targets are such images, and a new image has no self in the bank.
-        """
-        rms = self.bank_sq.mean()
-        return torch.amin(self._squared(taps), dim=1) < OWN_TOLERANCE**2 * rms
-
-    def distance_map(self, taps: Tensor, exclude: Tensor | None = None) -> Tensor:
+    def distance_map(self, taps: Tensor) -> Tensor:
         """The smoothed distance map ``(N, 1, S, S)`` at the input size, before its z-score."""
-        distances = self.distances(taps, exclude)
-        up = F.interpolate(distances, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        up = F.interpolate(self.distances(taps), size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.blur(up)
 
     def combine(self, amap: Tensor, distance_map: Tensor, weight: float | Tensor | None = None) -> Tensor:
@@ -131,12 +104,11 @@ class TapMemory(nn.Module):
         weight = k[4] if weight is None else weight
         return (amap - k[0]) * k[1] + weight * (distance_map - k[2]) * k[3]
 
-    def forward(self, amap: Tensor, taps: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """The combined map for a detector map ``(N, 1, S, S)`` and its taps; ``amap`` itself when inactive.
-        ``exclude``: see :meth:`distances` (training only; the exported graph has none)."""
+    def forward(self, amap: Tensor, taps: Tensor) -> Tensor:
+        """The combined map for a detector map ``(N, 1, S, S)`` and its taps; ``amap`` itself when inactive."""
         if not self.active:
             return amap
-        return self.combine(amap, self.distance_map(taps, exclude))
+        return self.combine(amap, self.distance_map(taps))
 
     @torch.no_grad()
     def fit(self, taps: Tensor, maps: Tensor, *, seed: int = 0, max_bank: int = MAX_BANK) -> Tensor:

@@ -300,22 +300,17 @@ class ScoreRegressor(DistillationDetector):
         """:meth:`log_map` from the features' frozen part (an image's, or a pool sample's)."""
         return self.smooth(self.head(self.features.trained(frozen)))
 
-    def _teacher(self) -> DeployableDetector:
-        if self.teacher is None:
-            raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
-        return self.teacher
-
     @torch.no_grad()
-    def targets(self, x: Tensor, own: Tensor | None = None) -> Tensor:
+    def targets(self, x: Tensor) -> Tensor:
         """``log(1 + teacher map)`` pooled (``target_pool``) to the student's grid, the map as the teacher scores it.
 
         Why the scored map (after the teacher's positional normalisation, where it has one) and not the raw one:
         the student should learn where the teacher *alarms*, not where its raw discrepancy is merely high (image
-        borders, always-hard positions). Negative z-scores (more normal than usual) clamp to 0. ``own``: the
-        teacher memory's vectors of the training images ``x`` were made from (:meth:`DeployableDetector.own_memory`),
-        left out as the memory's statistics left them out, so a perturbed training image is scored like a new one.
+        borders, always-hard positions). Negative z-scores (more normal than usual) clamp to 0.
         """
-        amap = self._teacher().scored_maps(x, own)
+        if self.teacher is None:
+            raise RuntimeError("attach_teacher() first: the student learns from a trained RD4AD")
+        amap = self.teacher.scored_maps(x)
         return TARGET_POOLS[self.target_pool](torch.log1p(amap.clamp_min(0)), STRIDE)
 
     @torch.no_grad()
@@ -342,12 +337,10 @@ class ScoreRegressor(DistillationDetector):
         for x in images:
             ids = torch.arange(first, first + len(x))
             first += len(x)
-            # The teacher's memory holds these very images: its targets must not find them there (own_memory).
-            own = self._teacher().own_memory(x)
             for copy in range(self.pool_copies + 1):
                 xk = x if copy == 0 else perturb(x, self.generator, self.perturbations)
                 frozen.append(self.features.frozen(xk, ids).half())
-                targets.append(self.targets(xk, own))
+                targets.append(self.targets(xk))
         self.__dict__["pool"] = (torch.cat(frozen), torch.cat(targets))
 
     def _prepared_pool(self) -> tuple[Tensor, Tensor]:
