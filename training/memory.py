@@ -81,16 +81,19 @@ class TapMemory(nn.Module):
             missing_keys.remove(prefix + "center")
         self._has_bank = self.bank.shape[0] > 0
 
-    def distances(self, taps: Tensor) -> Tensor:
-        """Distance of each tap vector ``(N, C, h, w)`` to its nearest bank vector, as ``(N, 1, h, w)``.
+    def _squared(self, vectors: Tensor) -> Tensor:
+        """Squared distances ``(..., Q, M)`` of query vectors ``(..., Q, C)`` to every bank vector.
 
         ``|q - b|^2 = |q|^2 - 2 q.b + |b|^2`` as one matrix product: no ``cdist``, so the graph exports to
         ONNX opset 17 as plain MatMul and ReduceMin.
         """
-        n, c, h, w = taps.shape
-        query = taps.flatten(2).transpose(1, 2) - self.center  # (N, hw, C)
-        squared = (query * query).sum(-1, keepdim=True) - 2.0 * torch.matmul(query, self.bank.t()) + self.bank_sq
-        nearest = torch.amin(squared, dim=-1).clamp_min(0.0)
+        query = vectors - self.center
+        return (query * query).sum(-1, keepdim=True) - 2.0 * torch.matmul(query, self.bank.t()) + self.bank_sq
+
+    def distances(self, taps: Tensor) -> Tensor:
+        """Distance of each tap vector ``(N, C, h, w)`` to its nearest bank vector, as ``(N, 1, h, w)``."""
+        n, _, h, w = taps.shape
+        nearest = torch.amin(self._squared(taps.flatten(2).transpose(1, 2)), dim=-1).clamp_min(0.0)
         return torch.sqrt(nearest).reshape(n, 1, h, w)
 
     def distance_map(self, taps: Tensor) -> Tensor:
@@ -141,8 +144,7 @@ class TapMemory(nn.Module):
         # Left-out distances: each training image against the vectors of the others.
         left_out = []
         for i in range(n):
-            query = taps[i].flatten(1).t() - self.center
-            squared = (query * query).sum(-1, keepdim=True) - 2.0 * query @ self.bank.t() + self.bank_sq
+            squared = self._squared(taps[i].flatten(1).t())
             squared[:, owner == i] = float("inf")
             left_out.append(torch.sqrt(torch.amin(squared, dim=-1).clamp_min(0.0)).reshape(1, 1, h, w))
         up = F.interpolate(torch.cat(left_out), size=(self.size, self.size), mode="bilinear", align_corners=False)
