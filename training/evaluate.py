@@ -29,6 +29,11 @@ class Predictions:
     masks: np.ndarray
     """``(N, S, S)`` uint8 ground-truth masks (zeros where none)."""
 
+    @classmethod
+    def of_maps(cls, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> Predictions:
+        """Predictions whose scores are the maximum of each map ``(N, S, S)``, as the deployed detectors score."""
+        return cls(maps.reshape(len(maps), -1).max(axis=1), maps, labels, masks)
+
 
 @torch.no_grad()
 def predict(

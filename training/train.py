@@ -315,10 +315,8 @@ def maps_and_taps(model: DeployableDetector, dataset: ImageDataset) -> tuple[Pre
         taps.append(tap)
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].numpy())
-    amap = torch.cat(maps)
-    flat = amap[:, 0].numpy()
-    return (Predictions(flat.reshape(len(flat), -1).max(axis=1), flat, np.concatenate(labels), np.concatenate(masks)),
-            torch.cat(taps))
+    flat = torch.cat(maps)[:, 0].numpy()
+    return Predictions.of_maps(flat, np.concatenate(labels), np.concatenate(masks)), torch.cat(taps)
 
 
 def fit_tap_memory(
@@ -339,10 +337,10 @@ def fit_tap_memory(
         ``composition`` with the memory's weight and size; ``model`` is left set up with the choice.
     """
     model.memory.reset()
-    if config.tap_memory == "off":
+    if config.tap_memory == "off" or len(train_images) < 2:  # a left-out distance needs another image
         return composition
     train_parts = maps_and_taps(model, train_images)
-    if train_parts is None or len(train_images) < 2:
+    if train_parts is None:
         return composition
     val, val_taps = maps_and_taps(model, validation)
     train_maps = torch.from_numpy(train_parts[0].maps)[:, None]
@@ -353,7 +351,7 @@ def fit_tap_memory(
         best: tuple[float, float] | None = None
         for weight in MEMORY_WEIGHTS:
             maps = model.memory.combine(val_maps, val_distances, weight)[:, 0].numpy()
-            score = _selection_score(Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, val.labels, val.masks))
+            score = _selection_score(Predictions.of_maps(maps, val.labels, val.masks))
             log.info("tap memory weight %g: validation criterion %.4f", weight, score)
             if np.isfinite(score) and (best is None or score > best[0]):
                 best = (score, weight)
@@ -367,7 +365,7 @@ def _normalised(model: DeployableDetector, raw: Predictions) -> Predictions:
     """What predict() returns with the fitted positional normaliser, computed from the raw maps without a pass."""
     with torch.no_grad():
         maps = model.positional(torch.from_numpy(raw.maps)[:, None])[:, 0].numpy()
-    return Predictions(maps.reshape(len(maps), -1).max(axis=1), maps, raw.labels, raw.masks)
+    return Predictions.of_maps(maps, raw.labels, raw.masks)
 
 
 def save_validation_samples(samples: list[Sample], image_size: int, path: Path, per_class: int = 3) -> Path:
