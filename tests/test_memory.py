@@ -12,7 +12,7 @@ from export.network import check_parity, export_onnx, export_torchscript
 from kdcore.contract import image_network_spec
 from training.backbones import BackboneName, build_encoder
 from training.inference import DeployableDetector
-from training.memory import MEMORY_WEIGHTS, TapMemory
+from training.memory import MAX_BANK, MEMORY_WEIGHTS, TapMemory
 from training.rd4ad import RD4AD
 
 
@@ -150,3 +150,13 @@ def test_tap_distance_report_scores_every_candidate_on_both_splits(trained_run) 
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(0.0 <= float(c.split()[-1]) <= 1.0 for c in cells[1:])
         assert {c.split()[0] for c in cells[3:]} == {"scratch", "hole", "stain", "foreign"}
+
+
+def test_tap_distance_on_the_stride8_grid_queries_four_times_the_cells(trained_run) -> None:
+    """``--grid 8``: the same report with the taps on the stride-8 grid, so the bank holds four times the vectors."""
+    from bench.tap_distance import report
+
+    coarse, fine = report(trained_run.paths.root, 16)[0], report(trained_run.paths.root, 8)[0]
+    vectors = [int(line.split(" memory, ")[1].split()[0]) for line in (coarse, fine)]
+    assert "stride-8" in fine
+    assert vectors[1] == min(4 * vectors[0], MAX_BANK)
