@@ -23,7 +23,7 @@ import numpy as np
 from client.results import NOT_SCORED, ImageResult, RunSummary
 from client.tiling import Box, MapStitcher, cut_tiles, tile_boxes
 from client.transport import Pending, Reply, RequestFailed, ServerUnavailable, Transport
-from kdcore.contract import ANOMALOUS, LABEL, MAP, MAP_U8, RAW_SCORE, SCORE, label_text
+from kdcore.contract import ANOMALOUS, MAP, MAP_U8, RAW_SCORE, SCORE, label_of
 from kdcore.imageio import ImageDecodeError, decode_image, resize_to
 
 if TYPE_CHECKING:  # the run's options and the served model: read here, made in client.scoring
@@ -49,7 +49,7 @@ class TileReply:
     def from_outputs(cls, outputs: dict[str, np.ndarray], row: int) -> TileReply:
         """Row ``row`` of a batch's outputs (the map copied, which frees the reply's buffer)."""
         return cls(score=float(outputs[SCORE][row, 0]), raw_score=float(outputs[RAW_SCORE][row, 0]),
-                   label=label_text(outputs[LABEL][row, 0]), anomaly_map=_map_row(outputs, row))
+                   label=label_of(outputs, row), anomaly_map=_map_row(outputs, row))
 
 
 def _map_row(outputs: dict[str, np.ndarray], row: int) -> np.ndarray | None:

@@ -30,7 +30,7 @@ from client.pipeline import MAX_BACKOFF, ScoringPipeline, StopOnCtrlC, Stopped
 from client.results import ImageResult, RunSummary
 from client.tiling import TilingConfig
 from client.transport import Transport, connect
-from kdcore.contract import LABEL, MAP, MAP_U8, RAW_SCORE, SCORE, ModelNames
+from kdcore.contract import IS_ANOMALOUS, LABEL, MAP, MAP_U8, RAW_SCORE, SCORE, ModelNames
 
 __all__ = ["DEFAULT_URLS", "ModelInfo", "ScoreConfig", "ScoringSetupError", "model_info", "score_images"]
 
@@ -93,7 +93,9 @@ class ScoreConfig(BaseModel):
         if self.encoded:
             return [names.encoded] if self.maps else [names.encoded_score, names.encoded]
         if not self.maps:
-            return [names.score_only, names.ensemble]  # no map computed or sent at all
+            # The calibrated network first: one ONNX model, no ensemble or Python step (repositories exported
+            # before it existed have the score-only ensemble, older ones only <model>).
+            return [names.fast, names.score_only, names.ensemble]
         return [names.map8] if self.map_format == "uint8" else [names.ensemble]
 
     @property
@@ -101,10 +103,11 @@ class ScoreConfig(BaseModel):
         """The output carrying the map."""
         return MAP_U8 if self.map_format == "uint8" and not self.encoded else MAP
 
-    @property
-    def outputs(self) -> list[str]:
-        """The outputs to request."""
-        return [SCORE, RAW_SCORE, LABEL, *([self.map_output] if self.maps else [])]
+    def outputs(self, served: str) -> list[str]:
+        """The outputs to request from the ``served`` model (the calibrated network sends its decision as a
+        boolean, the scorer's models as the label text)."""
+        decision = IS_ANOMALOUS if served == ModelNames(self.model).fast else LABEL
+        return [SCORE, RAW_SCORE, decision, *([self.map_output] if self.maps else [])]
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def score_images(
     _check_fits(config, info)
     transport = Transport(
         config.protocol, config.endpoint, info.served,
-        input_name=info.input_name, input_datatype=info.input_datatype, outputs=config.outputs,
+        input_name=info.input_name, input_datatype=info.input_datatype, outputs=config.outputs(info.served),
         concurrency=config.concurrency, timeout=config.timeout, shared_memory=config.shared_memory,
         max_batch=config.batch_size, item_shape=(info.size, info.size, 3), map_shape=info.map_shape,
         tls_root=config.tls_root,

@@ -22,6 +22,11 @@ from tritonclient.utils import InferenceServerException
 
 from client.transport import connect
 from kdcore.contract import (
+    BOOL,
+    CALIBRATED_ATOL,
+    DECISION,
+    FP32,
+    IS_ANOMALOUS,
     LABEL,
     LABELS,
     MAP,
@@ -30,6 +35,7 @@ from kdcore.contract import (
     SCORE,
     TensorSpec,
     encoded_input_spec,
+    label_of,
     label_text,
 )
 from kdcore.manifest import ManifestError, ValidationSamples, discover, validation_folder
@@ -163,6 +169,8 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         _check(set(got) == set(wanted), f"{profiles.score}: outputs {sorted(got)}")
         d = _close(f"{profiles.score}.{SCORE}", got[SCORE], samples.score, atol)
         log.append(f"{proto.kind}: {profiles.score} (score only): max |diff| score {d:.1e}")
+    if profiles.fast:  # the calibrated network: the scorer's formula in the graph, decision as BOOL
+        _validate_fast(proto, profiles.fast, profiles.score, samples, log)
     if profiles.map8 and samples.anomaly_map is not None:  # UINT8 map: v / 255 within half a step
         got = proto.infer(profiles.map8, spec, samples.inputs, [SCORE, MAP_U8])
         _check(got[MAP_U8].dtype == np.uint8, f"{profiles.map8}: map dtype {got[MAP_U8].dtype}")
@@ -191,6 +199,34 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         got = proto.infer(network, spec, samples.inputs, names)
         d = [f"{o} {_close(f'{network}.{o}', got[o], ref, atol):.1e}" for o, ref in zip(names, references)]
         log.append(f"{proto.kind}: {network}: max |diff| " + ", ".join(d))
+
+
+def _validate_fast(proto: Protocol, fast: str, score_model: str | None, samples: ValidationSamples,
+                   log: list[str]) -> None:
+    """The calibrated network: its outputs, the references, and the score-only ensemble's answer on the same
+    images (the two calibrate the same raw scores with one formula: they must agree within
+    :data:`~kdcore.contract.CALIBRATED_ATOL`, far tighter than the tolerance to the eager references)."""
+    manifest, spec = samples.manifest, samples.manifest.input
+    outputs = {SCORE: FP32, IS_ANOMALOUS: BOOL, RAW_SCORE: FP32}
+    _check_metadata(proto, fast, spec, outputs)
+    got = proto.infer(fast, spec, samples.inputs, list(outputs))
+    n, score, decided = len(samples.inputs), got[SCORE], got[IS_ANOMALOUS]
+    _check(decided.dtype == np.bool_ and decided.shape == (n, 1), f"{fast}: {IS_ANOMALOUS} {decided.shape} {decided.dtype}")
+    _check(bool(np.all((score >= 0) & (score <= 1))), f"{fast}: {SCORE} outside [0, 1]")
+    _check(bool(np.all(decided == (score >= DECISION))), f"{fast}: {IS_ANOMALOUS} disagrees with {SCORE} >= {DECISION}")
+    diffs = [f"raw {_close(f'{fast}.{RAW_SCORE}', got[RAW_SCORE], samples.raw_score, manifest.atol):.1e}",
+             f"score {_close(f'{fast}.{SCORE}', score, samples.score, manifest.atol):.1e}"]
+    decided_ref = np.abs(samples.raw_score.ravel() - manifest.image_threshold) > manifest.atol
+    labels = np.array([label_of(got, row) for row in range(n)])
+    mismatch = decided_ref & (labels != samples.label.ravel())
+    _check(not mismatch.any(), f"{fast}: decisions differ from the reference for {list(samples.names[mismatch])}")
+    if score_model:
+        ensemble = proto.infer(score_model, spec, samples.inputs, [SCORE, RAW_SCORE, LABEL])
+        same = _close(f"{fast}.{SCORE} against {score_model}", score, ensemble[SCORE], CALIBRATED_ATOL)
+        _check(list(labels) == [label_text(v) for v in ensemble[LABEL].ravel()],
+               f"{fast}: decisions differ from {score_model}'s labels")
+        diffs.append(f"score against {score_model} {same:.1e}")
+    log.append(f"{proto.kind}: {fast} (calibrated network): max |diff| " + ", ".join(diffs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if not args.quiet:
             print("\n".join(log))
+        if samples.manifest.profiles.fast:
+            print(f"PASS: {samples.manifest.profiles.fast}")
         print(f"PASS: {model}")
     return 1 if failures else 0
 

@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 import kdcore
+from export.calibrated import check_calibrated, export_calibrated
 from export.network import (
     PARITY_ATOL,
     ParityReport,
@@ -46,6 +48,7 @@ from kdcore.contract import (
     SCORE_PROFILE,
     SCORER_STATS_FILE,
     ModelNames,
+    calibrated_network_spec,
 )
 from kdcore.manifest import VALIDATION_DIR, Manifest, ParityEntry, Profiles, ValidationSamples
 from kdcore.scorer import Scorer
@@ -132,15 +135,26 @@ def _stage_run(
 
     threads = serving.threads_per_instance(os.cpu_count() or 1)
     for torchscript, folder in ((False, names.onnx), (True, names.torchscript)):
-        config = network_config(names, spec, torchscript=torchscript, threads=threads, serving=serving)
+        config = network_config(folder, spec, torchscript=torchscript, threads=threads, serving=serving)
         _write(staging / folder / "config.pbtxt", config)
     _write(staging / names.scorer / "config.pbtxt", scorer_config(names, spec))
     shutil.copy2(paths.stats, staging / names.scorer / SCORER_STATS_FILE)
     _copy_backend("scorer", staging / names.scorer / "1")
     _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
     (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
-    image = spec.is_image  # image models: output profiles and encoded files
+    image = spec.is_image  # image models: output profiles, the calibrated network and encoded files
     if image:
+        fast_path = staging / names.fast / "1" / "model.onnx"
+        fast_path.parent.mkdir(parents=True)
+        export_calibrated(onnx_path, stats.image_calibration, fast_path)
+        network = onnx.load(str(onnx_path), load_external_data=False)
+        opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
+        fast_parity = check_calibrated(stats.image_calibration, onnx_path, fast_path, samples["inputs"],
+                                       opset=opset, ir_version=network.ir_version)
+        log.info("calibrated network %s: max |diff| to the scorer %s", names.fast, fast_parity)
+        fast_spec = calibrated_network_spec(int(spec.input.dims[0]))
+        _write(staging / names.fast / "config.pbtxt",
+               network_config(names.fast, fast_spec, torchscript=False, threads=threads, serving=serving))
         for profile in (SCORE_PROFILE, MAP8_PROFILE):
             name = names.profile(profile)
             _write(staging / name / "config.pbtxt", profile_ensemble_config(names, spec, profile))
@@ -161,7 +175,7 @@ def _stage_run(
         model=names.ensemble,
         networks=names.networks,
         encoded_model=names.encoded if image else None,
-        profiles=Profiles(score=names.score_only, map8=names.map8, encoded_score=names.encoded_score)
+        profiles=Profiles(score=names.score_only, map8=names.map8, encoded_score=names.encoded_score, fast=names.fast)
         if image else Profiles(),
         input=spec.input,
         has_map=spec.has_map,
@@ -188,10 +202,11 @@ def export_runs(
     """Export several trained runs into ``repository`` in one atomic step.
 
     Each run becomes four models under its ensemble name ``name``: ``<name>`` (what clients call),
-    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get four more: the output
-    profiles ``<name>_score`` (no map) and ``<name>_map8`` (UINT8 map), and for encoded input ``<name>_decoder``,
-    ``<name>_encoded`` (the ensemble that takes image files) and ``<name>_encoded_score`` (files in, score out). Other models in the
-    repository are kept.
+    ``<name>_onnx``, ``<name>_torchscript`` and ``<name>_scorer``; image models get six more: the output
+    profiles ``<name>_score`` (no map) and ``<name>_map8`` (UINT8 map), the calibrated network ``<name>_fast``
+    (score and decision from one ONNX graph, :mod:`export.calibrated`), and for encoded input ``<name>_decoder``,
+    ``<name>_encoded`` (the ensemble that takes image files) and ``<name>_encoded_score`` (files in, score out).
+    Other models in the repository are kept.
 
     Args:
         runs: ``(run folder, ensemble name)`` pairs.

@@ -94,12 +94,12 @@ def _gpu_accelerator(gpu: str) -> str:
 
 
 def network_config(
-    names: ModelNames, spec: NetworkSpec, *, torchscript: bool, threads: int, serving: ServingConfig | None = None
+    name: str, spec: NetworkSpec, *, torchscript: bool, threads: int, serving: ServingConfig | None = None
 ) -> str:
-    """Config of the network model.
+    """Config of a network model: ``<model>_onnx``, ``<model>_torchscript``, or the calibrated ``<model>_fast``.
 
     Args:
-        names: Model names of the detector.
+        name: The model's name.
         spec: The network's input and outputs.
         torchscript: ``pytorch_libtorch`` with ``model.pt`` instead of ``onnxruntime_onnx`` with ``model.onnx``.
         threads: Intra-op threads per instance (the cores a CPU instance should use).
@@ -113,7 +113,6 @@ def network_config(
         _tensor(torchscript_output_name(o.name, i) if torchscript else o.name, o.datatype, o.dims)
         for i, o in enumerate(spec.outputs)
     ]
-    name = names.torchscript if torchscript else names.onnx
     platform = "pytorch_libtorch" if torchscript else "onnxruntime_onnx"
     filename = "model.pt" if torchscript else "model.onnx"
     thread_keys = (

@@ -10,8 +10,9 @@ Standard library only, so it can be shipped into a model folder and imported by 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # ---------------------------------------------------------------------------------------------- tensors
 #: The image networks' input: uint8 RGB ``(N, S, S, 3)``.
@@ -36,9 +37,12 @@ MAP_U8 = "anomaly_map_u8"
 LABEL = "label"
 #: The raw score echoed by the scorer, so every ensemble output comes from one step.
 RAW_SCORE = "raw_score"
+#: The decision as a boolean ``BOOL (N, 1)``, true for anomalous: the calibrated network's answer instead of the
+#: :data:`LABEL` text (one byte a row, computed in the graph; :func:`label_of` turns either into the label word).
+IS_ANOMALOUS = "is_anomalous"
 
 #: Triton's datatype names as the configs and the KServe v2 protocol spell them.
-UINT8, FP32, BYTES = "UINT8", "FP32", "BYTES"
+UINT8, FP32, BYTES, BOOL = "UINT8", "FP32", "BYTES", "BOOL"
 
 # ---------------------------------------------------------------------------------------------- decisions
 #: The label words (str on the client; the scorer sends them UTF-8 encoded).
@@ -46,6 +50,9 @@ ANOMALOUS, NORMAL = "anomalous", "normal"
 LABELS = (ANOMALOUS, NORMAL)
 #: Every calibrated output has its decision threshold at exactly this value.
 DECISION = 0.5
+#: Largest difference between the calibrated network (``<model>_fast``) and the Python scorer on the same raw
+#: scores: the two run one formula (``kdcore.stats.Calibration.steps``), so only float32 rounding separates them.
+CALIBRATED_ATOL = 1e-6
 
 #: ONNX opset: supported by the NGC 24.10 image's ONNX Runtime (1.19, up to opset 21) and by torch's exporter.
 OPSET = 17
@@ -74,6 +81,14 @@ def base_output_name(name: str) -> str:
 def label_text(value: bytes | str) -> str:
     """A served label as text (gRPC and HTTP hand back bytes; numpy may hand back str)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def label_of(outputs: Mapping[str, Any], row: int) -> str:
+    """Row ``row``'s label word from a reply's outputs: the :data:`LABEL` text of the scorer's models, or the
+    :data:`IS_ANOMALOUS` boolean of the calibrated network (``outputs[name][row, 0]``)."""
+    if IS_ANOMALOUS in outputs:
+        return ANOMALOUS if bool(outputs[IS_ANOMALOUS][row, 0]) else NORMAL
+    return label_text(outputs[LABEL][row, 0])
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -115,6 +130,15 @@ def image_network_spec(size: int) -> NetworkSpec:
     return NetworkSpec(
         TensorSpec(IMAGE_INPUT, UINT8, (size, size, 3)),
         (TensorSpec(RAW_PRED, FP32, (1,)), TensorSpec(RAW_MAP, FP32, (1, size, size))),
+    )
+
+
+def calibrated_network_spec(size: int) -> NetworkSpec:
+    """The calibrated network (``<model>_fast``): uint8 RGB in; the calibrated score, the decision and the raw score
+    out, the score-only ensemble's outputs with the decision as :data:`IS_ANOMALOUS` instead of the label text."""
+    return NetworkSpec(
+        TensorSpec(IMAGE_INPUT, UINT8, (size, size, 3)),
+        (TensorSpec(SCORE, FP32, (1,)), TensorSpec(IS_ANOMALOUS, BOOL, (1,)), TensorSpec(RAW_SCORE, FP32, (1,))),
     )
 
 
@@ -170,6 +194,12 @@ class ModelNames:
         return f"{self.name}_map8"
 
     @property
+    def fast(self) -> str:
+        """The calibrated network: one ONNX model, pixels in, score and decision out, no ensemble and no Python
+        step (the score-only path of image models on the NGC image)."""
+        return f"{self.name}_fast"
+
+    @property
     def decoder(self) -> str:
         """The Python-backend step that decodes encoded images (image models only)."""
         return f"{self.name}_decoder"
@@ -204,5 +234,5 @@ class ModelNames:
     def folders(self, *, image: bool) -> list[str]:
         """Every model folder of the detector (image models add the output profiles and encoded input)."""
         base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
-        extra = [self.score_only, self.map8, self.decoder, self.encoded, self.encoded_score]
+        extra = [self.score_only, self.map8, self.fast, self.decoder, self.encoded, self.encoded_score]
         return [*base, *extra] if image else base

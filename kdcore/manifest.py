@@ -36,6 +36,8 @@ class Profiles(BaseModel):
     score: str | None = Field(None, description="score, label and raw score alone: no map computed")
     map8: str | None = Field(None, description="the map as UINT8 0..255")
     encoded_score: str | None = Field(None, description="encoded files in, the score alone out")
+    fast: str | None = Field(None, description="the calibrated network: pixels in, score, decision (BOOL) and raw "
+                             "score out, one ONNX model with no ensemble or Python step")
 
 
 class ParityEntry(BaseModel):
@@ -78,7 +80,8 @@ class Manifest(BaseModel):
     @property
     def served_models(self) -> list[str]:
         """Every model a client may call for this detector (ensembles and networks)."""
-        extra = [m for m in (self.profiles.score, self.profiles.map8, self.profiles.encoded_score) if m]
+        profiles = self.profiles
+        extra = [m for m in (profiles.score, profiles.map8, profiles.encoded_score, profiles.fast) if m]
         return [self.model, *self.networks, *extra, *([self.encoded_model] if self.encoded_model else [])]
 
     @classmethod

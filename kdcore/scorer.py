@@ -49,7 +49,6 @@ class Scorer:
     def __init__(self, stats: Stats) -> None:
         self.image_calibration = stats.image_calibration
         self.pixel_calibration = stats.pixel_calibration
-        self.image_threshold = float(stats.image_threshold.value)
         size = int(stats.model.input_size)
         self.map_shape = (1, size, size) if stats.pixel_calibration is not None else None
 
@@ -87,7 +86,7 @@ class Scorer:
         if not (np.isfinite(raw_score).all() and (raw_map is None or np.isfinite(raw_map).all())):
             raise ScorerInputError("raw outputs contain NaN or infinite values")
         # The label compares raw scores: that is the definition, immune to float rounding near 0.5.
-        label = np.where(raw_score >= self.image_threshold, ANOMALOUS_BYTES, NORMAL_BYTES).astype(object)
+        label = np.where(self.image_calibration.decide(raw_score), ANOMALOUS_BYTES, NORMAL_BYTES).astype(object)
         return ScoredBatch(
             score=self.image_calibration.apply(raw_score),
             anomaly_map=None if raw_map is None else self.pixel_calibration.apply(raw_map),

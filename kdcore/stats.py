@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -119,14 +120,48 @@ class Calibration(_Strict):
         "0.5 * (1 + tanh(gain * (raw - threshold) / (2 * scale)))"
     )
 
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Calibrated float32 scores in [0, 1], same shape as ``raw``."""
-        x = np.asarray(raw, dtype=np.float32)
-        k = np.float32(self.gain / self.scale)
+    def steps(self) -> tuple[Step, ...]:
+        """The formula as elementwise float32 steps: ``1 / (1 + exp(-(gain / scale) * (raw - threshold)))``.
+
+        :meth:`apply` runs them with numpy and the exporter appends them to the network's ONNX graph as nodes
+        (``export/calibrated.py``), so the scorer and the calibrated network compute one formula, op for op.
+        """
         # 0.5 * (1 + tanh(z)) == 1 / (1 + exp(-2 z)); this form keeps float32 precision far below the threshold,
         # where the tanh form rounds every value to 0 and ties pixels that rank differently (pixel metrics).
-        with np.errstate(over="ignore"):
-            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-k * (x - np.float32(self.threshold))))).astype(np.float32)
+        slope = float(np.float32(self.gain / self.scale))
+        return (("Sub", self.threshold), ("Mul", -slope), ("Exp", None), ("Add", 1.0), ("Reciprocal", None))
+
+    def decision(self) -> Step:
+        """The anomalous/normal rule as one step: ``raw >= threshold`` (in float32, where the calibrated score is
+        exactly 0.5), so the label and the calibrated score can never disagree."""
+        return ("GreaterOrEqual", self.threshold)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated float32 scores in [0, 1], same shape as ``raw``."""
+        with np.errstate(over="ignore"):  # exp overflows far below the threshold: 1 / inf is the right 0
+            return run_steps(self.steps(), raw)
+
+    def decide(self, raw: np.ndarray) -> np.ndarray:
+        """``True`` where ``raw`` is anomalous, same shape as ``raw``."""
+        return run_steps((self.decision(),), raw)
+
+
+#: One elementwise step of the calibration: an ONNX operator name and its constant second operand (or ``None``).
+Step = tuple[str, float | None]
+
+#: The operators the steps may use, with numpy's equivalents (ONNX Runtime computes the same IEEE float32 ops).
+ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
+    "Sub": np.subtract, "Mul": np.multiply, "Exp": np.exp, "Add": np.add, "Reciprocal": np.reciprocal,
+    "GreaterOrEqual": np.greater_equal,
+}
+
+
+def run_steps(steps: tuple[Step, ...], raw: np.ndarray) -> np.ndarray:
+    """Apply ``steps`` in order to ``raw`` as float32 (constants rounded to float32, as in the graph)."""
+    x = np.asarray(raw, dtype=np.float32)
+    for op, constant in steps:
+        x = ELEMENTWISE[op](x) if constant is None else ELEMENTWISE[op](x, np.float32(constant))
+    return x
 
 
 class Normalization(_Strict):
