@@ -180,7 +180,10 @@ def test_score_config_rejects_impossible_combinations() -> None:
     assert ScoreConfig(protocol="http").endpoint == "localhost:8000"
     assert ScoreConfig(encoded=True).candidates == ["ad_inference_encoded_score", "ad_inference_encoded"]
     assert ScoreConfig(encoded=True, maps=True).candidates == ["ad_inference_encoded"]
-    assert ScoreConfig().candidates == ["ad_inference_score", "ad_inference"]  # score alone: no map computed
+    # Score alone: the calibrated network first (no ensemble, no Python step), then the score-only ensemble.
+    assert ScoreConfig().candidates == ["ad_inference_fast", "ad_inference_score", "ad_inference"]
+    assert ScoreConfig().outputs("ad_inference_fast") == ["score", "raw_score", "is_anomalous"]
+    assert ScoreConfig().outputs("ad_inference_score") == ["score", "raw_score", "label"]
     assert ScoreConfig(maps=True).candidates == ["ad_inference"]
     assert ScoreConfig(maps=True, map_format="uint8").candidates == ["ad_inference_map8"]
 

@@ -55,7 +55,8 @@ def test_client_passes_every_model(server: TritonServer, exported_all: list[Expo
     done = _run_client(server, exported_all[0])
     assert done.returncode == 0, done.stdout + done.stderr
     passes = sorted(line for line in done.stdout.splitlines() if line.startswith("PASS: "))
-    assert passes == sorted(f"PASS: {r.names.name}" for r in exported_all)
+    image = [r for r in exported_all if r.names.name != "kdae_digits"]  # image detectors have a calibrated network
+    assert passes == sorted([f"PASS: {r.names.name}" for r in exported_all] + [f"PASS: {r.names.fast}" for r in image])
     for r in exported_all:
         for kind in ("http", "grpc"):
             for model in (r.names.onnx, r.names.torchscript):
@@ -78,6 +79,19 @@ def test_ensemble_outputs_are_calibrated(kind: str, server: TritonServer, export
     labels = np.array([v.decode() for v in out["label"].ravel()])
     np.testing.assert_array_equal(labels == "anomalous", out["score"].ravel() >= 0.5)
     np.testing.assert_allclose(out["raw_score"], samples["raw_score"], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_calibrated_network_answers_like_the_score_ensemble(kind: str, server: TritonServer, exported: ExportResult) -> None:
+    """``<model>_fast`` (one ONNX model) and ``<model>_score`` (network, then the Python scorer) on the same images:
+    the same raw scores, calibrated scores within 1e-6, and the label as the boolean."""
+    images = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")["inputs"]
+    fast = _infer(kind, server, exported.names.fast, images, outputs=("score", "is_anomalous", "raw_score"))
+    ensemble = _infer(kind, server, exported.names.score_only, images, outputs=("score", "label", "raw_score"))
+    np.testing.assert_allclose(fast["raw_score"], ensemble["raw_score"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast["score"], ensemble["score"], rtol=0, atol=1e-6)
+    assert fast["is_anomalous"].dtype == np.bool_
+    np.testing.assert_array_equal(fast["is_anomalous"].ravel(), [v == b"anomalous" for v in ensemble["label"].ravel()])
 
 
 @pytest.mark.parametrize("kind", ["http", "grpc"])
