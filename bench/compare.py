@@ -2,8 +2,10 @@
 
 One command, every figure from this machine: method, backbone, parameters, GFLOPs, image AUROC, pixel AUROC,
 AUPRO (test split, thresholds from validation), in-process ONNX Runtime images/s at batch 1 and 8, and served
-images/s over gRPC (the ensemble: network + scorer, 4 requests in flight). The table is printed, written as
-JSON, and written into README.md between the ``compare`` markers.
+images/s over gRPC, score only (the calibrated network ``<model>_fast`` where the repository has it), 4 requests
+in flight of one image each and of ``client.py score``'s default batch. The table is printed, written as JSON,
+and written into README.md between the ``compare`` markers, with the student's speed-up over its teacher stated
+served against served and in-process against in-process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import ort_run, ort_session, served_run
 from bench.readme import publish
+from bench.serving import CLIENT_BATCH
 from kdcore.manifest import MANIFEST_FILE, Manifest, validation_folder
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ class Row:
     ort_batch1: float
     ort_batch8: float
     served_grpc: float | None = None
+    """Single-image requests, 4 in flight."""
+    served_grpc_batched: float | None = None
+    """Requests of ``client.py score``'s default batch, 4 in flight."""
 
 
 def gflops(model: torch.nn.Module, example: torch.Tensor) -> float:
@@ -59,13 +65,37 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 def markdown_table(rows: list[Row]) -> str:
     """The comparison as a Markdown table."""
     head = ("| model | method | backbone | params | GFLOPs | image AUROC | pixel AUROC | AUPRO | ORT img/s b1 | "
-            "ORT img/s b8 | served img/s gRPC |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"ORT img/s b8 | served img/s gRPC, 1 image x 4 | served img/s gRPC, {CLIENT_BATCH} images x 4 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r.model} | {r.method} | {r.backbone} | {r.parameters / 1e6:.2f} M | {r.gflops:.3f} | {_fmt(r.image_auroc)} | "
         f"{_fmt(r.pixel_auroc)} | {_fmt(r.aupro)} | {r.ort_batch1:.0f} | {r.ort_batch8:.0f} | "
-        f"{_fmt(r.served_grpc, 0)} |\n"
+        f"{_fmt(r.served_grpc, 0)} | {_fmt(r.served_grpc_batched, 0)} |\n"
         for r in rows
     )
+
+
+def speedup_sentence(teacher: Row, student: Row) -> tuple[str, bool]:
+    """The student's speed-up over its teacher, each figure against its own kind (served against served,
+    in-process against in-process), and its image AUROC change; and whether it meets the target (served at the
+    client's batch >= 5x, <= 2 points of image AUROC lost)."""
+    in_process = student.ort_batch8 / teacher.ort_batch8
+    served = [s / t if s and t else None for s, t in ((student.served_grpc_batched, teacher.served_grpc_batched),
+                                                      (student.served_grpc, teacher.served_grpc))]
+    loss = 100 * ((teacher.image_auroc or 0) - (student.image_auroc or 0))
+    # A student can score higher than its teacher on a small test split: say so instead of "-0.8 points lost"; and
+    # a tie is a tie, not "-0.0 points gained".
+    if round(loss, 1) == 0:
+        change = "no image AUROC lost"
+    elif loss > 0:
+        change = f"{loss:.1f} points of image AUROC lost"
+    else:
+        change = f"{-loss:.1f} points of image AUROC gained"
+    meets = served[0] is not None and served[0] >= 5 and loss <= 2
+    text = (f"served over gRPC {_fmt(served[0], 1)}x the teacher's throughput with {CLIENT_BATCH} images per request "
+            f"and {_fmt(served[1], 1)}x with one (4 requests in flight, both served the same way); in-process "
+            f"{in_process:.1f}x (ONNX Runtime, batch 8); {change}")
+    return text, meets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,29 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         for row, result in zip(rows, results):
             samples = np.load(RunPaths(runs[row.model]).samples)["inputs"]
             manifest = Manifest.load(validation_folder(result.repository, row.model) / MANIFEST_FILE)
-            row.served_grpc = served_run(server.grpc_url, "grpc", row.model, manifest.input, samples,
-                                         concurrency=4, seconds=args.seconds).images_per_second
+            row.served_grpc, row.served_grpc_batched = (
+                served_run(server.grpc_url, "grpc", manifest.score_model, manifest.input, samples, concurrency=4,
+                           seconds=args.seconds, batch=batch).images_per_second
+                for batch in (1, CLIENT_BATCH))
 
     table = markdown_table(rows)
     print(table)
     (args.runs / "compare.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     teacher = next(r for r in rows if r.model == "ad_inference")
     student = next(r for r in rows if r.model == "ad_inference_student")
-    speedup = student.ort_batch8 / teacher.ort_batch8
-    loss = 100 * ((teacher.image_auroc or 0) - (student.image_auroc or 0))
-    verdict = "meets" if speedup >= 5 and loss <= 2 else "misses"
-    # A student can score higher than its teacher on a small test split: say so instead of "-0.8 points lost"; and a
-    # tie is a tie, not "-0.0 points gained".
-    if round(loss, 1) == 0:
-        change = "no image AUROC lost"
-    elif loss > 0:
-        change = f"{loss:.1f} points of image AUROC lost"
-    else:
-        change = f"{-loss:.1f} points of image AUROC gained"
-    print(f"student vs RD4AD: {speedup:.1f}x ORT throughput (batch 8), {change}: "
-          f"{verdict} the target (>= 5x, <= 2 points lost)")
-    return publish(args.readme, "compare", table + f"\nStudent vs RD4AD: {speedup:.1f}x throughput, {change} "
-                   f"({verdict} the >= 5x / <= 2 points lost target).\n", "kd-compare", "kd-compare")
+    text, meets = speedup_sentence(teacher, student)
+    verdict = "meets" if meets else "misses"
+    print(f"student vs RD4AD: {text}: {verdict} the target (>= 5x served, <= 2 points lost)")
+    return publish(args.readme, "compare", table + f"\nStudent vs RD4AD: {text} ({verdict} the >= 5x served / "
+                   "<= 2 points lost target).\n", "kd-compare", "kd-compare")
 
 
 if __name__ == "__main__":

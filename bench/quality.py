@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                           workdir=workdir, log_path=workdir / "server.log") as server:
             for cell, result in zip([c for c in cells if not c.peer], results):
                 samples = ValidationSamples.load(validation_folder(repository, result.names.name))
-                model = samples.manifest.profiles.score or result.names.name
+                model = samples.manifest.score_model
                 cell.served_images_per_second = served_run(
                     server.grpc_url, "grpc", model, samples.manifest.input, samples.inputs, concurrency=4,
                     seconds=args.seconds).images_per_second

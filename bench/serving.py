@@ -3,17 +3,20 @@
 In one run, on the same exported models and the same machine:
 
 * in-process ONNX Runtime (the ``<model>_onnx`` graph) at batch 1, 2, 4 and 8: the limit serving can approach;
-* the served ensemble (network + Python scorer) over gRPC and HTTP at concurrency 1, 2, 4 and 8, single-image
-  requests through dynamic batching, score only (what a production line asks for: the ``<model>_score``
-  ensemble, which computes no map), every reply checked; plus one run at concurrency 4 with the full map;
+* the served score-only path over gRPC and HTTP at concurrency 1, 2, 4 and 8, single-image requests through
+  dynamic batching (what a production line asks for: the calibrated network ``<model>_fast``, one ONNX model that
+  computes score and decision with no ensemble or Python step; the ``<model>_score`` ensemble in repositories
+  exported before it), every reply checked; then the client's own way, ``--batch`` images per request at
+  concurrency 4 (``client.py score``'s defaults); plus one run at concurrency 4 with the full map and, for
+  comparison, the score-only ensemble (network, then the Python scorer) single and batched;
 * the server's resident memory (server + backend stubs);
 * for image models, where one request's time goes at concurrency 1 (Triton's statistics: queue, input, compute,
-  output per composing model), for the full ensemble and for the score-only one;
+  output per composing model), for the full ensemble, the score-only ensemble and the calibrated network;
 * with ``--perf-analyzer PATH`` (the binary from the ``tritonclient==2.51.0`` wheel, see README), the same
   concurrency sweep measured by Triton's perf_analyzer as a cross-check.
 
 Each served figure is also given as a ratio of the in-process one at the same effective batch (concurrency c
-against ONNX Runtime at batch c). The two are measured interleaved, in rounds, and each ratio is the median of the
+against ONNX Runtime at batch c; batched requests against ONNX Runtime at their batch). The two are measured interleaved, in rounds, and each ratio is the median of the
 per-round ratios (with its range), so that the machine's drift does not masquerade as serving overhead. Targets:
 throughput at concurrency 4 >= 0.9x, p99 at concurrency 1 <= 1.2x. The CPU every process of the served path spends
 per image (client, server, each backend stub) is recorded too: what serving adds, measured in a steadier unit.
@@ -42,6 +45,7 @@ from bench.measure import (
     served_run,
 )
 from bench.readme import markers, publish
+from client.scoring import ScoreConfig
 from kdcore.contract import MAP, SCORE, TensorSpec
 from kdcore.manifest import ValidationSamples, load_manifests, validation_folder
 from kdcore.probes import own_cpu_seconds, process_tree_rss, tree_cpu_seconds
@@ -56,7 +60,11 @@ def detectors(repository: Path, only: list[str] | None) -> list[dict]:
     for manifest in load_manifests(repository, only):
         inputs = ValidationSamples.load(validation_folder(repository, manifest.model)).inputs
         names = manifest.names
-        models.append({"name": manifest.model, "score_model": manifest.profiles.score or manifest.model,
+        score_model = manifest.score_model
+        models.append({"name": manifest.model, "score_model": score_model,
+                       "score_ensemble": manifest.profiles.score,
+                       # The stub that runs the network on the score-only path (its CPU is the model's own).
+                       "network_role": f"{score_model if score_model == names.fast else names.onnx}_",
                        "method": manifest.method, "input": manifest.input, "has_map": manifest.has_map,
                        "onnx": repository / names.onnx / "1" / "model.onnx", "inputs": inputs})
     if not models:
@@ -140,10 +148,15 @@ def _stats(url: str) -> dict[str, dict[str, int]]:
 
 def breakdown(server, model: dict, seconds: float) -> dict:
     """Where the time of one request goes at concurrency 1 (gRPC), per composing model, for the full ensemble
-    (score requested, but the map is computed: what every request cost before the score-only profile) and for the
-    score-only ensemble: milliseconds per request queued, copying inputs, computing, copying outputs."""
+    (score requested, but the map is computed: what every request cost before the score-only profile), the
+    score-only ensemble (network, then the Python scorer) and the calibrated network (one model): milliseconds per
+    request queued, copying inputs, computing, copying outputs."""
     result = {}
-    for label, name in (("full ensemble", model["name"]), ("score only", model["score_model"])):
+    paths = [("full ensemble", model["name"]), ("score-only ensemble", model["score_ensemble"]),
+             ("calibrated network", model["score_model"])]
+    for label, name in [(label, name) for label, name in paths if name]:
+        if label == "calibrated network" and name in (model["score_ensemble"], model["name"]):
+            continue  # a repository exported before the calibrated network existed
         before = _stats(server.grpc_url)
         served_run(server.grpc_url, "grpc", name, model["input"], model["inputs"], concurrency=1, seconds=seconds)
         after = _stats(server.grpc_url)
@@ -164,49 +177,67 @@ def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, 
     ORT batch 1 at 71 then 38 img/s ten seconds apart, nothing else running). Measuring all of one side and then
     all of the other would turn that drift into a fake ratio; a ratio taken within a round compares like with like.
 
+    Each round ends with the client's own way of working: ``args.batch`` images per request at concurrency
+    ``BATCHED_CONCURRENCY`` (``client.py score``'s defaults), right after ONNX Runtime at that batch.
+
     Returns ``ort[c]`` and ``served[protocol][c]``, one :class:`Timing` per round, and the CPU each run used per
-    image: ``cpu["ort"][c]`` (this process) and ``cpu["served"][protocol][c]`` (client and every server process).
+    image: ``cpu["ort"][c]`` (this process) and ``cpu["served"][protocol][c]`` (client and every server process);
+    the batched runs are the keys ``"b<batch>"`` of each.
     """
     session = ort_session(model["onnx"], args.threads)
-    ort: dict[int, list[Timing]] = {c: [] for c in args.concurrency}
-    served: dict[str, dict[int, list[Timing]]] = {p: {c: [] for c in args.concurrency} for p in args.protocols}
-    cpu: dict = {"ort": {c: [] for c in args.concurrency},
-                 "served": {p: {c: [] for c in args.concurrency} for p in args.protocols}}
+    keys = [*args.concurrency, batched_key(args.batch)]
+    ort: dict = {k: [] for k in keys}
+    served: dict[str, dict] = {p: {k: [] for k in keys} for p in args.protocols}
+    cpu: dict = {"ort": {k: [] for k in keys}, "served": {p: {k: [] for k in keys} for p in args.protocols}}
+    runs = [(c, c, 1) for c in args.concurrency] + [(batched_key(args.batch), BATCHED_CONCURRENCY, args.batch)]
     for _ in range(args.rounds):
-        for c in args.concurrency:
+        for key, concurrency, batch in runs:
+            ort_batch = batch if batch > 1 else concurrency  # the effective batch the server can form
             before = own_cpu_seconds()
-            t = ort_run(session, model["inputs"], c, args.seconds)
-            ort[c].append(t)
-            cpu["ort"][c].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * c))
+            t = ort_run(session, model["inputs"], ort_batch, args.seconds)
+            ort[key].append(t)
+            cpu["ort"][key].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * ort_batch))
             for protocol in args.protocols:
-                t, split = _served_with_cpu(server, protocol, model, c, args.seconds)
-                served[protocol][c].append(t)
-                cpu["served"][protocol][c].append(split)
+                t, split = _served_with_cpu(server, protocol, model, concurrency, args.seconds, batch)
+                served[protocol][key].append(t)
+                cpu["served"][protocol][key].append(split)
     return ort, served, cpu
 
 
-def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, seconds: float) -> tuple[Timing, dict]:
+#: Requests in flight and images per request of the batched runs: ``client.py score``'s defaults.
+BATCHED_CONCURRENCY = int(ScoreConfig.model_fields["concurrency"].default)
+CLIENT_BATCH = int(ScoreConfig.model_fields["batch_size"].default)
+
+
+def batched_key(batch: int) -> str:
+    """The results' key of the batched runs (``"b8"``), beside the concurrency keys of single-image runs."""
+    return f"b{batch}"
+
+
+def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, seconds: float,
+                     batch: int = 1) -> tuple[Timing, dict]:
     """One score-only served run, and the CPU milliseconds per image each process spent on it (client included)."""
     before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
     t = served_run(server.url(protocol), protocol, model["score_model"], model["input"], model["inputs"],
-                   concurrency=concurrency, seconds=seconds)
+                   concurrency=concurrency, seconds=seconds, batch=batch)
     after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
-    images = t.requests + t.failures + concurrency  # the warm-up requests ran inside the window too
+    # The warm-up requests ran inside the window too; a timed request holds ``batch`` images.
+    images = (t.requests + t.failures + concurrency) * batch
     split = {role: (after[role] - before.get(role, 0.0)) * 1000.0 / images for role in after}
     split["client"] = (client_after - client_before) * 1000.0 / images
     return t, split
 
 
-def cpu_split(cpu: dict, model: dict, concurrency: int = 4) -> dict:
-    """CPU milliseconds per image at ``concurrency`` (median over rounds): in-process ONNX Runtime, and each process
-    of the served path (client, tritonserver, one entry per busy backend stub).
+def cpu_split(cpu: dict, model: dict, concurrency: int | str = 4) -> dict:
+    """CPU milliseconds per image at ``concurrency`` (or the batched runs' key, median over rounds): in-process ONNX
+    Runtime, and each process of the served path (client, tritonserver, one entry per busy backend stub).
 
     ``serving`` is everything the served path spends besides the network's own stub (client, server core, scorer)
     and ``overhead`` that as a share of the in-process network: what serving adds to the model's own cost. CPU time
     is far steadier than throughput on a shared machine, so this is the figure to watch when a change is tried.
     ``network_vs_in_process`` compares the network's stub with the same graph in-process (ONNX Runtime's idle
     spinning between batches shows there)."""
-    network = f"{model['name']}_onnx_"
+    network = model["network_role"]
     out: dict = {"ort_in_process": float(np.median(cpu["ort"][concurrency]))}
     for protocol, by_c in cpu["served"].items():
         rounds = by_c[concurrency]
@@ -235,16 +266,25 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     ort = {c: Timing.median(runs) for c, runs in ort_rounds.items()}
     served = {p: {c: Timing.median(runs) for c, runs in by_c.items()} for p, by_c in served_rounds.items()}
     extra = {}
+    if model["score_model"] != model["score_ensemble"] and model["score_ensemble"] and "grpc" in args.protocols:
+        # The path the calibrated network replaces, for comparison: network, then the Python scorer.
+        for key, concurrency, batch in (("c4", 4, 1), (batched_key(args.batch), BATCHED_CONCURRENCY, args.batch)):
+            extra[f"grpc_{key}_score_ensemble"] = served_run(
+                server.grpc_url, "grpc", model["score_ensemble"], model["input"], model["inputs"],
+                concurrency=concurrency, seconds=args.seconds, batch=batch).to_dict()
     if model["has_map"] and "grpc" in args.protocols:
         # What the full-resolution float32 map costs when a client asks for it too.
         extra["grpc_c4_with_map"] = served_run(server.grpc_url, "grpc", model["name"], model["input"],
                                                model["inputs"], concurrency=4, seconds=args.seconds,
                                                outputs=(SCORE, MAP)).to_dict()
+    bkey = batched_key(args.batch)
     result = {
-        "model": model["name"], "method": model["method"],
+        "model": model["name"], "method": model["method"], "score_model": model["score_model"],
+        "batch": args.batch, "batched_concurrency": BATCHED_CONCURRENCY,
         "ort": {str(b): t.to_dict() for b, t in ort.items()},
         "served": {p: {str(c): t.to_dict() for c, t in runs.items()} for p, runs in served.items()},
         "cpu_ms_per_image_c4": cpu_split(cpu, model),
+        "cpu_ms_per_image_batched": cpu_split(cpu, model, bkey),
         "rounds": {"ort": {str(c): [t.to_dict() for t in runs] for c, runs in ort_rounds.items()},
                    "served": {p: {str(c): [t.to_dict() for t in runs] for c, runs in by_c.items()}
                               for p, by_c in served_rounds.items()}},
@@ -252,6 +292,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
             p: {
                 "throughput_c4_vs_ort_b4": paired_ratio(by_c[4], ort_rounds[4], "images_per_second"),
                 "p99_c1_vs_ort_b1": paired_ratio(by_c[1], ort_rounds[1], "p99_ms"),
+                "throughput_batched_vs_ort": paired_ratio(by_c[bkey], ort_rounds[bkey], "images_per_second"),
                 "throughput_vs_ort_same_batch": {
                     str(c): paired_ratio(runs, ort_rounds[c], "images_per_second")["median"]
                     for c, runs in by_c.items()},
@@ -278,16 +319,21 @@ def _overhead_text(cpu: dict, protocol: str) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
-    """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1."""
+    """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1, and the
+    client's batched requests against in-process ONNX Runtime at that batch."""
+    batch = results[0]["batch"] if results else CLIENT_BATCH
     lines = [
         ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 / ORT b4 [range] (>= 0.9) "
-        "| p99 c1 served / ORT b1 ms: ratio [range] (<= 1.2x) | serving CPU per image at c4 |"),
-        "|---|---|---|---|---|---|---|",
+         "| p99 c1 served / ORT b1 ms: ratio [range] (<= 1.2x) | serving CPU per image at c4 "
+         f"| served b{batch} x c{BATCHED_CONCURRENCY} / ORT b{batch} img/s: ratio [range] "
+         f"| serving CPU per image, b{batch} |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        ort = r["ort"]
+        ort, bkey = r["ort"], batched_key(r["batch"])
         for protocol, runs in r["served"].items():
             t4, p1 = r["ratios"][protocol]["throughput_c4_vs_ort_b4"], r["ratios"][protocol]["p99_c1_vs_ort_b1"]
+            tb = r["ratios"][protocol]["throughput_batched_vs_ort"]
             ok_t = "yes" if t4["median"] >= THROUGHPUT_TARGET else "no"
             ok_p = "yes" if p1["median"] <= P99_TARGET else "no"
             lines.append(
@@ -296,7 +342,9 @@ def markdown_table(results: list[dict]) -> str:
                 f"{runs['4']['images_per_second']:.0f} / {runs['8']['images_per_second']:.0f} | "
                 f"{t4['median']:.2f} [{t4['min']:.2f}-{t4['max']:.2f}] ({ok_t}) | {runs['1']['p99_ms']:.1f} / "
                 f"{ort['1']['p99_ms']:.1f}: {p1['median']:.2f}x [{p1['min']:.2f}-{p1['max']:.2f}] ({ok_p}) | "
-                f"{_overhead_text(r['cpu_ms_per_image_c4'], protocol)} |"
+                f"{_overhead_text(r['cpu_ms_per_image_c4'], protocol)} | {runs[bkey]['images_per_second']:.0f} / "
+                f"{ort[bkey]['images_per_second']:.0f}: {tb['median']:.2f} [{tb['min']:.2f}-{tb['max']:.2f}] | "
+                f"{_overhead_text(r['cpu_ms_per_image_batched'], protocol)} |"
             )
     return "\n".join(lines)
 
@@ -347,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds of in-process and served runs, interleaved; ratios are per round, then the median")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="requests in flight")
     p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
+    p.add_argument("--batch", type=int, default=CLIENT_BATCH,
+                   help=f"images per request of the batched runs ({BATCHED_CONCURRENCY} in flight; client.py score's "
+                   "defaults), against in-process ONNX Runtime at that batch")
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads in-process (default: all cores)")
     p.add_argument("--perf-analyzer", default=None,
                    help="perf_analyzer binary for a cross-check, or 'auto' to fetch it into .cache/perf_analyzer/")

@@ -95,7 +95,8 @@ def check_calibrated(calibration: Calibration, network_path: Path, calibrated_pa
     gives the network's raw score, and the scorer's calibration and decision of it.
 
     Returns:
-        The largest differences found (``score`` on the sweep, ``network_score`` and ``raw_score`` on the images).
+        The largest differences found: calibrated scores on the sweep (``sweep``) and on the images (``images``),
+        raw scores on the images (``raw``).
     """
     scale, steps = float(calibration.scale), 4001
     sweep = np.concatenate([
@@ -129,4 +130,4 @@ def check_calibrated(calibration: Calibration, network_path: Path, calibrated_pa
     if problems:
         raise ExportParityError(f"{calibrated_path}: the calibrated network disagrees with the scorer: "
                                 + "; ".join(problems) + "; nothing was written")
-    return {"score": diff, "network_score": network_diff, "raw_score": raw_diff}
+    return {"sweep": diff, "images": network_diff, "raw": raw_diff}

@@ -78,6 +78,12 @@ class Manifest(BaseModel):
         return {SCORE: FP32, **maps, LABEL: BYTES, RAW_SCORE: FP32}
 
     @property
+    def score_model(self) -> str:
+        """The model that serves the score alone with the least work: the calibrated network, else the score-only
+        ensemble, else the full ensemble (repositories exported before each existed)."""
+        return self.profiles.fast or self.profiles.score or self.model
+
+    @property
     def served_models(self) -> list[str]:
         """Every model a client may call for this detector (ensembles and networks)."""
         profiles = self.profiles
