@@ -9,7 +9,8 @@ Kubernetes exec liveness probe) runs once, and what the supervisor (``kd-server`
 
 A round sends, per detector and all at once: the request that crosses the most steps (PNG bytes through the
 encoded ensemble: decoder, network, scorer; pixels through the ensemble for vector models), each network from
-pixels, the scorer from the stored raw score and the decoder from the PNG. The networks run three times a round,
+pixels (the calibrated network ``<model>_fast`` too), the scorer from the stored raw score and the decoder from
+the PNG. The networks run three times a round,
 the rest costs next to nothing; in parallel, a round takes as long as its slowest request (about 1 s when a stub
 is dead, since Triton takes that long to fail a request to it). The *suspects* are the failing step models, and
 the steps of a failing ensemble that no passing request went through.
@@ -202,6 +203,8 @@ class HealthCheck:
             steps[ensemble.model] = [step["model_name"] for step in
                                      proto.config(ensemble.model).get("ensemble_scheduling", {}).get("step", [])]
             probes.append(ensemble)
+            if m.profiles.fast:  # the calibrated network: the score-only path clients call first
+                probes.append(Probe(m.profiles.fast, spec, s.inputs[:1], SCORE, s.score[:1], atol))
             for network in m.networks:
                 names = [o["name"] for o in proto.metadata(network)["outputs"]]
                 score_output = next((n for n in names if base_output_name(n) == RAW_PRED), names[0])

@@ -298,7 +298,8 @@ def test_ctrl_c_stops_the_command_cleanly(server: TritonServer, demo_root: Path,
 
 
 def test_output_profiles_score_only_and_uint8_maps(server: TritonServer, mixed_folder: dict[str, Path]) -> None:
-    """Score alone goes to <model>_score (no map computed); --map-format uint8 gets maps within half a step."""
+    """Score alone goes to the calibrated network <model>_fast (no map sent, no Python step), with the full
+    ensemble's scores and labels; --map-format uint8 gets maps within half a step."""
     paths = [mixed_folder[n] for n in sorted(mixed_folder) if n.startswith(("good_", "hole_"))]
 
     def run(**options):
@@ -311,8 +312,9 @@ def test_output_profiles_score_only_and_uint8_maps(server: TritonServer, mixed_f
     full_summary, full = run(maps=True)
     u8_summary, u8 = run(maps=True, map_format="uint8")
     assert (score_summary.model, full_summary.model, u8_summary.model) == (
-        "ad_inference_score", "ad_inference", "ad_inference_map8")
+        "ad_inference_fast", "ad_inference", "ad_inference_map8")
     for path, want in full.items():
         assert score_only[path].anomaly_map is None and score_only[path].score == pytest.approx(want.score, abs=1e-6)
+        assert score_only[path].label == want.label
         assert u8[path].label == want.label
         np.testing.assert_allclose(u8[path].anomaly_map, want.anomaly_map, atol=0.5 / 255 + 1e-6)

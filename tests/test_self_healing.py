@@ -83,13 +83,17 @@ def test_a_killed_backend_stub_is_reloaded_and_answers_resume_within_10_s_other_
     vector = _samples(healing_repo, "kdae_digits")
     png = np.array([[encode_png(image["inputs"][0])]], dtype=object)
     # The encoded ensemble runs all three stubs of the detector: decoder -> network stand-in -> scorer.
-    victim = Prober(healing_server.grpc_url, "ad_inference_encoded", "image_bytes", png, "BYTES", image["score"][:1])
+    encoded = Prober(healing_server.grpc_url, "ad_inference_encoded", "image_bytes", png, "BYTES", image["score"][:1])
+    # The calibrated network is a model of its own (one stub): the score-only path clients call first.
+    fast = Prober(healing_server.grpc_url, "ad_inference_fast", "image", image["inputs"][:1], "UINT8",
+                  image["score"][:1])
     other = Prober(healing_server.grpc_url, "kdae_digits", "vector", vector["inputs"][:2], "FP32", vector["score"][:2])
-    victim.start()
-    other.start()
+    for prober in (encoded, fast, other):
+        prober.start()
     resumed: dict[str, float | None] = {}
     try:
-        for model in ("ad_inference_scorer", "ad_inference_decoder", "ad_inference_onnx"):
+        for model, victim in (("ad_inference_scorer", encoded), ("ad_inference_decoder", encoded),
+                              ("ad_inference_onnx", encoded), ("ad_inference_fast", fast)):
             heals = healing_server.state()["heals"]
             pid = healing_server.stub_pid(model)
             time.sleep(1.0)  # some answers before the kill
@@ -105,17 +109,17 @@ def test_a_killed_backend_stub_is_reloaded_and_answers_resume_within_10_s_other_
             assert last["action"] == "reload" and last["models"] == [model] and "not healthy" in last["cause"], last
             assert healing_server.stub_pid(model) != pid
     finally:
-        victim.halt.set()
-        other.halt.set()
-        victim.join(60)
-        other.join(60)
+        for prober in (encoded, fast, other):
+            prober.halt.set()
+        for prober in (encoded, fast, other):
+            prober.join(60)
     print(f"answers resumed after the stub's death (s): {resumed}; kdae_digits: {len(other.log)} requests, "
           f"{len(other.failures())} failed")
     assert all(r is not None and r < HEAL_GOAL_S for r in resumed.values()), resumed
     assert not other.failures(), other.failures()[:3]
     assert healing_server.state()["restarts"] == 0  # healed in place, never restarted
-    reliability["dead backend stub (scorer, decoder, network) healed in place"] = {
-        "requests": len(victim.log) + len(other.log), "faults": 3, "failures": len(other.failures()),
+    reliability["dead backend stub (scorer, decoder, network, calibrated network) healed in place"] = {
+        "requests": len(encoded.log) + len(fast.log) + len(other.log), "faults": 4, "failures": len(other.failures()),
         "worst_ms_to_answers": round(1000 * max(resumed.values()))}
 
 
