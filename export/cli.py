@@ -23,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kd-export",
         description="Export training runs to ONNX and TorchScript, check both against the eager model on "
         "stored validation inputs, and write, per run, the network, the Python-backend scorer (with the run's "
-        "stats JSON), an ensemble and the client's validation samples into a Triton model repository. Nothing "
-        "is changed in the repository unless every run exports cleanly.",
+        "stats JSON), the ensembles, for image detectors the calibrated network <name>_fast (the stats JSON's "
+        "calibration and decision appended to the ONNX graph, checked against the scorer within 1e-6), and the "
+        "client's validation samples into a Triton model repository. Nothing is changed in the repository unless "
+        "every run exports cleanly.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
