@@ -10,6 +10,8 @@ In one run, on the same exported models and the same machine:
   concurrency 4 (``client.py score``'s defaults); plus one run at concurrency 4 with the full map and, for
   comparison, the score-only ensemble (network, then the Python scorer) single and batched;
 * the server's resident memory (server + backend stubs);
+* the same batched runs through system shared memory (image models): what the socket's copies cost the client,
+  whose CPU per image is split into user space and kernel;
 * for image models, where one request's time goes at concurrency 1 (Triton's statistics: queue, input, compute,
   output per composing model), for the full ensemble, the score-only ensemble and the calibrated network;
 * with ``--perf-analyzer PATH`` (the binary from the ``tritonclient==2.51.0`` wheel, see README), the same
@@ -46,9 +48,9 @@ from bench.measure import (
 )
 from bench.readme import markers, publish
 from client.scoring import ScoreConfig
-from kdcore.contract import MAP, SCORE, TensorSpec
+from kdcore.contract import MAP, SCORE, UINT8, TensorSpec
 from kdcore.manifest import ValidationSamples, load_manifests, validation_folder
-from kdcore.probes import own_cpu_seconds, process_tree_rss, tree_cpu_seconds
+from kdcore.probes import own_cpu_seconds, own_cpu_times, process_tree_rss, tree_cpu_seconds
 
 README_BEGIN, README_END = markers("bench")
 THROUGHPUT_TARGET, P99_TARGET = 0.9, 1.2
@@ -189,16 +191,21 @@ def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, 
     ort: dict = {k: [] for k in keys}
     served: dict[str, dict] = {p: {k: [] for k in keys} for p in args.protocols}
     cpu: dict = {"ort": {k: [] for k in keys}, "served": {p: {k: [] for k in keys} for p in args.protocols}}
-    runs = [(c, c, 1) for c in args.concurrency] + [(batched_key(args.batch), BATCHED_CONCURRENCY, args.batch)]
+    runs = [(c, c, 1, "none") for c in args.concurrency]
+    runs.append((batched_key(args.batch), BATCHED_CONCURRENCY, args.batch, "none"))
+    if model["input"].datatype == UINT8:  # pixels can skip the socket: what the copies cost the client
+        runs.append((batched_key(args.batch, shared_memory=True), BATCHED_CONCURRENCY, args.batch, "system"))
+        for table in (ort, cpu["ort"], *served.values(), *cpu["served"].values()):
+            table[runs[-1][0]] = []
     for _ in range(args.rounds):
-        for key, concurrency, batch in runs:
+        for key, concurrency, batch, shared_memory in runs:
             ort_batch = batch if batch > 1 else concurrency  # the effective batch the server can form
             before = own_cpu_seconds()
             t = ort_run(session, model["inputs"], ort_batch, args.seconds)
             ort[key].append(t)
             cpu["ort"][key].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * ort_batch))
             for protocol in args.protocols:
-                t, split = _served_with_cpu(server, protocol, model, concurrency, args.seconds, batch)
+                t, split = _served_with_cpu(server, protocol, model, concurrency, args.seconds, batch, shared_memory)
                 served[protocol][key].append(t)
                 cpu["served"][protocol][key].append(split)
     return ort, served, cpu
@@ -209,23 +216,31 @@ BATCHED_CONCURRENCY = int(ScoreConfig.model_fields["concurrency"].default)
 CLIENT_BATCH = int(ScoreConfig.model_fields["batch_size"].default)
 
 
-def batched_key(batch: int) -> str:
-    """The results' key of the batched runs (``"b8"``), beside the concurrency keys of single-image runs."""
-    return f"b{batch}"
+def batched_key(batch: int, *, shared_memory: bool = False) -> str:
+    """The results' key of the batched runs (``"b8"``, through system shared memory ``"b8_shm"``), beside the
+    concurrency keys of single-image runs."""
+    return f"b{batch}" + ("_shm" if shared_memory else "")
 
 
 def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, seconds: float,
-                     batch: int = 1) -> tuple[Timing, dict]:
-    """One score-only served run, and the CPU milliseconds per image each process spent on it (client included)."""
-    before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+                     batch: int = 1, shared_memory: str = "none") -> tuple[Timing, dict]:
+    """One score-only served run, and the CPU milliseconds per image each process spent on it: the server's
+    processes by role, ``client`` (this process) and, apart, ``client_kernel``, the client's share spent in
+    system calls (the socket's copies); the roles sum to the total without it."""
+    before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_times()
     t = served_run(server.url(protocol), protocol, model["score_model"], model["input"], model["inputs"],
-                   concurrency=concurrency, seconds=seconds, batch=batch)
-    after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_seconds()
+                   concurrency=concurrency, seconds=seconds, batch=batch, shared_memory=shared_memory)
+    after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_times()
     # The warm-up requests ran inside the window too; a timed request holds ``batch`` images.
     images = (t.requests + t.failures + concurrency) * batch
     split = {role: (after[role] - before.get(role, 0.0)) * 1000.0 / images for role in after}
-    split["client"] = (client_after - client_before) * 1000.0 / images
+    split["client"] = (sum(client_after) - sum(client_before)) * 1000.0 / images
+    split[CLIENT_KERNEL] = (client_after[1] - client_before[1]) * 1000.0 / images
     return t, split
+
+
+#: The client's kernel share in a CPU split: a part of ``client``, not a process of its own.
+CLIENT_KERNEL = "client_kernel"
 
 
 def cpu_split(cpu: dict, model: dict, concurrency: int | str = 4) -> dict:
@@ -244,8 +259,9 @@ def cpu_split(cpu: dict, model: dict, concurrency: int | str = 4) -> dict:
         roles = sorted({role for split in rounds for role in split})
         median = {role: float(np.median([split.get(role, 0.0) for split in rounds])) for role in roles}
         median = {role: ms for role, ms in median.items() if ms >= 0.01}  # idle stubs of other models
-        own = sum(ms for role, ms in median.items() if role.startswith(network))
-        rest = sum(ms for role, ms in median.items() if not role.startswith(network))
+        processes = {role: ms for role, ms in median.items() if role != CLIENT_KERNEL}
+        own = sum(ms for role, ms in processes.items() if role.startswith(network))
+        rest = sum(ms for role, ms in processes.items() if not role.startswith(network))
         base = out["ort_in_process"]
         out[protocol] = {"ms_per_image": median, "network": own, "serving": rest,
                          "overhead": rest / base if base > 0 else None,
@@ -277,7 +293,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         extra["grpc_c4_with_map"] = served_run(server.grpc_url, "grpc", model["name"], model["input"],
                                                model["inputs"], concurrency=4, seconds=args.seconds,
                                                outputs=(SCORE, MAP)).to_dict()
-    bkey = batched_key(args.batch)
+    bkey, skey = batched_key(args.batch), batched_key(args.batch, shared_memory=True)
     result = {
         "model": model["name"], "method": model["method"], "score_model": model["score_model"],
         "batch": args.batch, "batched_concurrency": BATCHED_CONCURRENCY,
@@ -285,6 +301,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         "served": {p: {str(c): t.to_dict() for c, t in runs.items()} for p, runs in served.items()},
         "cpu_ms_per_image_c4": cpu_split(cpu, model),
         "cpu_ms_per_image_batched": cpu_split(cpu, model, bkey),
+        **({"cpu_ms_per_image_batched_shm": cpu_split(cpu, model, skey)} if skey in ort_rounds else {}),
         "rounds": {"ort": {str(c): [t.to_dict() for t in runs] for c, runs in ort_rounds.items()},
                    "served": {p: {str(c): [t.to_dict() for t in runs] for c, runs in by_c.items()}
                               for p, by_c in served_rounds.items()}},
@@ -293,6 +310,8 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
                 "throughput_c4_vs_ort_b4": paired_ratio(by_c[4], ort_rounds[4], "images_per_second"),
                 "p99_c1_vs_ort_b1": paired_ratio(by_c[1], ort_rounds[1], "p99_ms"),
                 "throughput_batched_vs_ort": paired_ratio(by_c[bkey], ort_rounds[bkey], "images_per_second"),
+                **({"throughput_batched_shm_vs_ort": paired_ratio(by_c[skey], ort_rounds[skey], "images_per_second")}
+                   if skey in by_c else {}),
                 "throughput_vs_ort_same_batch": {
                     str(c): paired_ratio(runs, ort_rounds[c], "images_per_second")["median"]
                     for c, runs in by_c.items()},
@@ -318,6 +337,17 @@ def _overhead_text(cpu: dict, protocol: str) -> str:
                    else "")
 
 
+def _client_text(result: dict, protocol: str) -> str:
+    """'0.25 (0.07) / 0.13 (0.01) ms': the client's CPU per image at the client's batch over the socket and through
+    shared memory, its kernel part in brackets (image models; vector inputs cannot use shared memory)."""
+    parts = []
+    for key in ("cpu_ms_per_image_batched", "cpu_ms_per_image_batched_shm"):
+        if key in result:
+            ms = result[key][protocol]["ms_per_image"]
+            parts.append(f"{ms.get('client', 0.0):.2f} ({ms.get(CLIENT_KERNEL, 0.0):.2f})")
+    return " / ".join(parts) + " ms"
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1, and the
     client's batched requests against in-process ONNX Runtime at that batch."""
@@ -326,8 +356,8 @@ def markdown_table(results: list[dict]) -> str:
         ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 / ORT b4 [range] (>= 0.9) "
          "| p99 c1 served / ORT b1 ms: ratio [range] (<= 1.2x) | serving CPU per image at c4 "
          f"| served b{batch} x c{BATCHED_CONCURRENCY} / ORT b{batch} img/s: ratio [range] "
-         f"| serving CPU per image, b{batch} |"),
-        "|---|---|---|---|---|---|---|---|---|",
+         f"| serving CPU per image, b{batch} | client CPU per image, b{batch}: socket / shared memory (kernel) |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ort, bkey = r["ort"], batched_key(r["batch"])
@@ -344,7 +374,7 @@ def markdown_table(results: list[dict]) -> str:
                 f"{ort['1']['p99_ms']:.1f}: {p1['median']:.2f}x [{p1['min']:.2f}-{p1['max']:.2f}] ({ok_p}) | "
                 f"{_overhead_text(r['cpu_ms_per_image_c4'], protocol)} | {runs[bkey]['images_per_second']:.0f} / "
                 f"{ort[bkey]['images_per_second']:.0f}: {tb['median']:.2f} [{tb['min']:.2f}-{tb['max']:.2f}] | "
-                f"{_overhead_text(r['cpu_ms_per_image_batched'], protocol)} |"
+                f"{_overhead_text(r['cpu_ms_per_image_batched'], protocol)} | {_client_text(r, protocol)} |"
             )
     return "\n".join(lines)
 

@@ -106,5 +106,11 @@ def tree_cpu_seconds(pid: int) -> dict[str, float]:
 
 def own_cpu_seconds() -> float:
     """CPU seconds (user + system) this process has used so far."""
+    return sum(own_cpu_times())
+
+
+def own_cpu_times() -> tuple[float, float]:
+    """CPU seconds this process has used so far, in user space and in the kernel (system calls: for a client,
+    mostly the socket's copies)."""
     t = os.times()
-    return t.user + t.system
+    return t.user, t.system

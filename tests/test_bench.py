@@ -28,8 +28,10 @@ def test_kd_bench_writes_json_plot_and_readme_table(
     data = json.loads((tmp_path / "b.json").read_text())
     assert [r["model"] for r in data["results"]] == ["ad_inference", "kdae_digits"]
     for r in data["results"]:
-        # Single-image requests at each concurrency, and the client's batch of 8 at 4 in flight ("b8").
-        assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8", "b8"}
+        # Single-image requests at each concurrency, and the client's batch of 8 at 4 in flight ("b8"), for pixels
+        # also through shared memory ("b8_shm").
+        shm = {"b8_shm"} if r["model"] == "ad_inference" else set()
+        assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8", "b8", *shm}
         assert all(t["failures"] == 0 and t["images_per_second"] > 0 for p in r["served"].values() for t in p.values())
         assert r["ort"]["1"]["p99_ms"] > 0
         # Ratios are taken round by round (in-process and served runs interleaved), then the median.
@@ -39,12 +41,16 @@ def test_kd_bench_writes_json_plot_and_readme_table(
         batched = r["ratios"]["grpc"]["throughput_batched_vs_ort"]
         assert len(batched["per_round"]) == 2 and batched["median"] > 0
         assert r["cpu_ms_per_image_batched"]["grpc"]["network"] > 0
+        client = r["cpu_ms_per_image_batched"]["grpc"]["ms_per_image"]
+        assert 0 <= client.get("client_kernel", 0.0) <= client["client"]  # a part of the client, not a process
     rd4ad = data["results"][0]
     # The image detector is measured through its calibrated network; the score-only ensemble is its comparison.
     assert rd4ad["score_model"] == "ad_inference_fast" and rd4ad["grpc_c4_score_ensemble"]["images_per_second"] > 0
     assert "ad_inference_scorer" in rd4ad["breakdown_c1_ms"]["score-only ensemble"]
     assert set(rd4ad["breakdown_c1_ms"]["calibrated network"]) == {"ad_inference_fast"}
     assert data["results"][1]["score_model"] == "kdae_digits"  # a vector detector has no calibrated network
+    assert rd4ad["ratios"]["grpc"]["throughput_batched_shm_vs_ort"]["median"] > 0
+    assert "cpu_ms_per_image_batched_shm" in rd4ad and "cpu_ms_per_image_batched_shm" not in data["results"][1]
     assert data["server_rss_bytes"] > 0 and (tmp_path / "b.png").stat().st_size > 10_000
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "| ad_inference | grpc |" in text
