@@ -7,8 +7,9 @@ In one run, on the same exported models and the same machine:
   dynamic batching (what a production line asks for: the calibrated network ``<model>_fast``, one ONNX model that
   computes score and decision with no ensemble or Python step; the ``<model>_score`` ensemble in repositories
   exported before it), every reply checked; then the client's own way, ``--batch`` images per request at
-  concurrency 4 (``client.py score``'s defaults); plus one run at concurrency 4 with the full map and, for
-  comparison, the score-only ensemble (network, then the Python scorer) single and batched;
+  concurrency 4 (``client.py score``'s defaults); for comparison, in the same rounds, the score-only ensemble
+  (network, then the Python scorer) single at concurrency 4 and batched; plus one run at concurrency 4 with the
+  full map;
 * the server's resident memory (server + backend stubs);
 * the same batched runs through system shared memory (image models): what the socket's copies cost the client,
   whose CPU per image is split into user space and kernel;
@@ -67,6 +68,7 @@ def detectors(repository: Path, only: list[str] | None) -> list[dict]:
                        "score_ensemble": manifest.profiles.score,
                        # The stub that runs the network on the score-only path (its CPU is the model's own).
                        "network_role": f"{score_model if score_model == names.fast else names.onnx}_",
+                       "ensemble_network_role": f"{names.onnx}_",
                        "method": manifest.method, "input": manifest.input, "has_map": manifest.has_map,
                        "onnx": repository / names.onnx / "1" / "model.onnx", "inputs": inputs})
     if not models:
@@ -191,21 +193,30 @@ def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, 
     ort: dict = {k: [] for k in keys}
     served: dict[str, dict] = {p: {k: [] for k in keys} for p in args.protocols}
     cpu: dict = {"ort": {k: [] for k in keys}, "served": {p: {k: [] for k in keys} for p in args.protocols}}
-    runs = [(c, c, 1, "none") for c in args.concurrency]
-    runs.append((batched_key(args.batch), BATCHED_CONCURRENCY, args.batch, "none"))
+    score = model["score_model"]
+    runs = [(c, c, 1, "none", score) for c in args.concurrency]
+    runs.append((batched_key(args.batch), BATCHED_CONCURRENCY, args.batch, "none", score))
+    extra = []
     if model["input"].datatype == UINT8:  # pixels can skip the socket: what the copies cost the client
-        runs.append((batched_key(args.batch, shared_memory=True), BATCHED_CONCURRENCY, args.batch, "system"))
+        extra.append((batched_key(args.batch, shared_memory=True), BATCHED_CONCURRENCY, args.batch, "system", score))
+    if model["score_ensemble"] and model["score_ensemble"] != score:
+        # The path the calibrated network replaces (network, then the Python scorer), in the same rounds.
+        extra += [(ENSEMBLE_KEYS[0], 4, 1, "none", model["score_ensemble"]),
+                  (ENSEMBLE_KEYS[1], BATCHED_CONCURRENCY, args.batch, "none", model["score_ensemble"])]
+    for key, *_ in extra:
         for table in (ort, cpu["ort"], *served.values(), *cpu["served"].values()):
-            table[runs[-1][0]] = []
+            table[key] = []
+    runs += extra
     for _ in range(args.rounds):
-        for key, concurrency, batch, shared_memory in runs:
+        for key, concurrency, batch, shared_memory, served_model in runs:
             ort_batch = batch if batch > 1 else concurrency  # the effective batch the server can form
             before = own_cpu_seconds()
             t = ort_run(session, model["inputs"], ort_batch, args.seconds)
             ort[key].append(t)
             cpu["ort"][key].append((own_cpu_seconds() - before) * 1000.0 / ((t.requests + ORT_WARMUP_RUNS) * ort_batch))
             for protocol in args.protocols:
-                t, split = _served_with_cpu(server, protocol, model, concurrency, args.seconds, batch, shared_memory)
+                t, split = _served_with_cpu(server, protocol, served_model, model, concurrency, args.seconds, batch,
+                                            shared_memory)
                 served[protocol][key].append(t)
                 cpu["served"][protocol][key].append(split)
     return ort, served, cpu
@@ -222,13 +233,13 @@ def batched_key(batch: int, *, shared_memory: bool = False) -> str:
     return f"b{batch}" + ("_shm" if shared_memory else "")
 
 
-def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, seconds: float,
+def _served_with_cpu(server, protocol: str, served_model: str, model: dict, concurrency: int, seconds: float,
                      batch: int = 1, shared_memory: str = "none") -> tuple[Timing, dict]:
     """One score-only served run, and the CPU milliseconds per image each process spent on it: the server's
     processes by role, ``client`` (this process) and, apart, ``client_kernel``, the client's share spent in
     system calls (the socket's copies); the roles sum to the total without it."""
     before, client_before = tree_cpu_seconds(server.process.pid), own_cpu_times()
-    t = served_run(server.url(protocol), protocol, model["score_model"], model["input"], model["inputs"],
+    t = served_run(server.url(protocol), protocol, served_model, model["input"], model["inputs"],
                    concurrency=concurrency, seconds=seconds, batch=batch, shared_memory=shared_memory)
     after, client_after = tree_cpu_seconds(server.process.pid), own_cpu_times()
     # The warm-up requests ran inside the window too; a timed request holds ``batch`` images.
@@ -241,6 +252,9 @@ def _served_with_cpu(server, protocol: str, model: dict, concurrency: int, secon
 
 #: The client's kernel share in a CPU split: a part of ``client``, not a process of its own.
 CLIENT_KERNEL = "client_kernel"
+#: Keys of the score-only ensemble's runs (single images at concurrency 4, the client's batch), beside the
+#: calibrated network's.
+ENSEMBLE_KEYS = ("c4_ensemble", "batched_ensemble")
 
 
 def cpu_split(cpu: dict, model: dict, concurrency: int | str = 4) -> dict:
@@ -252,7 +266,7 @@ def cpu_split(cpu: dict, model: dict, concurrency: int | str = 4) -> dict:
     is far steadier than throughput on a shared machine, so this is the figure to watch when a change is tried.
     ``network_vs_in_process`` compares the network's stub with the same graph in-process (ONNX Runtime's idle
     spinning between batches shows there)."""
-    network = model["network_role"]
+    network = model["ensemble_network_role" if concurrency in ENSEMBLE_KEYS else "network_role"]
     out: dict = {"ort_in_process": float(np.median(cpu["ort"][concurrency]))}
     for protocol, by_c in cpu["served"].items():
         rounds = by_c[concurrency]
@@ -282,12 +296,6 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
     ort = {c: Timing.median(runs) for c, runs in ort_rounds.items()}
     served = {p: {c: Timing.median(runs) for c, runs in by_c.items()} for p, by_c in served_rounds.items()}
     extra = {}
-    if model["score_model"] != model["score_ensemble"] and model["score_ensemble"] and "grpc" in args.protocols:
-        # The path the calibrated network replaces, for comparison: network, then the Python scorer.
-        for key, concurrency, batch in (("c4", 4, 1), (batched_key(args.batch), BATCHED_CONCURRENCY, args.batch)):
-            extra[f"grpc_{key}_score_ensemble"] = served_run(
-                server.grpc_url, "grpc", model["score_ensemble"], model["input"], model["inputs"],
-                concurrency=concurrency, seconds=args.seconds, batch=batch).to_dict()
     if model["has_map"] and "grpc" in args.protocols:
         # What the full-resolution float32 map costs when a client asks for it too.
         extra["grpc_c4_with_map"] = served_run(server.grpc_url, "grpc", model["name"], model["input"],
@@ -302,6 +310,7 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
         "cpu_ms_per_image_c4": cpu_split(cpu, model),
         "cpu_ms_per_image_batched": cpu_split(cpu, model, bkey),
         **({"cpu_ms_per_image_batched_shm": cpu_split(cpu, model, skey)} if skey in ort_rounds else {}),
+        **({f"cpu_ms_per_image_{key}": cpu_split(cpu, model, key) for key in ENSEMBLE_KEYS if key in ort_rounds}),
         "rounds": {"ort": {str(c): [t.to_dict() for t in runs] for c, runs in ort_rounds.items()},
                    "served": {p: {str(c): [t.to_dict() for t in runs] for c, runs in by_c.items()}
                               for p, by_c in served_rounds.items()}},
@@ -312,6 +321,11 @@ def bench_model(model: dict, server, args: argparse.Namespace) -> dict:
                 "throughput_batched_vs_ort": paired_ratio(by_c[bkey], ort_rounds[bkey], "images_per_second"),
                 **({"throughput_batched_shm_vs_ort": paired_ratio(by_c[skey], ort_rounds[skey], "images_per_second")}
                    if skey in by_c else {}),
+                # The calibrated network against the score-only ensemble, run after run within each round.
+                **({"calibrated_vs_ensemble": {
+                    "c4": paired_ratio(by_c[4], by_c[ENSEMBLE_KEYS[0]], "images_per_second"),
+                    "batched": paired_ratio(by_c[bkey], by_c[ENSEMBLE_KEYS[1]], "images_per_second")}}
+                   if ENSEMBLE_KEYS[0] in by_c else {}),
                 "throughput_vs_ort_same_batch": {
                     str(c): paired_ratio(runs, ort_rounds[c], "images_per_second")["median"]
                     for c, runs in by_c.items()},
@@ -348,6 +362,15 @@ def _client_text(result: dict, protocol: str) -> str:
     return " / ".join(parts) + " ms"
 
 
+def _versus_text(result: dict, protocol: str) -> str:
+    """'1.10x [1.02-1.18], 1.05x [...]': the calibrated network's throughput over the score-only ensemble's, round by
+    round, single images at concurrency 4 and batched ('-' for a model without the pair)."""
+    pair = result["ratios"][protocol].get("calibrated_vs_ensemble")
+    if not pair:
+        return "-"
+    return ", ".join(f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]" for r in (pair["c4"], pair["batched"]))
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per detector and protocol: throughput at c=1/4/8, ratios against the targets, p99 at c=1, and the
     client's batched requests against in-process ONNX Runtime at that batch."""
@@ -356,8 +379,9 @@ def markdown_table(results: list[dict]) -> str:
         ("| model | protocol | ORT b1 / b4 / b8 img/s | served c1 / c4 / c8 img/s | c4 / ORT b4 [range] (>= 0.9) "
          "| p99 c1 served / ORT b1 ms: ratio [range] (<= 1.2x) | serving CPU per image at c4 "
          f"| served b{batch} x c{BATCHED_CONCURRENCY} / ORT b{batch} img/s: ratio [range] "
-         f"| serving CPU per image, b{batch} | client CPU per image, b{batch}: socket / shared memory (kernel) |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+         f"| serving CPU per image, b{batch} | client CPU per image, b{batch}: socket / shared memory (kernel) "
+         f"| calibrated network / score-only ensemble img/s: c4, b{batch} |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ort, bkey = r["ort"], batched_key(r["batch"])
@@ -374,7 +398,8 @@ def markdown_table(results: list[dict]) -> str:
                 f"{ort['1']['p99_ms']:.1f}: {p1['median']:.2f}x [{p1['min']:.2f}-{p1['max']:.2f}] ({ok_p}) | "
                 f"{_overhead_text(r['cpu_ms_per_image_c4'], protocol)} | {runs[bkey]['images_per_second']:.0f} / "
                 f"{ort[bkey]['images_per_second']:.0f}: {tb['median']:.2f} [{tb['min']:.2f}-{tb['max']:.2f}] | "
-                f"{_overhead_text(r['cpu_ms_per_image_batched'], protocol)} | {_client_text(r, protocol)} |"
+                f"{_overhead_text(r['cpu_ms_per_image_batched'], protocol)} | {_client_text(r, protocol)} | "
+                f"{_versus_text(r, protocol)} |"
             )
     return "\n".join(lines)
 

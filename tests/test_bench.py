@@ -30,8 +30,9 @@ def test_kd_bench_writes_json_plot_and_readme_table(
     for r in data["results"]:
         # Single-image requests at each concurrency, and the client's batch of 8 at 4 in flight ("b8"), for pixels
         # also through shared memory ("b8_shm").
-        shm = {"b8_shm"} if r["model"] == "ad_inference" else set()
-        assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8", "b8", *shm}
+        # The image detector's score-only ensemble runs in the same rounds, as the calibrated network's comparison.
+        image = {"b8_shm", "c4_ensemble", "batched_ensemble"} if r["model"] == "ad_inference" else set()
+        assert set(r["served"]) == {"grpc", "http"} and set(r["served"]["grpc"]) == {"1", "2", "4", "8", "b8", *image}
         assert all(t["failures"] == 0 and t["images_per_second"] > 0 for p in r["served"].values() for t in p.values())
         assert r["ort"]["1"]["p99_ms"] > 0
         # Ratios are taken round by round (in-process and served runs interleaved), then the median.
@@ -45,7 +46,10 @@ def test_kd_bench_writes_json_plot_and_readme_table(
         assert 0 <= client.get("client_kernel", 0.0) <= client["client"]  # a part of the client, not a process
     rd4ad = data["results"][0]
     # The image detector is measured through its calibrated network; the score-only ensemble is its comparison.
-    assert rd4ad["score_model"] == "ad_inference_fast" and rd4ad["grpc_c4_score_ensemble"]["images_per_second"] > 0
+    assert rd4ad["score_model"] == "ad_inference_fast"
+    versus = rd4ad["ratios"]["grpc"]["calibrated_vs_ensemble"]
+    assert len(versus["c4"]["per_round"]) == 2 and versus["batched"]["median"] > 0
+    assert "ad_inference_scorer_0_0" in rd4ad["cpu_ms_per_image_c4_ensemble"]["grpc"]["ms_per_image"]
     assert "ad_inference_scorer" in rd4ad["breakdown_c1_ms"]["score-only ensemble"]
     assert set(rd4ad["breakdown_c1_ms"]["calibrated network"]) == {"ad_inference_fast"}
     assert data["results"][1]["score_model"] == "kdae_digits"  # a vector detector has no calibrated network
