@@ -47,7 +47,7 @@ class ScoreConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     model: str = Field("ad_inference", description="ensemble to call (the pixel-input one; the encoded-input "
-                       "and output-profile ensembles are found by its name)")
+                       "ensembles, the output profiles and the calibrated network <model>_fast are found by its name)")
     protocol: Literal["grpc", "http"] = Field("grpc", description="wire protocol")
     url: str | None = Field(None, description=f"host:port of that protocol's endpoint (default {DEFAULT_URLS['grpc']} "
                             f"for gRPC, {DEFAULT_URLS['http']} for HTTP)")
