@@ -54,6 +54,13 @@ def _baseline(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     return x[start] * (1 - t) + x[stop - 1] * t
 
 
+def _span(length: int, start: int, stop: int) -> np.ndarray:
+    """The ``(length,)`` label of one event on ``[start, stop)``."""
+    labelled = np.zeros(length, bool)
+    labelled[start:stop] = True
+    return labelled
+
+
 def _beat_span(peak: int, length: int) -> tuple[int, int] | None:
     start, stop = peak - BEAT_BEFORE, peak + BEAT_AFTER
     return (start, stop) if start >= 0 and stop <= length else None
@@ -94,9 +101,7 @@ def missed_beat(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> A
     start, stop = spans[int(rng.integers(len(spans)))]
     out = x.copy()
     out[start:stop] = _baseline(x, start, stop) + rng.normal(0, 0.01, (stop - start, x.shape[1]))
-    labelled = np.zeros(len(x), bool)
-    labelled[start:stop] = True
-    return Anomaly(out, labelled)
+    return Anomaly(out, _span(len(x), start, stop))
 
 
 def _segment(length: int, rng: np.random.Generator, shortest: int, longest: int) -> tuple[int, int]:
@@ -115,9 +120,7 @@ def baseline_wander(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) 
     swing = amplitude * np.sin(2 * np.pi * frequency * t[:, None] + phases) * envelope[:, None]
     out = x.copy()
     out[start:stop] += swing
-    labelled = np.zeros(len(x), bool)
-    labelled[start:stop] = True
-    return Anomaly(out, labelled)
+    return Anomaly(out, _span(len(x), start, stop))
 
 
 def amplitude_drop(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> Anomaly:
@@ -125,12 +128,9 @@ def amplitude_drop(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -
     start, stop = _segment(len(x), rng, 48, 160)
     factor = np.ones(len(x))
     factor[start:stop] = rng.uniform(0.15, 0.4)
-    out = x.copy()
     level = np.median(x, axis=0)
     out = level + (x - level) * factor[:, None]
-    labelled = np.zeros(len(x), bool)
-    labelled[start:stop] = True
-    return Anomaly(out, labelled)
+    return Anomaly(out, _span(len(x), start, stop))
 
 
 def flatline(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> Anomaly:
@@ -138,9 +138,7 @@ def flatline(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> Anom
     start, stop = _segment(len(x), rng, 24, 96)
     out = x.copy()
     out[start:stop] = x[max(start - 1, 0)] + rng.normal(0, 0.003, (stop - start, x.shape[1]))
-    labelled = np.zeros(len(x), bool)
-    labelled[start:stop] = True
-    return Anomaly(out, labelled)
+    return Anomaly(out, _span(len(x), start, stop))
 
 
 def noise_burst(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> Anomaly:
@@ -148,9 +146,7 @@ def noise_burst(x: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> A
     start, stop = _segment(len(x), rng, 30, 30)
     out = x.copy()
     out[start:stop] += rng.normal(0, rng.uniform(0.15, 0.4), (stop - start, x.shape[1]))
-    labelled = np.zeros(len(x), bool)
-    labelled[start:stop] = True
-    return Anomaly(out, labelled)
+    return Anomaly(out, _span(len(x), start, stop))
 
 
 Injector = Callable[[np.ndarray, np.ndarray, np.random.Generator], "Anomaly | None"]
