@@ -231,7 +231,7 @@ def test_demo_invalid_validation_fraction(tmp_path, capsys):
 
 def test_demo_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = demo_dataset._write_png
+    original = demo_dataset.write_png
 
     def failing(path, array):
         calls["n"] += 1
@@ -239,7 +239,7 @@ def test_demo_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         original(path, array)
 
-    monkeypatch.setattr(demo_dataset, "_write_png", failing)
+    monkeypatch.setattr(demo_dataset, "write_png", failing)
     with pytest.raises(KeyboardInterrupt):
         write_demo_dataset(tmp_path, "grass", **SMALL)
     assert list(tmp_path.iterdir()) == []

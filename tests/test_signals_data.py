@@ -73,11 +73,19 @@ def test_the_dataset_on_disk_and_its_command(tmp_path: Path, capsys) -> None:
     assert len(train.signals) == 8 and len(test.signals) == 4
     assert not np.isclose(train.signals[:4, :10], test.signals[:4, :10]).all()  # another record, another seed
     assert json.loads((tmp_path / "ecg" / "meta.json").read_text())["splits"]["train"]["windows"] == 8
+    # The plots are the renderer's images of the stored windows, bit for bit.
+    from kdcore.imageio import read_image
+    from kdcore.series_plot import render_plot
+
+    plots = sorted((tmp_path / "ecg" / "test" / "plots").glob("*.png"))
+    assert len(plots) == 4
+    np.testing.assert_array_equal(read_image(plots[2]), render_plot(test.signals[2]))
     with pytest.raises(FileNotFoundError, match="kd-signal-data"):
         load_split(tmp_path / "nothing", "train")
     rc = signal_data_main(["--root", str(tmp_path / "cli"), "--train-records", "1", "--validation-records", "1",
-                           "--test-records", "1", "--windows-per-record", "2", "--kinds", "flatline"])
+                           "--test-records", "1", "--windows-per-record", "2", "--kinds", "flatline", "--no-plots"])
     out = capsys.readouterr().out
     assert rc == 0 and "train: 2 windows" in out and (tmp_path / "cli" / "test" / "kinds.npy").is_file()
+    assert not (tmp_path / "cli" / "test" / "plots").exists()
     kinds = load_split(tmp_path / "cli", "train").kinds
     assert set(np.unique(kinds)) <= {0, list(ecg.KINDS).index("flatline") + 1}

@@ -78,7 +78,8 @@ def _rng(seed: int, category: str, split: str, defect_index: int, index: int) ->
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Write an RGB (or single-channel) uint8 image as PNG; raises :class:`OSError` if OpenCV cannot."""
     if array.ndim == 3:
         array = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
     if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
@@ -157,7 +158,7 @@ def _generate(target: Path, params: dict) -> None:
     train_dir = target / "train" / "good"
     train_dir.mkdir(parents=True)
     for i, name in enumerate(_image_names(params["n_train"])):
-        _write_png(train_dir / f"{name}.png", renderer.good(_rng(seed, category, "train", 0, i), size))
+        write_png(train_dir / f"{name}.png", renderer.good(_rng(seed, category, "train", 0, i), size))
     # The random stream of evaluation image i is keyed by its generated index only, not by
     # where it is placed, so the images are the same as those of generator version 1.
     # Folders are created on first use: an empty validation/<folder> would make
@@ -165,7 +166,7 @@ def _generate(target: Path, params: dict) -> None:
     for i, (split, stem) in enumerate(_placement(params["n_test_good"], fraction)):
         image_dir = target / split / "good"
         image_dir.mkdir(parents=True, exist_ok=True)
-        _write_png(image_dir / f"{stem}.png", renderer.good(_rng(seed, category, "test_good", 0, i), size))
+        write_png(image_dir / f"{stem}.png", renderer.good(_rng(seed, category, "test_good", 0, i), size))
     for d, defect in enumerate(renderer.defects):
         mask_dir = target / "ground_truth" / defect
         mask_dir.mkdir(parents=True)
@@ -175,8 +176,8 @@ def _generate(target: Path, params: dict) -> None:
             rng = _rng(seed, category, "defect", d + 1, i)
             good = renderer.good(rng, size)
             image, mask = renderer.defect(rng, good, defect)
-            _write_png(image_dir / f"{stem}.png", image)
-            _write_png(mask_dir / f"{stem}_mask.png", mask)
+            write_png(image_dir / f"{stem}.png", image)
+            write_png(mask_dir / f"{stem}_mask.png", mask)
     manifest = {"generator": _GENERATOR, "version": _GENERATOR_VERSION, **params}
     (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="anomaly kinds to inject")
     parser.add_argument("--noise", type=float, default=defaults.noise, help="neurokit2's noise level")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="everything is drawn from it")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=defaults.plots,
+                        help="also write each window's plot image (what the vision teacher reads)")
     return parser
 
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = SignalDataConfig(
         records={s: getattr(args, f"{s}_records") for s in SPLITS}, windows_per_record=args.windows_per_record,
-        anomaly_fraction=args.anomaly_fraction, kinds=tuple(args.kinds), noise=args.noise, seed=args.seed)
+        anomaly_fraction=args.anomaly_fraction, kinds=tuple(args.kinds), noise=args.noise, seed=args.seed,
+        plots=args.plots)
     started = time.perf_counter()
     meta = write_signal_dataset(args.root, config)
     for split, counts in meta["splits"].items():

@@ -6,6 +6,7 @@ Layout (``<root>/``)::
     train/signals.npy           (N, T, C) float32, mV
     train/labels.npy            (N, T) uint8: 1 on anomalous steps
     train/kinds.npy             (N, T) uint8: the kind's index in meta.json's "kinds" (0: normal)
+    train/plots/00000.png ...   each window as its vision teacher reads it (kdcore.series_plot), with --plots
     validation/...  test/...    the same
 
 Splits never share a record (a record's rhythm would otherwise leak from training into the test split), and
@@ -24,10 +25,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore.contract import NORMAL
+from kdcore.series_plot import render_plot
+from training.demo_data.dataset import write_png
 from training.signals.ecg import KINDS, LEADS, SAMPLING_RATE, WINDOW, Windows, make_windows
 
 SPLITS = ("train", "validation", "test")
 META_FILE = "meta.json"
+PLOTS_DIR = "plots"
 ARRAYS = ("signals", "labels", "kinds")
 
 
@@ -43,6 +47,7 @@ class SignalDataConfig(BaseModel):
     kinds: tuple[str, ...] = Field(tuple(KINDS), description="anomaly kinds to inject")
     noise: float = Field(0.02, ge=0, description="neurokit2's noise level")
     seed: int = Field(0, description="everything is drawn from it")
+    plots: bool = Field(True, description="also write each window's plot image (kdcore.series_plot)")
 
 
 def write_signal_dataset(root: Path, config: SignalDataConfig | None = None) -> dict:
@@ -66,6 +71,10 @@ def write_signal_dataset(root: Path, config: SignalDataConfig | None = None) -> 
             (staging / split).mkdir()
             for name in ARRAYS:
                 np.save(staging / split / f"{name}.npy", getattr(windows, name))
+            if config.plots:
+                (staging / split / PLOTS_DIR).mkdir()
+                for i, signal in enumerate(windows.signals):
+                    write_png(staging / split / PLOTS_DIR / f"{i:05d}.png", render_plot(signal))
             counts[split] = {"windows": int(len(windows.labels)),
                              "anomalous_windows": int(windows.labels.any(1).sum()),
                              "anomalous_steps": int(windows.labels.sum())}
