@@ -156,11 +156,10 @@ def breakdown(server, model: dict, seconds: float) -> dict:
     score-only ensemble (network, then the Python scorer) and the calibrated network (one model): milliseconds per
     request queued, copying inputs, computing, copying outputs."""
     result = {}
-    paths = [("full ensemble", model["name"]), ("score-only ensemble", model["score_ensemble"]),
-             ("calibrated network", model["score_model"])]
+    paths = [("full ensemble", model["name"]), ("score-only ensemble", model["score_ensemble"])]
+    if model["score_model"] not in (model["score_ensemble"], model["name"]):  # exported with a calibrated network
+        paths.append(("calibrated network", model["score_model"]))
     for label, name in [(label, name) for label, name in paths if name]:
-        if label == "calibrated network" and name in (model["score_ensemble"], model["name"]):
-            continue  # a repository exported before the calibrated network existed
         before = _stats(server.grpc_url)
         served_run(server.grpc_url, "grpc", name, model["input"], model["inputs"], concurrency=1, seconds=seconds)
         after = _stats(server.grpc_url)
@@ -189,24 +188,20 @@ def paired_rounds(model: dict, server, args: argparse.Namespace) -> tuple[dict, 
     the batched runs are the keys ``"b<batch>"`` of each.
     """
     session = ort_session(model["onnx"], args.threads)
-    keys = [*args.concurrency, batched_key(args.batch)]
+    score = model["score_model"]
+    # (key, concurrency, images per request, shared memory, served model), in the order each round runs them.
+    runs = [(c, c, 1, "none", score) for c in args.concurrency]
+    runs.append((batched_key(args.batch), BATCHED_CONCURRENCY, args.batch, "none", score))
+    if model["input"].datatype == UINT8:  # pixels can skip the socket: what the copies cost the client
+        runs.append((batched_key(args.batch, shared_memory=True), BATCHED_CONCURRENCY, args.batch, "system", score))
+    if model["score_ensemble"] and model["score_ensemble"] != score:
+        # The path the calibrated network replaces (network, then the Python scorer), in the same rounds.
+        runs += [(ENSEMBLE_KEYS[0], 4, 1, "none", model["score_ensemble"]),
+                 (ENSEMBLE_KEYS[1], BATCHED_CONCURRENCY, args.batch, "none", model["score_ensemble"])]
+    keys = [run[0] for run in runs]
     ort: dict = {k: [] for k in keys}
     served: dict[str, dict] = {p: {k: [] for k in keys} for p in args.protocols}
     cpu: dict = {"ort": {k: [] for k in keys}, "served": {p: {k: [] for k in keys} for p in args.protocols}}
-    score = model["score_model"]
-    runs = [(c, c, 1, "none", score) for c in args.concurrency]
-    runs.append((batched_key(args.batch), BATCHED_CONCURRENCY, args.batch, "none", score))
-    extra = []
-    if model["input"].datatype == UINT8:  # pixels can skip the socket: what the copies cost the client
-        extra.append((batched_key(args.batch, shared_memory=True), BATCHED_CONCURRENCY, args.batch, "system", score))
-    if model["score_ensemble"] and model["score_ensemble"] != score:
-        # The path the calibrated network replaces (network, then the Python scorer), in the same rounds.
-        extra += [(ENSEMBLE_KEYS[0], 4, 1, "none", model["score_ensemble"]),
-                  (ENSEMBLE_KEYS[1], BATCHED_CONCURRENCY, args.batch, "none", model["score_ensemble"])]
-    for key, *_ in extra:
-        for table in (ort, cpu["ort"], *served.values(), *cpu["served"].values()):
-            table[key] = []
-    runs += extra
     for _ in range(args.rounds):
         for key, concurrency, batch, shared_memory, served_model in runs:
             ort_batch = batch if batch > 1 else concurrency  # the effective batch the server can form

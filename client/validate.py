@@ -149,10 +149,7 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         _check(amap.dtype == np.float32, f"{model}: {MAP} dtype {amap.dtype}")
         _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: {MAP} outside [0, 1]")
         diffs.append(f"map {_close(f'{model}.{MAP}', amap, samples.anomaly_map, atol):.1e}")
-    # A raw score within the tolerance of the threshold may legitimately flip; every other label must match.
-    decided = np.abs(samples.raw_score.ravel() - manifest.image_threshold) > atol
-    mismatch = decided & (labels != samples.label.ravel())
-    _check(not mismatch.any(), f"{model}: labels differ from the reference for {list(samples.names[mismatch])}")
+    _check_labels(model, labels, samples)
     good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
     if good.size and bad.size:
         _check(bad.mean() > good.mean(), f"{model}: anomalous inputs score {bad.mean():.3f} on average, good {good.mean():.3f}")
@@ -201,6 +198,15 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         log.append(f"{proto.kind}: {network}: max |diff| " + ", ".join(d))
 
 
+def _check_labels(model: str, labels: np.ndarray, samples: ValidationSamples) -> None:
+    """Served label words against the references: a raw score within the tolerance of the threshold may
+    legitimately flip; every other label must match."""
+    manifest = samples.manifest
+    decided = np.abs(samples.raw_score.ravel() - manifest.image_threshold) > manifest.atol
+    mismatch = decided & (labels != samples.label.ravel())
+    _check(not mismatch.any(), f"{model}: labels differ from the reference for {list(samples.names[mismatch])}")
+
+
 def _validate_fast(proto: Protocol, fast: str, score_model: str | None, samples: ValidationSamples,
                    log: list[str]) -> None:
     """The calibrated network: its outputs, the references, and the score-only ensemble's answer on the same
@@ -216,10 +222,8 @@ def _validate_fast(proto: Protocol, fast: str, score_model: str | None, samples:
     _check(bool(np.all(decided == (score >= DECISION))), f"{fast}: {IS_ANOMALOUS} disagrees with {SCORE} >= {DECISION}")
     diffs = [f"raw {_close(f'{fast}.{RAW_SCORE}', got[RAW_SCORE], samples.raw_score, manifest.atol):.1e}",
              f"score {_close(f'{fast}.{SCORE}', score, samples.score, manifest.atol):.1e}"]
-    decided_ref = np.abs(samples.raw_score.ravel() - manifest.image_threshold) > manifest.atol
     labels = np.array([label_of(got, row) for row in range(n)])
-    mismatch = decided_ref & (labels != samples.label.ravel())
-    _check(not mismatch.any(), f"{fast}: decisions differ from the reference for {list(samples.names[mismatch])}")
+    _check_labels(fast, labels, samples)
     if score_model:
         ensemble = proto.infer(score_model, spec, samples.inputs, [SCORE, RAW_SCORE, LABEL])
         same = _close(f"{fast}.{SCORE} against {score_model}", score, ensemble[SCORE], CALIBRATED_ATOL)

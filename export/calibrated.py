@@ -64,10 +64,15 @@ def calibration_model(calibration: Calibration, *, opset: int, ir_version: int) 
     return model
 
 
+def _tail_for(network: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
+    """:func:`calibration_model` at the network's own opset and IR version (what merging it after the network needs)."""
+    opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
+    return calibration_model(calibration, opset=opset, ir_version=network.ir_version)
+
+
 def calibrated_network(network: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
     """The network with the calibration appended to its raw score; its raw map is no longer an output."""
-    opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
-    tail = calibration_model(calibration, opset=opset, ir_version=network.ir_version)
+    tail = _tail_for(network, calibration)
     merged = compose.merge_models(network, tail, io_map=[(RAW_PRED, RAW_PRED)],
                                   outputs=[SCORE, IS_ANOMALOUS, RAW_SCORE], producer_name="kd-export")
     onnx.checker.check_model(merged)
@@ -85,8 +90,8 @@ def _session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
-def check_calibrated(calibration: Calibration, network_path: Path, calibrated_path: Path, inputs: np.ndarray,
-                     *, opset: int, ir_version: int) -> dict[str, float]:
+def check_calibrated(calibration: Calibration, network_path: Path, calibrated_path: Path,
+                     inputs: np.ndarray) -> dict[str, float]:
     """Hold a calibrated network to the Python scorer; raises :class:`ExportParityError` on any difference.
 
     Two checks: (1) the appended graph alone, on raw scores spread around the threshold, equals
@@ -103,7 +108,7 @@ def check_calibrated(calibration: Calibration, network_path: Path, calibrated_pa
         np.linspace(calibration.threshold - 20 * scale, calibration.threshold + 20 * scale, steps),
         [calibration.threshold, -1e30, 1e30],
     ]).astype(np.float32)[:, None]
-    tail = _session(calibration_model(calibration, opset=opset, ir_version=ir_version))
+    tail = _session(_tail_for(onnx.load(str(network_path), load_external_data=False), calibration))
     score, decided, raw = tail.run([SCORE, IS_ANOMALOUS, RAW_SCORE], {RAW_PRED: sweep})
     diff = float(np.max(np.abs(score - calibration.apply(sweep))))
     at_threshold = score[np.flatnonzero(sweep[:, 0] == np.float32(calibration.threshold))[0], 0]

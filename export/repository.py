@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 import kdcore
 from export.calibrated import check_calibrated, export_calibrated
@@ -147,10 +146,7 @@ def _stage_run(
         fast_path = staging / names.fast / "1" / "model.onnx"
         fast_path.parent.mkdir(parents=True)
         export_calibrated(onnx_path, stats.image_calibration, fast_path)
-        network = onnx.load(str(onnx_path), load_external_data=False)
-        opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
-        fast_parity = check_calibrated(stats.image_calibration, onnx_path, fast_path, samples["inputs"],
-                                       opset=opset, ir_version=network.ir_version)
+        fast_parity = check_calibrated(stats.image_calibration, onnx_path, fast_path, samples["inputs"])
         log.info("calibrated network %s: max |diff| to the scorer %s", names.fast, fast_parity)
         fast_spec = calibrated_network_spec(int(spec.input.dims[0]))
         _write(staging / names.fast / "config.pbtxt",
