@@ -26,6 +26,7 @@ from kdcore.contract import (
     CALIBRATED_ATOL,
     DECISION,
     FP32,
+    INTERVALS,
     IS_ANOMALOUS,
     LABEL,
     LABELS,
@@ -38,6 +39,7 @@ from kdcore.contract import (
     label_of,
     label_text,
 )
+from kdcore.intervals import anomalous_intervals, intervals_from_json
 from kdcore.manifest import ManifestError, ValidationSamples, discover, validation_folder
 
 
@@ -149,6 +151,8 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         _check(amap.dtype == np.float32, f"{model}: {MAP} dtype {amap.dtype}")
         _check(bool(np.all((amap >= 0) & (amap <= 1))), f"{model}: {MAP} outside [0, 1]")
         diffs.append(f"map {_close(f'{model}.{MAP}', amap, samples.anomaly_map, atol):.1e}")
+    if manifest.is_series:
+        _check_intervals(model, out[MAP], out[INTERVALS])
     _check_labels(model, labels, samples)
     good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
     if good.size and bad.size:
@@ -193,9 +197,22 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
     for network in manifest.networks:
         names = [o["name"] for o in proto.metadata(network)["outputs"]]
         _check(len(names) == len(references), f"{network}: outputs {names}, expected {len(references)}")
-        got = proto.infer(network, spec, samples.inputs, names)
+        got = proto.infer(network, manifest.network_spec_input, samples.network_inputs, names)
         d = [f"{o} {_close(f'{network}.{o}', got[o], ref, atol):.1e}" for o, ref in zip(names, references)]
         log.append(f"{proto.kind}: {network}: max |diff| " + ", ".join(d))
+
+
+def _check_intervals(model: str, step_scores: np.ndarray, intervals: np.ndarray) -> None:
+    """Each row's served intervals are exactly the runs of its served per-step scores at or above the decision
+    line (:mod:`kdcore.intervals`, the scorer's own rule applied to what it sent)."""
+    _check(intervals.shape == (len(step_scores), 1), f"{model}: {INTERVALS} shape {intervals.shape}")
+    for row, (scores, text) in enumerate(zip(step_scores, intervals[:, 0])):
+        try:
+            served = intervals_from_json(text)
+        except ValueError as e:
+            raise CheckFailed(f"{model}: row {row}: {INTERVALS} is not the documented JSON ({e})") from e
+        _check(served == anomalous_intervals(scores), f"{model}: row {row}: {INTERVALS} {served} do not match its "
+               f"per-step scores (expected {anomalous_intervals(scores)})")
 
 
 def _check_labels(model: str, labels: np.ndarray, samples: ValidationSamples) -> None:

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from kdcore.contract import IMAGE_INPUT, OPSET, UINT8, VECTOR_INPUT, NetworkSpec
+from kdcore.contract import IMAGE_INPUT, OPSET, PLOT_INPUT, SIGNAL_INPUT, UINT8, VECTOR_INPUT, NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,21 @@ class _VectorInput(_TupleOutput):
         return super().forward(vector)
 
 
+class _SignalInput(_TupleOutput):
+    def forward(self, signal: Tensor) -> tuple[Tensor, ...]:
+        return super().forward(signal)
+
+
+class _PlotInput(_TupleOutput):
+    def forward(self, plot: Tensor) -> tuple[Tensor, ...]:
+        return super().forward(plot)
+
+
 #: Triton's PyTorch backend binds inputs to ``forward``'s argument names, so each input name needs its own
 #: wrapper whose argument carries it (the stand-in backend binds by position, which these satisfy too).
-_TORCHSCRIPT_WRAPPERS: dict[str, type[_TupleOutput]] = {IMAGE_INPUT: _ImageInput, VECTOR_INPUT: _VectorInput}
+_TORCHSCRIPT_WRAPPERS: dict[str, type[_TupleOutput]] = {
+    IMAGE_INPUT: _ImageInput, VECTOR_INPUT: _VectorInput, SIGNAL_INPUT: _SignalInput, PLOT_INPUT: _PlotInput,
+}
 
 
 def example_input(spec: NetworkSpec, batch: int = 2) -> Tensor:

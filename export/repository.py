@@ -33,13 +33,16 @@ from export.triton_config import (
     ensemble_config,
     network_config,
     profile_ensemble_config,
+    renderer_config,
     scorer_config,
 )
 from kdcore.contract import (
     FULL_PROFILE,
+    INTERVALS,
     LABEL,
     MAP,
     MAP8_PROFILE,
+    PLOT_INPUT,
     RAW_MAP,
     RAW_PRED,
     RAW_SCORE,
@@ -48,6 +51,7 @@ from kdcore.contract import (
     SCORER_STATS_FILE,
     ModelNames,
     calibrated_network_spec,
+    signal_input_spec,
 )
 from kdcore.manifest import VALIDATION_DIR, Manifest, ParityEntry, Profiles, ValidationSamples
 from kdcore.scorer import Scorer
@@ -58,11 +62,16 @@ log = logging.getLogger(__name__)
 
 SCORER_SOURCES = Path(__file__).with_name("scorer")
 DECODER_SOURCES = Path(__file__).with_name("decoder")
+RENDERER_SOURCES = Path(__file__).with_name("renderer")
 CORE_SOURCES = Path(kdcore.__file__).parent
 #: The core modules each Python backend imports, shipped as a ``kdcore`` package beside its ``model.py``: the
 #: server calibrates and decodes with the very code training and the client use. A test proves they import only
 #: the standard library, numpy, OpenCV and pydantic.
-SHIPPED_CORE = {"scorer": ("contract", "stats", "scorer"), "decoder": ("contract", "imageio")}
+SHIPPED_CORE = {
+    "scorer": ("contract", "stats", "intervals", "scorer"),
+    "decoder": ("contract", "imageio"),
+    "renderer": ("contract", "series_plot"),
+}
 #: The client's tolerance against the stored references (same as the export parity tolerance).
 CLIENT_ATOL = PARITY_ATOL
 
@@ -83,7 +92,7 @@ def _write(path: Path, text: str) -> None:
 
 def _copy_backend(kind: str, dest: Path) -> None:
     """A Python backend's adapter (``model.py``) and the core modules it imports, as the package ``kdcore``."""
-    sources = {"scorer": SCORER_SOURCES, "decoder": DECODER_SOURCES}[kind]
+    sources = {"scorer": SCORER_SOURCES, "decoder": DECODER_SOURCES, "renderer": RENDERER_SOURCES}[kind]
     package = dest / "kdcore"
     package.mkdir(parents=True, exist_ok=True)
     shutil.copy2(sources / "model.py", dest / "model.py")
@@ -128,9 +137,17 @@ def _stage_run(
     ts_path = staging / names.torchscript / "1" / "model.pt"
     onnx_path.parent.mkdir(parents=True)
     ts_path.parent.mkdir(parents=True)
+    # A plot-reading time-series network is served behind the renderer: clients send the signal, the networks
+    # take its plot, drawn by the one renderer training used.
+    plotted = spec.input.name == PLOT_INPUT
+    network_inputs = samples["inputs"]
+    if plotted:
+        from kdcore.series_plot import PlotSpec, render_plots
+
+        network_inputs = render_plots(samples["inputs"], PlotSpec(size=int(stats.model.plot_size)))
     export_onnx(model, spec, onnx_path)
     export_torchscript(model, spec, ts_path)
-    eager, parity = check_parity(model, spec, samples["inputs"], onnx_path, ts_path)
+    eager, parity = check_parity(model, spec, network_inputs, onnx_path, ts_path)
 
     threads = serving.threads_per_instance(os.cpu_count() or 1)
     for torchscript, folder in ((False, names.onnx), (True, names.torchscript)):
@@ -139,7 +156,11 @@ def _stage_run(
     _write(staging / names.scorer / "config.pbtxt", scorer_config(names, spec))
     shutil.copy2(paths.stats, staging / names.scorer / SCORER_STATS_FILE)
     _copy_backend("scorer", staging / names.scorer / "1")
-    _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec))
+    signal = signal_input_spec(*samples["inputs"].shape[1:]) if plotted else None
+    _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec, signal))
+    if plotted:
+        _write(staging / names.renderer / "config.pbtxt", renderer_config(names, spec, signal))
+        _copy_backend("renderer", staging / names.renderer / "1")
     (staging / names.ensemble / "1").mkdir(parents=True)  # an ensemble still needs a version folder
     image = spec.is_image  # image models: output profiles, the calibrated network and encoded files
     if image:
@@ -163,17 +184,23 @@ def _stage_run(
             (staging / name / "1").mkdir(parents=True)
 
     raw = dict(zip((o.name for o in spec.outputs), eager))
-    scored = Scorer(stats)(raw[RAW_PRED], raw.get(RAW_MAP))
+    scorer = Scorer(stats)
+    scored = scorer(raw[RAW_PRED], raw.get(RAW_MAP))
     references = {RAW_SCORE: raw[RAW_PRED], SCORE: scored.score, LABEL: scored.label.astype("U")}
     if scored.anomaly_map is not None:
         references.update({"raw_map": raw[RAW_MAP], MAP: scored.anomaly_map})
+    if spec.is_series:
+        references[INTERVALS] = scorer.intervals(scored.anomaly_map).astype("U")
+    if plotted:
+        references["network_inputs"] = network_inputs
     manifest = Manifest(
         model=names.ensemble,
         networks=names.networks,
         encoded_model=names.encoded if image else None,
         profiles=Profiles(score=names.score_only, map8=names.map8, encoded_score=names.encoded_score, fast=names.fast)
         if image else Profiles(),
-        input=spec.input,
+        input=signal or spec.input,
+        network_input=spec.input if plotted else None,
         has_map=spec.has_map,
         method=stats.model.method,
         atol=CLIENT_ATOL,
@@ -185,7 +212,7 @@ def _stage_run(
         staging / names.ensemble / VALIDATION_DIR, manifest,
         inputs=samples["inputs"], labels=samples["labels"], names=samples["names"], **references,
     )
-    return parity, names.folders(image=image)
+    return parity, names.folders(image=image, rendered=plotted)
 
 
 def export_runs(

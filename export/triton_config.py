@@ -17,6 +17,7 @@ from kdcore.contract import (
     ENCODED_INPUT,
     FP32,
     FULL_PROFILE,
+    INTERVALS,
     LABEL,
     MAP,
     MAP_U8,
@@ -26,6 +27,7 @@ from kdcore.contract import (
     RAW_SCORE,
     SCORE,
     UINT8,
+    PLOT_INPUT,
     ModelNames,
     NetworkSpec,
     TensorSpec,
@@ -142,7 +144,9 @@ def network_config(
 def _scorer_tensors(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Every output the scorer can produce for this network: name -> (datatype, dims)."""
     tensors = {SCORE: (FP32, (1,))}
-    if spec.has_map:
+    if spec.is_series:  # per-step scores and the intervals they make; no UINT8 map (a row is only T floats)
+        tensors.update({MAP: (FP32, spec.map_dims), INTERVALS: (BYTES, (1,))})
+    elif spec.has_map:
         tensors.update({MAP: (FP32, spec.map_dims), MAP_U8: (UINT8, spec.map_dims)})
     return {**tensors, LABEL: (BYTES, (1,)), RAW_SCORE: (FP32, (1,))}
 
@@ -198,7 +202,7 @@ def _ensemble(
     inp = spec.input
     outputs = _scorer_outputs(spec, PROFILES[profile])
     scorer_out = _scorer_output_names(spec, PROFILES[profile])
-    needs_map = spec.has_map and (MAP in scorer_out or MAP_U8 in scorer_out)
+    needs_map = spec.has_map and bool({MAP, MAP_U8, INTERVALS} & set(scorer_out))
     # Ensemble-internal tensor names: the network's raw outputs on their way to the scorer.
     raw = {RAW_PRED: "raw_pred", RAW_MAP: "raw_map"}
     used = [o for o in spec.outputs if o.name == RAW_PRED or needs_map]
@@ -221,15 +225,37 @@ def _ensemble(
     )
 
 
-def ensemble_config(names: ModelNames, spec: NetworkSpec) -> str:
-    """Config of the ensemble: input -> network (ONNX) -> scorer.
+def ensemble_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec | None = None) -> str:
+    """Config of the ensemble: input -> network (ONNX) -> scorer; for a plot-reading time-series network
+    (``spec.input`` is the plot), ``signal`` is what clients send: signal -> renderer -> network -> scorer.
 
     Every ensemble output comes from the scorer (which echoes the raw score): Triton 2.51 reports a deadlock
     when a client asks for a subset of outputs and the network's only output is both an ensemble output and
     the scorer's input.
     """
     inp = spec.input
-    return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [])
+    if inp.name != PLOT_INPUT:
+        return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [])
+    if signal is None:
+        raise ValueError("a plot-reading network's ensemble needs the signal it is drawn from")
+    render = (
+        f'    {{ model_name: "{names.renderer}" model_version: -1\n'
+        f'      input_map {{ key: "{signal.name}" value: "{signal.name}" }}\n'
+        f'      output_map {{ key: "{PLOT_INPUT}" value: "{PLOT_INPUT}" }} }}'
+    )
+    return _ensemble(names.ensemble, spec, names, _spec_tensor(signal), [render])
+
+
+def renderer_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec) -> str:
+    """Config of the Python-backend renderer: float32 windows in, the plot-reading network's uint8 plot out (CPU)."""
+    inp = spec.input
+    return (
+        f'name: "{names.renderer}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+        + _io("input", [_spec_tensor(signal)])
+        + _io("output", [_tensor(inp.name, inp.datatype, inp.dims)])
+        + "dynamic_batching { }\n"
+        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    )
 
 
 def profile_ensemble_config(names: ModelNames, spec: NetworkSpec, profile: str) -> str:

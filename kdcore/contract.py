@@ -21,6 +21,11 @@ IMAGE_INPUT = "image"
 VECTOR_INPUT = "vector"
 #: The encoded-image ensembles' input: one encoded file (PNG, JPEG, ...) per batch row, ``BYTES (N, 1)``.
 ENCODED_INPUT = "image_bytes"
+#: The time-series detectors' input: float32 windows ``(N, T, C)`` (steps, leads).
+SIGNAL_INPUT = "signal"
+#: The plot of a window as the vision teacher reads it: uint8 RGB ``(N, S, S, 3)``, drawn by the renderer step
+#: (:mod:`kdcore.series_plot`) inside the teacher's ensemble.
+PLOT_INPUT = "plot"
 
 #: The network's raw image score ``(N, 1)`` float32: the maximum of the raw map.
 RAW_PRED = "pred_score"
@@ -40,6 +45,10 @@ RAW_SCORE = "raw_score"
 #: The decision as a boolean ``BOOL (N, 1)``, true for anomalous: the calibrated network's answer instead of the
 #: :data:`LABEL` text (one byte a row, computed in the graph; :func:`label_of` turns either into the label word).
 IS_ANOMALOUS = "is_anomalous"
+
+#: The anomalous intervals of a time-series window, ``BYTES (N, 1)``: one JSON list per row of objects
+#: ``{"start", "end", "peak", "score"}`` (steps, ``end`` inclusive; see :mod:`kdcore.intervals`).
+INTERVALS = "intervals"
 
 #: Triton's datatype names as the configs and the KServe v2 protocol spell them.
 UINT8, FP32, BYTES, BOOL = "UINT8", "FP32", "BYTES", "BOOL"
@@ -62,7 +71,7 @@ FULL_PROFILE, SCORE_PROFILE, MAP8_PROFILE = "full", "score", "map8"
 Profile = Literal["full", "score", "map8"]
 #: Which scorer outputs each profile's ensemble returns.
 PROFILES: dict[str, tuple[str, ...]] = {
-    FULL_PROFILE: (SCORE, MAP, LABEL, RAW_SCORE),
+    FULL_PROFILE: (SCORE, MAP, INTERVALS, LABEL, RAW_SCORE),  # intervals: time-series detectors only
     SCORE_PROFILE: (SCORE, LABEL, RAW_SCORE),
     MAP8_PROFILE: (SCORE, MAP_U8, LABEL, RAW_SCORE),
 }
@@ -116,8 +125,14 @@ class NetworkSpec:
 
     @property
     def is_image(self) -> bool:
-        """Whether the network takes uint8 images (and so gets the output profiles and encoded input)."""
-        return self.input.datatype == UINT8
+        """Whether the network takes camera images (and so gets the output profiles and encoded input)."""
+        return self.input.name == IMAGE_INPUT
+
+    @property
+    def is_series(self) -> bool:
+        """Whether the network scores every step of a time-series window (a 1-D map, plus intervals)."""
+        dims = self.map_dims
+        return dims is not None and len(dims) == 1
 
     @property
     def map_dims(self) -> tuple[int, ...] | None:
@@ -145,6 +160,29 @@ def calibrated_network_spec(size: int) -> NetworkSpec:
 def vector_network_spec(length: int) -> NetworkSpec:
     """Vector detectors: float32 features ``(N, D)`` in, the raw score ``(N, 1)`` out."""
     return NetworkSpec(TensorSpec(VECTOR_INPUT, FP32, (length,)), (TensorSpec(RAW_PRED, FP32, (1,)),))
+
+
+def signal_network_spec(steps: int, channels: int) -> NetworkSpec:
+    """Time-series detectors reading the signal: float32 ``(N, T, C)`` in, the raw window score and the raw
+    per-step scores ``(N, T)`` out."""
+    return NetworkSpec(
+        TensorSpec(SIGNAL_INPUT, FP32, (steps, channels)),
+        (TensorSpec(RAW_PRED, FP32, (1,)), TensorSpec(RAW_MAP, FP32, (steps,))),
+    )
+
+
+def plot_network_spec(size: int, steps: int) -> NetworkSpec:
+    """Time-series detectors reading the plot (the vision teacher): uint8 RGB ``(N, S, S, 3)`` in, the same raw
+    outputs as :func:`signal_network_spec`. Served behind the renderer step, which takes the signal."""
+    return NetworkSpec(
+        TensorSpec(PLOT_INPUT, UINT8, (size, size, 3)),
+        (TensorSpec(RAW_PRED, FP32, (1,)), TensorSpec(RAW_MAP, FP32, (steps,))),
+    )
+
+
+def signal_input_spec(steps: int, channels: int) -> TensorSpec:
+    """What clients send a time-series detector: float32 windows ``(N, T, C)``."""
+    return TensorSpec(SIGNAL_INPUT, FP32, (steps, channels))
 
 
 def encoded_input_spec() -> TensorSpec:
@@ -205,6 +243,11 @@ class ModelNames:
         return f"{self.name}_decoder"
 
     @property
+    def renderer(self) -> str:
+        """The Python-backend step that draws a signal's plot for a plot-reading network (the vision teacher)."""
+        return f"{self.name}_renderer"
+
+    @property
     def encoded(self) -> str:
         """What clients call with encoded image files (PNG, JPEG, ...): decoder -> network -> scorer."""
         return f"{self.name}_encoded"
@@ -231,8 +274,9 @@ class ModelNames:
             return self.encoded_score if profile == SCORE_PROFILE else self.encoded
         return {FULL_PROFILE: self.ensemble, SCORE_PROFILE: self.score_only, MAP8_PROFILE: self.map8}[profile]
 
-    def folders(self, *, image: bool) -> list[str]:
-        """Every model folder of the detector (image models add the output profiles and encoded input)."""
+    def folders(self, *, image: bool, rendered: bool = False) -> list[str]:
+        """Every model folder of the detector (image models add the output profiles and encoded input; a
+        plot-reading time-series network adds its renderer)."""
         base = [self.onnx, self.torchscript, self.scorer, self.ensemble]
         extra = [self.score_only, self.map8, self.fast, self.decoder, self.encoded, self.encoded_score]
-        return [*base, *extra] if image else base
+        return [*base, *extra] if image else [*base, self.renderer] if rendered else base

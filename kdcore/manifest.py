@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdcore.contract import BYTES, FP32, LABEL, MAP, RAW_SCORE, SCORE, ModelNames, TensorSpec
+from kdcore.contract import BYTES, FP32, INTERVALS, LABEL, MAP, RAW_SCORE, SCORE, SIGNAL_INPUT, ModelNames, TensorSpec
 
 #: Folder inside the ensemble's model folder that holds the client's validation samples.
 VALIDATION_DIR = "validation"
@@ -59,6 +59,10 @@ class Manifest(BaseModel):
     encoded_model: str | None = Field(None, description="the ensemble that takes encoded files (image models)")
     profiles: Profiles = Field(default_factory=Profiles)
     input: TensorSpec
+    network_input: TensorSpec | None = Field(
+        None, description="the networks' own input where a step in the ensemble makes it (the plot a time-series "
+        "teacher reads, drawn by its renderer); None: the same as 'input'"
+    )
     has_map: bool
     method: str
     atol: float = Field(gt=0, description="tolerance of served outputs against the stored references")
@@ -75,7 +79,19 @@ class Manifest(BaseModel):
     def ensemble_outputs(self) -> dict[str, str]:
         """The full ensemble's outputs and their datatypes."""
         maps = {MAP: FP32} if self.has_map else {}
+        if self.is_series:
+            maps[INTERVALS] = BYTES
         return {SCORE: FP32, **maps, LABEL: BYTES, RAW_SCORE: FP32}
+
+    @property
+    def is_series(self) -> bool:
+        """Whether the detector scores time-series windows (per-step map and intervals)."""
+        return self.input.name == SIGNAL_INPUT
+
+    @property
+    def network_spec_input(self) -> TensorSpec:
+        """What the network models take (the ensemble's input unless a step makes it)."""
+        return self.network_input or self.input
 
     @property
     def score_model(self) -> str:
@@ -128,7 +144,8 @@ class ValidationSamples:
     """The exporter's validation inputs and reference outputs for one detector, with its manifest.
 
     Attributes:
-        inputs: The network's inputs (uint8 images or float32 vectors), batch first.
+        inputs: The ensemble's inputs (uint8 images, float32 vectors or float32 windows), batch first.
+        network_inputs: The network models' inputs (the rendered plots of a time-series teacher; else ``inputs``).
         labels: 0 (good) / 1 (anomalous) per input.
         names: Where each input came from.
         raw_score, score, label: The reference outputs (raw, calibrated, label text).
@@ -137,7 +154,7 @@ class ValidationSamples:
     """
 
     #: The arrays of ``samples.npz``: inputs, labels and names, then the references named like the outputs.
-    ARRAYS = ("inputs", "labels", "names", RAW_SCORE, SCORE, LABEL, "raw_map", MAP)
+    ARRAYS = ("inputs", "labels", "names", RAW_SCORE, SCORE, LABEL, "raw_map", MAP, INTERVALS, "network_inputs")
 
     def __init__(self, manifest: Manifest, arrays: dict[str, np.ndarray]) -> None:
         self.manifest = manifest
@@ -152,6 +169,8 @@ class ValidationSamples:
         self.label: np.ndarray = arrays[LABEL]
         self.raw_map: np.ndarray | None = arrays.get("raw_map")
         self.anomaly_map: np.ndarray | None = arrays.get(MAP)
+        self.network_inputs: np.ndarray = arrays.get("network_inputs", self.inputs)
+        self.intervals: np.ndarray | None = arrays.get(INTERVALS)
 
     @property
     def outputs(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdcore.contract import ANOMALOUS, NORMAL, RAW_MAP, RAW_PRED
+from kdcore.intervals import anomalous_intervals, intervals_to_json
 from kdcore.stats import Stats
 
 #: The label words as the scorer sends them (a Triton BYTES tensor).
@@ -50,7 +51,8 @@ class Scorer:
         self.image_calibration = stats.image_calibration
         self.pixel_calibration = stats.pixel_calibration
         size = int(stats.model.input_size)
-        self.map_shape = (1, size, size) if stats.pixel_calibration is not None else None
+        self.series = stats.model.input_kind == "signal"
+        self.map_shape = None if stats.pixel_calibration is None else (size,) if self.series else (1, size, size)
 
     @property
     def has_map(self) -> bool:
@@ -62,8 +64,8 @@ class Scorer:
 
         Args:
             raw_score: ``(N, 1)`` raw scores.
-            raw_map: ``(N, 1, H, W)`` raw anomaly maps of an image model, or ``None`` (vector models, and image
-                models asked for the score alone).
+            raw_map: ``(N, 1, H, W)`` raw anomaly maps of an image model, ``(N, T)`` raw per-step scores of a
+                time-series model, or ``None`` (vector models, and the others asked for the score alone).
 
         Returns:
             The :class:`ScoredBatch`.
@@ -92,3 +94,8 @@ class Scorer:
             anomaly_map=None if raw_map is None else self.pixel_calibration.apply(raw_map),
             label=label,
         )
+
+    def intervals(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The anomalous intervals of calibrated per-step scores ``(N, T)`` as ``(N, 1)`` JSON bytes (time-series
+        models; :mod:`kdcore.intervals`)."""
+        return np.array([[intervals_to_json(anomalous_intervals(row)).encode()] for row in anomaly_map], dtype=object)

@@ -184,8 +184,15 @@ class ModelInfo(_Strict):
 
     method: str = Field(description="detector family, e.g. 'rd4ad'")
     backbone: str
-    input_kind: Literal["image", "vector"] = Field("image", description="uint8 RGB images or float32 feature vectors")
-    input_size: int = Field(gt=0, description="square image side in pixels, or the vector length")
+    input_kind: Literal["image", "vector", "signal"] = Field(
+        "image", description="uint8 RGB images, float32 feature vectors, or float32 time-series windows (steps, leads)"
+    )
+    input_size: int = Field(gt=0, description="square image side in pixels, the vector length, or the window's steps")
+    channels: int | None = Field(None, gt=0, description="leads per step (time-series models only)")
+    plot_size: int | None = Field(
+        None, gt=0, description="side of the plot image the network reads (time-series models drawn by the renderer "
+        "step, kdcore.series_plot); None: the network reads the signal itself"
+    )
     parameters: int = Field(ge=0, description="parameter count of the deployed network")
     trainable_parameters: int = Field(ge=0)
 
@@ -201,6 +208,10 @@ class Metrics(_Strict):
     aupro: float | None = Field(default=None, description="area under PRO up to FPR 0.3, normalised")
     image_f1: float | None = Field(default=None, description="F1 at the stored image threshold")
     pixel_f1: float | None = Field(default=None, description="F1 at the stored pixel threshold")
+    pixel_auc_pr: float | None = Field(default=None, description="time series: per-step average precision")
+    vus_pr: float | None = Field(default=None, description="time series: volume under the range-PR surface")
+    msp: float | None = Field(default=None, description="time series: mean squeezed precision (kdcore.series_metrics)")
+    msr: float | None = Field(default=None, description="time series: mean squeezed recall")
 
 
 class TrainingFacts(_Strict):
@@ -241,14 +252,18 @@ class Stats(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     model: ModelInfo
     normalization: Normalization | None = Field(description="image models only")
-    image_scores: ScoreStatistics = Field(description="raw image scores of held-out good images (holdout + validation)")
+    image_scores: ScoreStatistics = Field(
+        description="raw image scores of held-out good images (holdout + validation); time series: window scores "
+        "(the highest step) of the validation windows without an anomalous step"
+    )
     pixel_scores: ScoreStatistics | None = Field(
-        description="raw map values of held-out good images (holdout + validation); image models only"
+        description="raw map values of held-out good images (holdout + validation); time series: the per-step scores "
+        "of the validation steps labelled normal; absent for vector models"
     )
     image_threshold: Threshold
-    pixel_threshold: Threshold | None = Field(description="image models only")
+    pixel_threshold: Threshold | None = Field(description="image and time-series models (per step)")
     image_calibration: Calibration
-    pixel_calibration: Calibration | None = Field(description="image models only")
+    pixel_calibration: Calibration | None = Field(description="image and time-series models (per step)")
     validation_metrics: Metrics
     test_metrics: Metrics
     training: TrainingFacts
@@ -256,11 +271,16 @@ class Stats(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Stats:
-        image_only = ("normalization", "pixel_scores", "pixel_threshold", "pixel_calibration")
-        for name in image_only:
-            if (getattr(self, name) is None) != (self.model.input_kind == "vector"):
-                need = "needs" if self.model.input_kind == "image" else "must not have"
-                raise ValueError(f"field '{name}': a model with input_kind '{self.model.input_kind}' {need} it")
+        kind = self.model.input_kind
+        needed = {"normalization": kind == "image", "pixel_scores": kind != "vector",
+                  "pixel_threshold": kind != "vector", "pixel_calibration": kind != "vector",
+                  "model.channels": kind == "signal"}
+        for name, need in needed.items():
+            value = getattr(self.model, name.split(".")[1]) if name.startswith("model.") else getattr(self, name)
+            if (value is not None) != need:
+                raise ValueError(f"field '{name}': a model with input_kind '{kind}' {'needs' if need else 'must not have'} it")
+        if self.model.plot_size is not None and kind != "signal":
+            raise ValueError(f"field 'model.plot_size': a model with input_kind '{kind}' must not have it")
         for name, thr, cal in (
             ("image", self.image_threshold, self.image_calibration),
             ("pixel", self.pixel_threshold, self.pixel_calibration),

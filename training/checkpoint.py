@@ -131,6 +131,10 @@ def load_deployable(run_dir: Path) -> tuple[nn.Module, NetworkSpec, Stats]:
     """
     paths = RunPaths(Path(run_dir))
     stats = load_stats(paths.stats)
+    if stats.model.input_kind == "signal":
+        from training.signals.deploy import load_series_detector
+
+        return load_series_detector(paths.root)
     if stats.model.input_kind == "vector":
         from training.kdae import load_kdae_student
 

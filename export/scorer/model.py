@@ -17,7 +17,17 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # The shipped kdcore package (beside this file) comes first, so the scorer runs the code it was exported with.
-from kdcore.contract import LABEL, MAP, MAP_U8, RAW_MAP, RAW_PRED, RAW_SCORE, SCORE, SCORER_STATS_FILE  # noqa: E402
+from kdcore.contract import (  # noqa: E402
+    INTERVALS,
+    LABEL,
+    MAP,
+    MAP_U8,
+    RAW_MAP,
+    RAW_PRED,
+    RAW_SCORE,
+    SCORE,
+    SCORER_STATS_FILE,
+)
 from kdcore.scorer import ScoredBatch, Scorer, ScorerInputError, map_to_uint8  # noqa: E402
 from kdcore.stats import load_stats  # noqa: E402
 
@@ -44,7 +54,7 @@ class TritonPythonModel:
             raw_map = None
             map_tensor = pb_utils.get_input_tensor_by_name(request, RAW_MAP) if self.scorer.has_map else None
             # The map is optional: the score-only ensemble does not send it, and then none is computed.
-            if map_tensor is not None and wanted[i] & {MAP, MAP_U8}:
+            if map_tensor is not None and wanted[i] & {MAP, MAP_U8, INTERVALS}:
                 raw_map = map_tensor.as_numpy()
                 if raw_score.shape[0] != raw_map.shape[0]:
                     responses[i] = _error(f"{RAW_PRED} has {raw_score.shape[0]} rows, {RAW_MAP} {raw_map.shape[0]}")
@@ -78,6 +88,8 @@ class TritonPythonModel:
             values[MAP] = scored.anomaly_map
             if MAP_U8 in wanted:
                 values[MAP_U8] = map_to_uint8(scored.anomaly_map)
+            if INTERVALS in wanted and INTERVALS in self.output_dtypes:
+                values[INTERVALS] = self.scorer.intervals(scored.anomaly_map)
         # raw_score is echoed so that every ensemble output comes from this step (see export/triton_config.py).
         tensors = [
             pb_utils.Tensor(name, value.astype(self.output_dtypes[name]))

@@ -99,3 +99,15 @@ def load_split(root: Path, split: str) -> Windows:
     if not (folder / "signals.npy").is_file():
         raise FileNotFoundError(f"no '{split}' split in {root} (write one with kd-signal-data --root {root})")
     return Windows(*(np.load(folder / f"{name}.npy") for name in ARRAYS))
+
+
+def fingerprint(root: Path) -> str:
+    """SHA-256 (hex) over the dataset's meta.json and every split's arrays: the stats JSON records which data a
+    model was trained and calibrated on, and a student checks its teacher's logits are for the same windows."""
+    import hashlib
+
+    digest = hashlib.sha256((Path(root) / META_FILE).read_bytes())
+    for split in SPLITS:
+        for name in ARRAYS:
+            digest.update((Path(root) / split / f"{name}.npy").read_bytes())
+    return digest.hexdigest()
