@@ -3,10 +3,12 @@
 
     python client/client.py [options]              validate the served models end to end (PASS: <model>)
     python client/client.py score PATH... [opts]   score image files, folders or globs (production use)
+    python client/client.py score-signal PATH...   score time-series records of any length (.npy, .csv, WFDB)
     python client/client.py health [opts]          liveness: one real inference per model (kd-health)
 
-``python client/client.py --help`` and ``python client/client.py score --help`` explain every option. Installed
-with the project, the same command is ``kd-client``.
+``python client/client.py --help``, ``python client/client.py score --help`` and
+``python client/client.py score-signal --help`` explain every option. Installed with the project, the same
+command is ``kd-client``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ if __package__ in (None, ""):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to validation (default), ``score`` or ``health``; returns the exit status."""
+    """Dispatch to validation (default), ``score``, ``score-signal`` or ``health``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "score-signal":
+        from client.signal_scoring import main as signal_main
+
+        return signal_main(argv[1:])
     if argv and argv[0] == "score":
         from client.score_command import main as score_main
 

@@ -4,16 +4,17 @@ The source read MIT-BIH records with ``wfdb.rdrecord`` / ``wfdb.rdann(..., "atr"
 window, every annotation sample as anomalous whatever its symbol. Here which symbols are anomalous is an option:
 by default the beats outside the normal class (AAMI's supraventricular, ventricular and fusion beats:
 :data:`ANOMALOUS_BEATS`), or ``"all"`` for the source's labels. A record at another rate (MIT-BIH: 360 Hz) is
-resampled to the family's 128 Hz (``scipy.signal.resample_poly``) and its annotations moved to the nearest step.
+resampled to the family's 128 Hz (``scipy.signal.resample_poly``, the rule of :mod:`kdcore.series_io`, which the
+client's ``score-signal`` uses too) and its annotations moved to the nearest step.
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from kdcore.series_io import resample, resample_ratio
 from training.signals.ecg import SAMPLING_RATE, WINDOW, Windows
 
 #: Beat symbols labelled anomalous by default: atrial / aberrated / nodal / supraventricular premature beats,
@@ -39,7 +40,6 @@ def load_record(stem: Path | str, *, anomalous: str | frozenset[str] = ANOMALOUS
         ValueError: A channel the record does not have.
     """
     import wfdb
-    from scipy.signal import resample_poly
 
     stem = str(stem)
     if not Path(stem + ".hea").is_file():
@@ -50,10 +50,8 @@ def load_record(stem: Path | str, *, anomalous: str | frozenset[str] = ANOMALOUS
     if not Path(f"{stem}.{annotation}").is_file():
         raise FileNotFoundError(f"no annotation file {stem}.{annotation}")
     notes = wfdb.rdann(stem, annotation)
-    signal = np.asarray(record.p_signal[:, list(channels)], dtype=np.float64)
-    ratio = Fraction(SAMPLING_RATE, int(round(record.fs))).limit_denominator(1000)
-    if ratio != 1:
-        signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=0)
+    ratio = resample_ratio(record.fs, SAMPLING_RATE)
+    signal = resample(record.p_signal[:, list(channels)], record.fs, SAMPLING_RATE)
     labels = np.zeros(len(signal), np.uint8)
     samples = np.round(np.asarray(notes.sample) * float(ratio)).astype(np.int64)
     chosen = np.array([anomalous == "all" or symbol in anomalous for symbol in notes.symbol], dtype=bool)
