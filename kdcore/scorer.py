@@ -86,7 +86,8 @@ class Scorer:
                     f"expected {RAW_MAP} (N, {', '.join(map(str, self.map_shape))}), got {raw_map.shape}"
                 )
         if not (np.isfinite(raw_score).all() and (raw_map is None or np.isfinite(raw_map).all())):
-            raise ScorerInputError("raw outputs contain NaN or infinite values")
+            raise ScorerInputError("a window holds NaN or infinite values (its raw scores are not finite)" if self.series
+                                   else "raw outputs contain NaN or infinite values")
         # The label compares raw scores: that is the definition, immune to float rounding near 0.5.
         label = np.where(self.image_calibration.decide(raw_score), ANOMALOUS_BYTES, NORMAL_BYTES).astype(object)
         return ScoredBatch(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -30,8 +31,15 @@ class SeriesDetector(nn.Module):
         self.network = network
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The raw outputs of the contract, in :func:`~kdcore.contract.signal_network_spec` order."""
+        """The raw outputs of the contract, in :func:`~kdcore.contract.signal_network_spec` order.
+
+        A window with a NaN or infinite value gets NaN outputs, which the scorer refuses with an error: ONNX
+        Runtime's LSTM turns such input into finite garbage, which would otherwise be served as a score.
+        """
         logits = self.network(x)
+        if x.is_floating_point():  # the signal (a plot is uint8: always finite)
+            broken = ~torch.isfinite(x.flatten(1)).all(1, keepdim=True)
+            logits = logits.masked_fill(broken, float("nan"))
         return logits.amax(1, keepdim=True), logits
 
 
