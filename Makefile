@@ -16,7 +16,7 @@ SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 PEERS_VENV ?= .venv-peers
 
-.PHONY: install data train export serve stop validate demo score compare bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
+.PHONY: install data train export serve stop validate demo score compare compare-signal bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -79,6 +79,9 @@ peers-venv: install  ## create the anomalib yardstick's own venv ($(PEERS_VENV),
 
 compare: install  ## train every method on the demo data, serve them, print the comparison table (also into README)
 	$(VENV)/bin/kd-compare --data-root $(DATA) --category $(CATEGORY) --epochs $(EPOCHS) --seed $(SEED)
+
+compare-signal: install  ## the time-series family: teachers and students trained on synthetic ECG, served, compared (also into README)
+	$(VENV)/bin/kd-compare-signal --data-root data/ecg --runs runs/ecg
 
 test: install  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest

@@ -208,3 +208,29 @@ def test_a_folder_with_a_tokenizer_gets_the_chat_prompt(tmp_path: Path) -> None:
     assert ids[-1] == vocab[":"] and vocab["anomalous"] in ids
     with torch.no_grad():
         assert loaded(windows(1)[0]).shape == (1, STEPS)
+
+
+def test_the_teacher_trainer_takes_a_vlm_folder_and_the_run_exports(tmp_path: Path) -> None:
+    """``kd-train-signal-teacher --vlm FOLDER``: the head trains on the frozen model's pooled state, the run keeps
+    the head only and names the folder, and the exporter serves it like the other teacher (renderer, parity)."""
+    from export.repository import export_runs
+    from kdcore.contract import ModelNames
+    from kdcore.stats import load_stats
+    from training.signals.dataset import SignalDataConfig, write_signal_dataset
+    from training.signals.train import TeacherTrainConfig, train_teacher
+
+    folder = tmp_path / "smolvlm"
+    Idefics3ForConditionalGeneration(tiny_vlm_config()).save_pretrained(folder)
+    data = tmp_path / "ecg"
+    write_signal_dataset(data, SignalDataConfig(records={"train": 1, "validation": 1, "test": 1}, windows_per_record=8,
+                                                anomaly_fraction=0.5, seed=1, plots=False))
+    run = tmp_path / "run"
+    report = train_teacher(TeacherTrainConfig(data_root=data, output=run, vlm=folder, epochs=1, batch_size=4),
+                           progress=False)
+    assert np.isfinite(report["history"][0]["loss"])
+    stats = load_stats(run / "stats.json")
+    assert stats.model.method == "vlm_teacher" and stats.model.plot_size == 256
+    assert stats.model.trainable_parameters < stats.model.parameters  # the frozen model is counted, not trained
+    result = export_runs([(run, "ecg_vlm")], tmp_path / "repo")[0]
+    assert all(max(r.max_abs.values()) < 1e-3 for r in result.parity)
+    assert (tmp_path / "repo" / ModelNames("ecg_vlm").renderer / "config.pbtxt").is_file()

@@ -19,8 +19,8 @@ from kdcore.contract import NetworkSpec, plot_network_spec, signal_network_spec
 from kdcore.stats import Stats, load_stats
 from training.runs import RunPaths
 
-#: ``model.method`` of the two time-series detectors in the stats JSON.
-STUDENT_METHOD, TEACHER_METHOD = "recurrent_student", "plot_teacher"
+#: ``model.method`` of the time-series detectors in the stats JSON.
+STUDENT_METHOD, TEACHER_METHOD, VLM_TEACHER_METHOD = "recurrent_student", "plot_teacher", "vlm_teacher"
 
 
 class SeriesDetector(nn.Module):
@@ -59,6 +59,11 @@ def build_network(method: str, config: dict, *, steps: int, channels: int) -> nn
 
         # The encoder's weights are part of the run's state dict: the random initialisation is overwritten.
         return PlotTeacher(build_encoder(config["backbone"], allow_random_init=True), channels, steps)
+    if method == VLM_TEACHER_METHOD:
+        from training.signals.vlm import load_vlm_teacher
+
+        # The frozen model is read from the user's folder again; the run holds the trained head only.
+        return load_vlm_teacher(Path(config["vlm"]), steps)
     raise ValueError(f"unknown time-series method {method!r}")
 
 
@@ -81,5 +86,6 @@ def load_series_detector(run_dir: Path) -> tuple[nn.Module, NetworkSpec, Stats]:
     stats = load_stats(paths.stats)
     config = json.loads(paths.config.read_text())
     network = build_network(stats.model.method, config, steps=stats.model.input_size, channels=int(stats.model.channels))
-    network.load_state_dict(load_file(str(paths.weights)), strict=True)
+    trained = network.head if stats.model.method == VLM_TEACHER_METHOD else network
+    trained.load_state_dict(load_file(str(paths.weights)), strict=True)
     return SeriesDetector(network).eval(), series_spec(stats), stats

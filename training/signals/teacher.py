@@ -83,7 +83,7 @@ class ColumnHead(nn.Module):
 
 class PlotTeacher(nn.Module):
     """Per-step logits ``(N, T)`` for plots ``(N, S, S, 3)`` uint8 (as :func:`kdcore.series_plot.render_plots`
-    draws them): the frozen encoder's columns (:meth:`columns`) through the trained :class:`ColumnHead`.
+    draws them): the frozen encoder's columns (:meth:`frozen_features`) through the trained :class:`ColumnHead`.
 
     Args:
         encoder: A frozen three-tap encoder (:func:`training.backbones.build_encoder`).
@@ -104,7 +104,7 @@ class PlotTeacher(nn.Module):
         """Features per column: mean and max of every tap channel over each lead's band."""
         return 2 * leads * sum(channels)
 
-    def columns(self, plot: Tensor) -> Tensor:
+    def frozen_features(self, plot: Tensor) -> Tensor:
         """Column features ``(N, COLUMNS, F)`` of uint8 plots ``(N, S, S, 3)`` (the frozen part: training caches
         it once per window)."""
         x = (plot.permute(0, 3, 1, 2).float() - self.mean) / self.std
@@ -118,4 +118,4 @@ class PlotTeacher(nn.Module):
 
     def forward(self, plot: Tensor) -> Tensor:
         """Logits ``(N, T)``."""
-        return self.head(self.columns(plot))
+        return self.head(self.frozen_features(plot))

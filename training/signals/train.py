@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -35,7 +35,7 @@ from kdcore.stats import Metrics, ModelInfo, ScoreStatistics, Stats, TrainingFac
 from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_threshold, fit_calibration
 from training.runs import RunPaths
 from training.signals.dataset import fingerprint, load_split
-from training.signals.deploy import STUDENT_METHOD, TEACHER_METHOD, SeriesDetector
+from training.signals.deploy import STUDENT_METHOD, TEACHER_METHOD, VLM_TEACHER_METHOD
 from training.signals.ecg import Windows
 from training.signals.student import RecurrentStudent, distillation_loss
 
@@ -46,6 +46,8 @@ WEIGHTS_FILE, REPORT_FILE, CONFIG_FILE = "model.safetensors", "report.json", "tr
 TEACHER_LOGITS_FILE = "teacher_logits.npz"
 #: Gradient norm clip of the recurrent steps (a student run without it lost half its validation AUC-PR in one epoch).
 CLIP_NORM = 1.0
+#: Plots per batch through a teacher's frozen part while its features are cached.
+FEATURE_BATCH = 16
 #: Validation windows of each class stored in the run for the served checks.
 SAMPLES_PER_CLASS = 4
 
@@ -89,7 +91,15 @@ class TeacherTrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="windows per step")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     plot_size: int = Field(256, ge=32, description="side of the plot image, pixels (the renderer's PlotSpec.size)")
+    vlm: Path | None = Field(None, description="a local SmolVLM (Idefics3) folder: read the plot with it, frozen, as "
+                             "the source did, instead of --backbone (nothing is downloaded; see training/signals/vlm.py)")
     seed: int = Field(0, description="head weights and batch order")
+
+    @field_validator("vlm")
+    @classmethod
+    def _absolute(cls, folder: Path | None) -> Path | None:
+        # The run records where the frozen model lives; the exporter reads it from there, from any directory.
+        return None if folder is None else folder.resolve()
 
 
 @dataclass(frozen=True)
@@ -335,13 +345,20 @@ def train_teacher(config: TeacherTrainConfig, *, progress: bool = True) -> dict:
     splits = _splits(config.data_root)
     train = splits["train"]
     steps, leads = train.signals.shape[1:]
-    teacher = PlotTeacher(build_encoder(config.backbone), leads, steps).eval()
+    if config.vlm is not None:
+        from training.signals.vlm import load_vlm_teacher
+
+        teacher, method, backbone = load_vlm_teacher(config.vlm, steps).eval(), VLM_TEACHER_METHOD, config.vlm.name
+    else:
+        teacher = PlotTeacher(build_encoder(config.backbone), leads, steps).eval()
+        method, backbone = TEACHER_METHOD, config.backbone
     spec = PlotSpec(size=config.plot_size)
     columns = {}
-    with torch.no_grad():  # the encoder is frozen: its columns are computed once per window
+    with torch.no_grad():  # the encoder is frozen: what the head reads is computed once per window
         for split, windows in splits.items():
             plots = torch.from_numpy(render_plots(windows.signals, spec))
-            columns[split] = torch.cat([teacher.columns(plots[i:i + 64]) for i in range(0, len(plots), 64)])
+            columns[split] = torch.cat([teacher.frozen_features(plots[i:i + FEATURE_BATCH])
+                                        for i in range(0, len(plots), FEATURE_BATCH)])
     y = torch.from_numpy(train.labels)
 
     def loss_of(logits: Tensor, batch: Tensor) -> Tensor:
@@ -351,11 +368,14 @@ def train_teacher(config: TeacherTrainConfig, *, progress: bool = True) -> dict:
                  epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                  desc=f"teacher alpha {config.alpha:g}", progress=progress)
     logits = {s: predict(teacher.head, columns[s]) for s in splits}
-    info = ModelInfo(method=TEACHER_METHOD, backbone=config.backbone, input_kind="signal", input_size=steps,
+    info = ModelInfo(method=method, backbone=backbone, input_kind="signal", input_size=steps,
                      channels=leads, plot_size=config.plot_size,
                      parameters=sum(p.numel() for p in teacher.parameters()),
                      trainable_parameters=sum(p.numel() for p in teacher.head.parameters()))
-    report = _write_run(config.output, teacher.state_dict(), config, info, fitted, logits, splits,
+    # The PlotTeacher's whole state (the encoder's weights ship with it); a VLM's head only (it is GBs of frozen
+    # weights the user keeps in their folder).
+    state = teacher.head.state_dict() if method == VLM_TEACHER_METHOD else teacher.state_dict()
+    report = _write_run(config.output, state, config, info, fitted, logits, splits,
                         config_fields=config.model_dump(), data_root=config.data_root)
     np.savez_compressed(Path(config.output) / TEACHER_LOGITS_FILE, train=logits["train"].astype(np.float32),
                         fingerprint=np.array(fingerprint(config.data_root)))

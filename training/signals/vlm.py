@@ -207,11 +207,15 @@ class VLMTeacher(nn.Module):
         out = model.text_model(inputs_embeds=merged, attention_mask=mask, use_cache=False)
         return out.last_hidden_state
 
+    def frozen_features(self, plots: Tensor) -> Tensor:
+        """What the head reads: the frozen model's last hidden state mean-pooled over the prompt, ``(N, hidden)``
+        float32 (training computes it once per window, as for :class:`~training.signals.teacher.PlotTeacher`)."""
+        with torch.no_grad():  # the frozen part: no graph kept, whatever the caller's grad mode
+            return self.features(self.preprocess(plots)).float().mean(dim=1)
+
     def forward(self, plots: Tensor) -> Tensor:
         """uint8 plots ``(N, S, S, 3)`` -> per-step logits ``(N, steps)`` float32."""
-        with torch.no_grad():  # the frozen part: no graph kept, whatever the caller's grad mode
-            pooled = self.features(self.preprocess(plots)).float().mean(dim=1)
-        return self.head(pooled)
+        return self.head(self.frozen_features(plots))
 
 
 def _full_image_position_ids(backbone: Idefics3Model) -> Tensor:
