@@ -208,7 +208,8 @@ class HealthCheck:
             for network in m.networks:
                 names = [o["name"] for o in proto.metadata(network)["outputs"]]
                 score_output = next((n for n in names if base_output_name(n) == RAW_PRED), names[0])
-                probes.append(Probe(network, spec, s.inputs[:1], score_output, s.raw_score[:1], atol))
+                probes.append(Probe(network, m.network_spec_input, s.network_inputs[:1], score_output,
+                                    s.raw_score[:1], atol))
             # The other steps alone: the scorer from the raw score, the decoder from the PNG (lossless: exact).
             for step in steps[ensemble.model]:
                 if step in m.networks:
@@ -219,6 +220,8 @@ class HealthCheck:
                                         SCORE, s.score[:1], atol))
                 elif ENCODED_INPUT in inputs and png is not None:
                     probes.append(Probe(step, encoded_input_spec(), png, spec.name, s.inputs[:1], 0.0))
+                elif m.network_input is not None and spec.name in inputs:  # a series' renderer: the exact plot
+                    probes.append(Probe(step, spec, s.inputs[:1], m.network_input.name, s.network_inputs[:1], 0.0))
         return probes, steps
 
     def _run(self, proto: Protocol, probe: Probe) -> ProbeResult:

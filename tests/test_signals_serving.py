@@ -156,3 +156,15 @@ def test_bad_windows_get_clear_errors_and_the_server_goes_on(series_server: Trit
     assert served[MAP].shape == (3, 256) and np.all((served[MAP] >= 0) & (served[MAP] <= 1))
     for row, text in zip(served[MAP], served[INTERVALS][:, 0]):
         assert intervals_from_json(text) == anomalous_intervals(row)
+
+
+def test_kd_health_probes_every_step_of_both_detectors(series_server: TritonServer, capsys) -> None:
+    """The liveness check the supervisor and the container run passes on both detectors (the teacher's networks are
+    probed with its plots, its renderer alone must give the exact plot)."""
+    from client.health import main as health_main
+
+    repo = str(series_server.model_repository)
+    for protocol in ("http", "grpc"):
+        assert health_main(["-u", series_server.url(protocol), "-i", protocol, "-r", repo]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("HEALTHY: ") for line in lines), lines

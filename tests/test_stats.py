@@ -149,3 +149,29 @@ def test_formula_in_the_file_is_the_one_applied() -> None:
     expected = 1 / (1 + np.exp(-math.log(9) * (raw - 2.0) / 0.5))
     np.testing.assert_allclose(cal.apply(raw), expected, atol=1e-6)
     assert "tanh" in json.loads(cal.model_dump_json())["formula"]
+
+
+def _series(**model: object) -> str:
+    """A time-series stats document: no normalization, per-step fields as the pixel ones, leads in ``channels``."""
+    doc = json.loads(make_stats().model_dump_json())
+    doc["normalization"] = None
+    doc["model"].update({"method": "recurrent_student", "input_kind": "signal", "input_size": 256, "channels": 2,
+                         **model})
+    return json.dumps(doc)
+
+
+def test_a_series_model_needs_its_leads_and_per_step_fields_and_no_normalization() -> None:
+    stats = parse_stats(_series(plot_size=256))
+    assert stats.model.channels == 2 and stats.model.plot_size == 256
+    for field, value in (("model.channels", None), ("pixel_calibration", None)):
+        doc = json.loads(_series())
+        section, leaf = field.split(".") if "." in field else (None, field)
+        (doc[section] if section else doc)[leaf] = value
+        with pytest.raises(StatsError, match=f"field '{field}'"):
+            parse_stats(json.dumps(doc))
+    with pytest.raises(StatsError, match="field 'normalization'"):
+        parse_stats(_mutate(parse_stats(_series()), "normalization", {"mean": [0.5] * 3, "std": [0.5] * 3}))
+    image = json.loads(make_stats().model_dump_json())
+    image["model"]["plot_size"] = 256  # only a series model is drawn as a plot
+    with pytest.raises(StatsError, match="field 'model.plot_size'"):
+        parse_stats(json.dumps(image))
