@@ -1,9 +1,12 @@
 """The engine of a scoring run: prefetch files, batch their units, keep requests in flight, emit finished files.
 
-:func:`client.scoring.score_images` builds a :class:`ScoringPipeline` for each run. Worker threads read and
-prepare images (decode, resize or tile); the pipeline packs their units (whole images or tiles) into batches,
-keeps ``concurrency`` requests in flight through :mod:`client.transport` and turns each file's replies into its
-:class:`~client.results.ImageResult` as soon as the last one returns.
+:class:`BatchSender` is the request engine every scoring command shares: it packs units (rows of the model's
+input) into batches, keeps ``concurrency`` requests in flight through :mod:`client.transport`, resends while the
+server is down, sends a refused batch again unit by unit to find the offender, and hands each batch's reply (or
+each unit's failure) back to its caller. It knows nothing of images: :func:`client.scoring.score_images` drives it
+through a :class:`ScoringPipeline` (worker threads read and prepare images, decode, resize or tile; each file's
+replies become its :class:`~client.results.ImageResult` as soon as the last one returns), ``score-signal``
+(:mod:`client.signal_scoring`) with the windows of time-series records.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -104,15 +107,6 @@ class _Unit:
         return self.job.units[self.index]
 
 
-@dataclass(frozen=True, eq=False)
-class _InFlight:
-    """A sent batch: its handle, its units in row order, and how many resends it has had."""
-
-    handle: Pending
-    units: list[_Unit]
-    attempt: int
-
-
 class _Preparer:
     """Reads and prepares one file (runs in worker threads; OpenCV releases the GIL)."""
 
@@ -196,14 +190,181 @@ class StopOnCtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
-class ScoringPipeline:
-    """One run's engine: prefetch files, batch their units, keep requests in flight, emit finished files.
+def report_result(result: Any, summary: Any, on_result: Callable[[Any], None], bar: Any = None) -> None:
+    """Count a finished item's ``result`` in ``summary`` (scored or error; anomalous or normal), hand it to
+    ``on_result`` and advance the progress ``bar`` (a tqdm bar, or ``None``)."""
+    summary.scored += result.ok
+    summary.errors += not result.ok
+    if result.ok:
+        summary.anomalous += result.label == ANOMALOUS
+        summary.normal += result.label != ANOMALOUS
+    on_result(result)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(anomalous=summary.anomalous, errors=summary.errors, refresh=False)
 
-    All its state lives in :meth:`run`'s thread (workers only prepare files, the transport's threads only carry
-    requests), so it needs no lock. A refused batch is sent again unit by unit to find the file(s) the server
-    rejects; a batch the server could not answer is resent after a doubling wait (shared memory registered
-    again, in case the server restarted) and, once the retries are spent, it and every file after it are
-    reported as not scored without waiting again.
+
+# ---------------------------------------------------------------------------------------------- the requests
+class Unit(Protocol):
+    """One row of a batch, as :class:`BatchSender` sends it."""
+
+    @property
+    def data(self) -> np.ndarray:
+        """The row: one item of the model's input."""
+        ...
+
+
+class SendOptions(Protocol):
+    """How :class:`BatchSender` drives the server (fields of ``ScoreConfig`` and ``SignalScoreConfig``)."""
+
+    batch_size: int
+    concurrency: int
+    retries: int
+    backoff: float
+
+
+U = TypeVar("U", bound=Unit)
+
+
+def wait_polling(future: Future | Pending, stop: threading.Event) -> Any:
+    """``future.result()``, polling so that a Ctrl-C (``stop``) is noticed within a quarter of a second."""
+    while True:
+        if stop.is_set():
+            raise Stopped
+        try:
+            return future.result(timeout=0.25)
+        except FutureTimeout:
+            continue
+
+
+@dataclass(frozen=True, eq=False)
+class _InFlight(Generic[U]):
+    """A sent batch: its handle, its units in row order, and how many resends it has had."""
+
+    handle: Pending
+    units: list[U]
+    attempt: int
+
+
+class BatchSender(Generic[U]):
+    """Sends units in batches, keeping ``options.concurrency`` requests in flight, and hands back what returns.
+
+    All its state lives in :meth:`run`'s thread (the transport's threads only carry requests), so it needs no
+    lock. A refused batch is sent again unit by unit to find the unit(s) the server rejects; a batch the server
+    could not answer is resent after a doubling wait (shared memory registered again, in case the server
+    restarted) and, once the retries are spent, it and every unit after it fail as not scored without waiting
+    again.
+
+    Args:
+        transport: Requests to the served model.
+        options: Batch size, requests in flight, resends and the first wait before one.
+        summary: The run's counts: its ``retries`` counts the resends.
+        stop: Set to stop submitting (the first Ctrl-C).
+        take: Up to ``n`` new units, in order; an empty list once there are none left.
+        on_reply: Called with a batch's units (in row order) and its :class:`~client.transport.Reply`.
+        on_fail: Called with units that will not be scored and why (``server: ...`` for a unit the server
+            refused, ``not scored: ...`` once the server stays unreachable).
+        on_sent: Called with a batch's units and its handle each time the batch is sent, or ``None``.
+    """
+
+    def __init__(self, transport: Transport, options: SendOptions, summary: Any, stop: threading.Event, *,
+                 take: Callable[[int], list[U]], on_reply: Callable[[list[U], Reply], None],
+                 on_fail: Callable[[list[U], str], None],
+                 on_sent: Callable[[list[U], Pending], None] | None = None) -> None:
+        self.transport, self.options, self.summary, self.stop = transport, options, summary, stop
+        self.take, self.on_reply, self.on_fail, self.on_sent = take, on_reply, on_fail, on_sent
+        self.alone: deque[U] = deque()  # units of a refused batch, to be sent one per request
+        self.in_flight: deque[_InFlight[U]] = deque()
+        self.free_slots = list(range(options.concurrency))
+        self.down: str | None = None  # why nothing more is sent, once the retries are spent
+
+    def run(self) -> None:
+        """Send every unit ``take`` gives; raises :class:`Stopped` (first Ctrl-C) or ``KeyboardInterrupt``."""
+        while True:
+            self._fill_slots()
+            if not self.in_flight:
+                return
+            if self.stop.is_set():
+                raise Stopped
+            self._collect(self.in_flight.popleft())
+
+    def _fill_slots(self) -> None:
+        """Send batches while a slot is free: first the units of refused batches, one each, then new ones."""
+        while self.free_slots:
+            units = [self.alone.popleft()] if self.alone else self.take(self.options.batch_size)
+            if not units:
+                return
+            self._send(units)
+
+    def _send(self, units: list[U]) -> None:
+        """Send a new batch (a failure to send is handled like a failed reply)."""
+        if self.down:
+            self.on_fail(units, self.down)
+            return
+        try:
+            self._submit(units, 0)
+        except RequestFailed as e:
+            self._failed(units, 0, e)
+
+    def _submit(self, units: list[U], attempt: int) -> None:
+        """Send ``units`` as one batch on a free slot; raises the classified error if it cannot be sent."""
+        batch = np.stack([u.data for u in units])
+        slot = self.free_slots.pop()
+        try:
+            handle = self.transport.submit(batch, slot)
+        except RequestFailed:
+            self.free_slots.append(slot)
+            raise
+        if self.on_sent is not None:
+            self.on_sent(units, handle)
+        self.in_flight.append(_InFlight(handle, units, attempt))
+
+    def _failed(self, units: list[U], attempt: int, error: RequestFailed) -> None:
+        """A batch came back without outputs: resend, split, or report it, as its error says."""
+        if self.down:
+            self.on_fail(units, self.down)
+        elif isinstance(error, ServerUnavailable):
+            self._resend(units, attempt, error)
+        elif len(units) > 1:
+            self.alone.extend(units)  # find the offending unit(s): each alone
+        else:
+            self.on_fail(units, f"server: {error}")
+
+    def _resend(self, units: list[U], attempt: int, error: RequestFailed) -> None:
+        """After a wait that doubles each time, send again; once the retries are spent, give up on the run."""
+        while attempt < self.options.retries:
+            if self.stop.wait(min(self.options.backoff * 2**attempt, MAX_BACKOFF)):
+                raise Stopped
+            attempt += 1
+            self.summary.retries += 1
+            try:
+                if self.transport.shared_memory:
+                    self.transport.reregister()  # a restarted server has forgotten the regions
+                self._submit(units, attempt)
+                return
+            except RequestFailed as e:  # still down: wait longer
+                error = e
+        self.down = f"{NOT_SCORED}: server unreachable after {self.options.retries} retries ({error})"
+        self.on_fail(units, self.down)
+
+    def _collect(self, flight: _InFlight[U]) -> None:
+        """Wait for the oldest batch and hand over its reply (or its failure)."""
+        try:
+            reply: Reply = wait_polling(flight.handle, self.stop)
+        except RequestFailed as e:
+            self.free_slots.append(flight.handle.slot)
+            self._failed(flight.units, flight.attempt, e)
+            return
+        self.free_slots.append(flight.handle.slot)
+        self.on_reply(flight.units, reply)
+
+
+# ---------------------------------------------------------------------------------------------- image runs
+class ScoringPipeline:
+    """One image run: prefetch files, hand their units to a :class:`BatchSender`, emit finished files.
+
+    Worker threads only prepare files; everything else happens in :meth:`run`'s thread. How requests are sent,
+    resent and split is :class:`BatchSender`'s (a file keeps the first reason one of its units failed for).
 
     Args:
         paths: The files, in order.
@@ -219,7 +380,7 @@ class ScoringPipeline:
     def __init__(self, paths: Sequence[str], config: ScoreConfig, info: ModelInfo, transport: Transport,
                  on_result: Callable[[ImageResult], None], summary: RunSummary, stop: threading.Event,
                  bar: Any = None) -> None:
-        self.paths, self.config, self.transport = paths, config, transport
+        self.paths, self.config = paths, config
         self.on_result, self.summary, self.stop, self.bar = on_result, summary, stop, bar
         self.prepare = _Preparer(config, info)
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="prepare")
@@ -229,36 +390,18 @@ class ScoringPipeline:
         self.prepared: deque[Future] = deque()  # of _Job, in file order
         self.next_path = 0
         self.waiting: deque[_Unit] = deque()  # prepared units waiting for a batch
-        self.alone: deque[_Unit] = deque()  # units of a refused batch, to be sent one per request
-        self.in_flight: deque[_InFlight] = deque()
-        self.free_slots = list(range(config.concurrency))
-        self.down: str | None = None  # why nothing more is sent, once the retries are spent
+        self.sender = BatchSender(transport, config, summary, stop, take=self._take, on_reply=self._replied,
+                                  on_fail=self._fail, on_sent=self._sent)
 
     # ------------------------------------------------------------------ driving
     def run(self) -> None:
         """Score every file; raises :class:`Stopped` (first Ctrl-C) or ``KeyboardInterrupt``."""
         self._refill()
-        while True:
-            self._fill_slots()
-            if not self.in_flight:
-                return
-            if self.stop.is_set():
-                raise Stopped
-            self._collect(self.in_flight.popleft())
+        self.sender.run()
 
     def close(self) -> None:
         """Stop the workers (files not yet prepared are dropped)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-    def _wait(self, future: Future | Pending) -> Any:
-        """``future.result()``, polling so that a Ctrl-C (``stop``) is noticed within a quarter of a second."""
-        while True:
-            if self.stop.is_set():
-                raise Stopped
-            try:
-                return future.result(timeout=0.25)
-            except FutureTimeout:
-                continue
 
     # ------------------------------------------------------------------ files in
     def _lookahead(self) -> int:
@@ -276,7 +419,7 @@ class ScoringPipeline:
         """Up to ``n`` units, pulling prepared files in order (files that could not be prepared are emitted)."""
         while len(self.waiting) < n and (self.prepared or self.next_path < len(self.paths)):
             self._refill()
-            job: _Job = self._wait(self.prepared.popleft())
+            job: _Job = wait_polling(self.prepared.popleft(), self.stop)
             if job.units is not None:
                 self.rows_per_job = 0.8 * self.rows_per_job + 0.2 * len(job.units)
             self._refill()
@@ -286,80 +429,15 @@ class ScoringPipeline:
             self.waiting.extend(_Unit(job, i) for i in range(len(job.units)))
         return [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
 
-    # ------------------------------------------------------------------ requests out
-    def _fill_slots(self) -> None:
-        """Send batches while a slot is free: first the units of refused batches, one each, then new ones."""
-        while self.free_slots:
-            if self.alone:
-                self._send([self.alone.popleft()])
-                continue
-            units = self._take(self.config.batch_size)
-            if not units:
-                return
-            self._send(units)
-
-    def _send(self, units: list[_Unit]) -> None:
-        """Send a new batch (a failure to send is handled like a failed reply)."""
-        if self.down:
-            self._fail(units, self.down)
-            return
-        try:
-            self._submit(units, 0)
-        except RequestFailed as e:
-            self._failed(units, 0, e)
-
-    def _submit(self, units: list[_Unit], attempt: int) -> None:
-        """Send ``units`` as one batch on a free slot; raises the classified error if it cannot be sent."""
-        batch = np.stack([u.data for u in units])
-        slot = self.free_slots.pop()
-        try:
-            handle = self.transport.submit(batch, slot)
-        except RequestFailed:
-            self.free_slots.append(slot)
-            raise
+    # ------------------------------------------------------------------ replies in, results out
+    def _sent(self, units: list[_Unit], handle: Pending) -> None:
+        """A file's latency runs from the first time one of its units was sent."""
         for u in units:
             u.job.sent_at = handle.sent_at if u.job.sent_at is None else u.job.sent_at
-        self.in_flight.append(_InFlight(handle, units, attempt))
 
-    def _failed(self, units: list[_Unit], attempt: int, error: RequestFailed) -> None:
-        """A batch came back without outputs: resend, split, or report it, as its error says."""
-        if self.down:
-            self._fail(units, self.down)
-        elif isinstance(error, ServerUnavailable):
-            self._resend(units, attempt, error)
-        elif len(units) > 1:
-            self.alone.extend(units)  # find the offending file(s): each unit alone
-        else:
-            self._fail(units, f"server: {error}")
-
-    def _resend(self, units: list[_Unit], attempt: int, error: RequestFailed) -> None:
-        """After a wait that doubles each time, send again; once the retries are spent, give up on the run."""
-        while attempt < self.config.retries:
-            if self.stop.wait(min(self.config.backoff * 2**attempt, MAX_BACKOFF)):
-                raise Stopped
-            attempt += 1
-            self.summary.retries += 1
-            try:
-                if self.transport.shared_memory:
-                    self.transport.reregister()  # a restarted server has forgotten the regions
-                self._submit(units, attempt)
-                return
-            except RequestFailed as e:  # still down: wait longer
-                error = e
-        self.down = f"{NOT_SCORED}: server unreachable after {self.config.retries} retries ({error})"
-        self._fail(units, self.down)
-
-    # ------------------------------------------------------------------ replies in, results out
-    def _collect(self, flight: _InFlight) -> None:
-        """Wait for the oldest batch and file its replies (or its failure)."""
-        try:
-            reply: Reply = self._wait(flight.handle)
-        except RequestFailed as e:
-            self.free_slots.append(flight.handle.slot)
-            self._failed(flight.units, flight.attempt, e)
-            return
-        self.free_slots.append(flight.handle.slot)
-        for row, unit in enumerate(flight.units):
+    def _replied(self, units: list[_Unit], reply: Reply) -> None:
+        """File a batch's replies; emit the files they complete."""
+        for row, unit in enumerate(units):
             unit.job.replies[unit.index] = TileReply.from_outputs(reply.outputs, row)
             unit.job.done_at = reply.done_at
             if unit.job.resolved:
@@ -376,15 +454,7 @@ class ScoringPipeline:
     def _emit(self, job: _Job) -> None:
         """Hand a resolved file's result to ``on_result`` and count it."""
         result = _finish(job, self.config)
-        summary = self.summary
-        summary.scored += result.ok
-        summary.errors += not result.ok
         if result.ok:
-            summary.anomalous += result.label == ANOMALOUS
-            summary.normal += result.label != ANOMALOUS
-            summary.latencies_ms.append(result.latency_ms)
-        self.on_result(result)
+            self.summary.latencies_ms.append(result.latency_ms)
+        report_result(result, self.summary, self.on_result, self.bar)
         job.drop_arrays()
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(anomalous=summary.anomalous, errors=summary.errors, refresh=False)

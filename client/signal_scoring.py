@@ -3,7 +3,7 @@
 A time-series detector scores windows of ``T`` steps (its input ``signal``, ``(N, T, C)`` FP32: 256 steps, two
 leads, 128 Hz). A record of any length ``L >= T`` is cut into windows every ``stride`` steps (default ``T/2``),
 the last one aligned to the record's end so that every step is covered (:func:`window_starts`); the windows go to
-the ensemble in batches over HTTP or gRPC (:mod:`client.transport`), and the calibrated per-step scores of the
+the ensemble in batches over HTTP or gRPC by the scoring engine (:class:`client.pipeline.BatchSender`), and the calibrated per-step scores of the
 windows that overlap a step are averaged into one score per step (:class:`StepStitcher`). The record's anomalous
 intervals are then found on that stitched series with :func:`kdcore.intervals.anomalous_intervals`, the rule the
 server applies to each window (runs of steps at or above 0.5); the record's score is its highest stitched step
@@ -35,7 +35,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from tritonclient.utils import InferenceServerException
 
-from client.pipeline import MAX_BACKOFF, StopOnCtrlC, Stopped
+from client.pipeline import MAX_BACKOFF, BatchSender, StopOnCtrlC, Stopped, report_result
 from client.reports import write_json
 from client.results import NOT_SCORED
 from client.scoring import DEFAULT_URLS, ScoringSetupError
@@ -58,7 +57,7 @@ from client.signal_io import (
     read_signal,
     render_signal_plot,
 )
-from client.transport import Pending, Reply, RequestFailed, ServerUnavailable, Transport, connect, error_text
+from client.transport import Reply, Transport, connect, error_text
 from kdcore.contract import ANOMALOUS, DECISION, FP32, MAP, NORMAL, SIGNAL_INPUT
 from kdcore.intervals import Interval, anomalous_intervals
 from kdcore.manifest import ManifestError, load_manifests
@@ -331,38 +330,38 @@ class _Job:
         return self.starts is not None and self.received + self.failed == len(self.starts)
 
 
-@dataclass
-class _InFlight:
-    handle: Pending
-    units: list[tuple[_Job, int]]
-    attempt: int
+@dataclass(frozen=True, eq=False)
+class _Window:
+    """Steps ``start .. end - 1`` of ``job``'s record: one row of a batch."""
+
+    job: _Job
+    start: int
+    end: int
+
+    @property
+    def data(self) -> np.ndarray:
+        """The window to send, ``(T, C)`` float32."""
+        return self.job.signal.values[self.start:self.end]
 
 
 class _SignalRun:
-    """Reads records in order, packs their windows into batches, keeps ``concurrency`` requests in flight and hands
-    out each record's result when its last window returns. A refused batch is sent again window by window to find
-    the record the server rejects; a batch the server could not answer is resent after a doubling wait and, once
-    the retries are spent, it and every record after it are reported as not scored."""
+    """Reads records in order and hands their windows to a :class:`~client.pipeline.BatchSender` (which keeps
+    ``concurrency`` requests in flight, resends while the server is down and splits refused batches to find the
+    record the server rejects); hands out each record's result when its last window returns."""
 
     def __init__(self, paths: Sequence[str], config: SignalScoreConfig, model: SeriesModel, transport: Transport,
                  on_result: Callable[[RecordResult], None], summary: SignalRunSummary, stop, bar,
                  keep_arrays: bool) -> None:
-        self.paths, self.config, self.model, self.transport = paths, config, model, transport
+        self.paths, self.config, self.model = paths, config, model
         self.on_result, self.summary, self.stop, self.bar = on_result, summary, stop, bar
         self.keep_arrays = keep_arrays
         self.next_path = 0
-        self.waiting: deque[tuple[_Job, int]] = deque()
-        self.alone: deque[tuple[_Job, int]] = deque()
-        self.in_flight: deque[_InFlight] = deque()
-        self.free_slots = list(range(config.concurrency))
-        self.down: str | None = None
+        self.waiting: deque[_Window] = deque()
+        self.sender = BatchSender(transport, config, summary, stop, take=self._take, on_reply=self._replied,
+                                  on_fail=self._fail)
 
     def run(self) -> None:
-        while True:
-            self._fill_slots()
-            if not self.in_flight:
-                return
-            self._collect(self.in_flight.popleft())
+        self.sender.run()
 
     # ------------------------------------------------------------------ records in
     def _prepare(self, path: str) -> _Job:
@@ -387,7 +386,7 @@ class _SignalRun:
         job.result.windows = len(starts)
         return job
 
-    def _take(self, n: int) -> list[tuple[_Job, int]]:
+    def _take(self, n: int) -> list[_Window]:
         """Up to ``n`` windows, reading records in order (records that cannot be scored are emitted)."""
         while len(self.waiting) < n and self.next_path < len(self.paths):
             if self.stop.is_set():
@@ -396,90 +395,23 @@ class _SignalRun:
             self.next_path += 1
             if job.starts is None:
                 self._emit(job)
-            elif self.down:
-                job.failed = len(job.starts)
-                job.result.status, job.result.error = "error", self.down
-                self._emit(job)
             else:
-                self.waiting.extend((job, i) for i in range(len(job.starts)))
+                window = self.model.window
+                self.waiting.extend(_Window(job, int(s), int(s) + window) for s in job.starts)
         return [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
 
-    # ------------------------------------------------------------------ requests out
-    def _fill_slots(self) -> None:
-        while self.free_slots:
-            units = [self.alone.popleft()] if self.alone else self._take(self.config.batch_size)
-            if not units:
-                return
-            if self.down:
-                self._fail(units, self.down)
-                continue
-            try:
-                self._submit(units, 0)
-            except RequestFailed as e:
-                self._failed(units, 0, e)
-
-    def _submit(self, units: list[tuple[_Job, int]], attempt: int) -> None:
-        window = self.model.window
-        batch = np.stack([job.signal.values[job.starts[i]:job.starts[i] + window] for job, i in units])
-        slot = self.free_slots.pop()
-        try:
-            handle = self.transport.submit(np.ascontiguousarray(batch, dtype=np.float32), slot)
-        except RequestFailed:
-            self.free_slots.append(slot)
-            raise
-        self.in_flight.append(_InFlight(handle, units, attempt))
-
-    def _failed(self, units: list[tuple[_Job, int]], attempt: int, error: RequestFailed) -> None:
-        if self.down:
-            self._fail(units, self.down)
-        elif isinstance(error, ServerUnavailable):
-            self._resend(units, attempt, error)
-        elif len(units) > 1:
-            self.alone.extend(units)  # find the offending record(s): each window alone
-        else:
-            self._fail(units, f"server: {error}")
-
-    def _resend(self, units: list[tuple[_Job, int]], attempt: int, error: RequestFailed) -> None:
-        while attempt < self.config.retries:
-            if self.stop.wait(min(self.config.backoff * 2**attempt, MAX_BACKOFF)):
-                raise Stopped
-            attempt += 1
-            self.summary.retries += 1
-            try:
-                self._submit(units, attempt)
-                return
-            except RequestFailed as e:
-                error = e
-        self.down = f"{NOT_SCORED}: server unreachable after {self.config.retries} retries ({error})"
-        self._fail(units, self.down)
-
     # ------------------------------------------------------------------ replies in, results out
-    def _wait(self, handle: Pending) -> Reply:
-        while True:
-            if self.stop.is_set():
-                raise Stopped
-            try:
-                return handle.result(timeout=0.25)
-            except FutureTimeout:
-                continue
-
-    def _collect(self, flight: _InFlight) -> None:
-        try:
-            reply = self._wait(flight.handle)
-        except RequestFailed as e:
-            self.free_slots.append(flight.handle.slot)
-            self._failed(flight.units, flight.attempt, e)
-            return
-        self.free_slots.append(flight.handle.slot)
+    def _replied(self, windows: list[_Window], reply: Reply) -> None:
         maps = reply.outputs[MAP]
-        for row, (job, i) in enumerate(flight.units):
-            job.stitcher.add(int(job.starts[i]), maps[row])
-            job.received += 1
-            if job.resolved:
-                self._emit(job)
+        for row, w in enumerate(windows):
+            w.job.stitcher.add(w.start, maps[row])
+            w.job.received += 1
+            if w.job.resolved:
+                self._emit(w.job)
 
-    def _fail(self, units: list[tuple[_Job, int]], reason: str) -> None:
-        for job, _ in units:
+    def _fail(self, windows: list[_Window], reason: str) -> None:
+        for w in windows:
+            job = w.job
             job.failed += 1
             if job.result.error is None:
                 job.result.status, job.result.error = "error", reason
@@ -496,22 +428,13 @@ class _SignalRun:
             result.intervals = len(result.found)
             result.step_scores = steps
             result.signal = job.signal
-        summary = self.summary
-        summary.scored += result.ok
-        summary.errors += not result.ok
-        if result.ok:
-            summary.anomalous += result.label == ANOMALOUS
-            summary.normal += result.label != ANOMALOUS
-            summary.intervals += len(result.found)
-            summary.windows += result.windows
-            summary.steps += result.steps
-        self.on_result(result)
+            self.summary.intervals += len(result.found)
+            self.summary.windows += result.windows
+            self.summary.steps += result.steps
+        report_result(result, self.summary, self.on_result, self.bar)
         if not self.keep_arrays:
             result.step_scores = result.signal = None
         job.signal = job.stitcher = None
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(anomalous=summary.anomalous, errors=summary.errors, refresh=False)
 
 
 def score_signals(inputs: Iterable[str | Path], config: SignalScoreConfig, on_result: Callable[[RecordResult], None],

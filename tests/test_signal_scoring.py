@@ -415,3 +415,77 @@ def test_an_unreachable_server_is_exit_status_2(tmp_path: Path, record: np.ndarr
                    "-o", str(tmp_path / "out"), "--no-progress"])
     assert status == 2
     assert "cannot score on" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- the shared engine
+class _ScriptedTransport:
+    """Stands in for :class:`client.transport.Transport`: answers each batch with ``answer(batch)`` (outputs, or an
+    exception as tritonclient would raise it)."""
+
+    shared_memory = False
+
+    def __init__(self, answer) -> None:
+        self.answer, self.batches = answer, []
+
+    def submit(self, batch: np.ndarray, slot: int):
+        import time
+        from concurrent.futures import Future
+
+        from client.transport import Pending
+
+        self.batches.append(batch)
+        future: Future = Future()
+        try:
+            future.set_result((self.answer(batch), time.perf_counter()))
+        except Exception as e:  # noqa: BLE001  (handed over through the future, like a real reply)
+            future.set_exception(e)
+        return Pending(future, slot, lambda raw, slot: raw, time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+
+def test_windows_go_through_the_pipelines_engine_refused_ones_alone_then_not_scored_when_down(
+        tmp_path: Path, record: np.ndarray, monkeypatch, capsys) -> None:
+    import grpc
+    from tritonclient.utils import InferenceServerException
+
+    import client.signal_scoring as signal_scoring
+
+    bad = record.copy()
+    bad[300, 0] = 7.0  # in the windows starting at 128 and 256 (of 0, 128, 256, 344)
+    for name, values in (("a.npy", record), ("b.npy", bad), ("c.npy", record)):
+        np.save(tmp_path / name, values)
+    paths = [str(tmp_path / n) for n in ("a.npy", "b.npy", "c.npy")]
+    monkeypatch.setattr(signal_scoring, "series_model_info", lambda config, model: signal_scoring.SeriesModel(
+        model, 256, 2, 8))
+
+    def refuse_7(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if np.any(batch == 7.0):
+            raise InferenceServerException("bad window", status=str(grpc.StatusCode.INVALID_ARGUMENT))
+        return {MAP: np.full(batch.shape[:2], 0.25, np.float32)}
+
+    transport = _ScriptedTransport(refuse_7)
+    monkeypatch.setattr(signal_scoring, "Transport", lambda *args, **kwargs: transport)
+    results = {}
+    config = signal_scoring.SignalScoreConfig(model="m", concurrency=1, backoff=0.01)
+    summary = signal_scoring.score_signals(paths, config, lambda r: results.__setitem__(Path(r.record).name, r))
+    assert [len(b) for b in transport.batches] == [8, 1, 1, 1, 1, 1, 1, 1, 1, 4]
+    assert (summary.scored, summary.errors, summary.retries, summary.windows) == (2, 1, 0, 8)
+    assert results["b.npy"].error == "server: bad window" and results["a.npy"].score == pytest.approx(0.25)
+
+    def gone(batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    transport = _ScriptedTransport(gone)
+    monkeypatch.setattr(signal_scoring, "Transport", lambda *args, **kwargs: transport)
+    out = tmp_path / "out"
+    status = main([*paths, "-m", "m", "-c", "1", "--retries", "2", "--backoff", "0.01", "-o", str(out), "--no-progress"])
+    assert status == 0 and len(transport.batches) == 3  # the first batch and its two resends, nothing after
+    rows = _rows(out / "records.csv")
+    assert [r["status"] for r in rows] == ["error"] * 3
+    assert all(r["error"].startswith("not scored: server unreachable after 2 retries (ConnectionRefusedError")
+               for r in rows)
+    assert (out / "not_scored.txt").read_text().split() == paths
+    assert json.loads((out / "summary.json").read_text())["retries"] == 2
+    assert "3 records not scored" in capsys.readouterr().out
