@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from client.results import NOT_SCORED, ImageResult, RunSummary
-from client.tiling import Box, MapStitcher, cut_tiles, tile_boxes
 from client.transport import Pending, Reply, RequestFailed, ServerUnavailable, Transport
 from kdcore.contract import ANOMALOUS, MAP, MAP_U8, RAW_SCORE, SCORE, label_of
 from kdcore.imageio import ImageDecodeError, decode_image, resize_to
+from kdcore.tiling import Box, MapStitcher, cut_tiles, tile_boxes
 
 if TYPE_CHECKING:  # the run's options and the served model: read here, made in client.scoring
     from client.scoring import ModelInfo, ScoreConfig

@@ -31,12 +31,12 @@ from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
 from client.results import NOT_SCORED, ImageResult
 from client.scoring import ScoreConfig, ScoringSetupError, score_images
-from client.tiling import TilingConfig
 from client.transport import error_text
 from kdcore.contract import ANOMALOUS, ModelNames
 from kdcore.layout import DatasetError
 from kdcore.options import add_config_options, config_values
 from kdcore.probes import client_memory, server_memory
+from kdcore.tiling import TilingConfig
 
 #: Longest side of a contact-sheet thumbnail kept in memory while the run goes on.
 THUMBNAIL = 512

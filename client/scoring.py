@@ -28,9 +28,9 @@ from tritonclient.utils import InferenceServerException
 from client.inputs import expand_inputs
 from client.pipeline import MAX_BACKOFF, ScoringPipeline, StopOnCtrlC, Stopped
 from client.results import ImageResult, RunSummary
-from client.tiling import TilingConfig
 from client.transport import Transport, connect
 from kdcore.contract import IS_ANOMALOUS, LABEL, MAP, MAP_U8, RAW_SCORE, SCORE, ModelNames
+from kdcore.tiling import TilingConfig
 
 __all__ = ["DEFAULT_URLS", "ModelInfo", "ScoreConfig", "ScoringSetupError", "model_info", "score_images"]
 

@@ -29,10 +29,10 @@ from client.pipeline import ScoringPipeline, TileReply
 from client.results import RunSummary
 from client.score_command import build_parser
 from client.scoring import ModelInfo, ScoreConfig
-from client.tiling import TilingConfig
 from client.transport import Pending, RequestRefused, ServerUnavailable, Transport, classify
 from kdcore.contract import ANOMALOUS, IMAGE_INPUT, LABEL, MAP, MAP_U8, NORMAL, RAW_SCORE, SCORE, UINT8
 from kdcore.options import add_config_options, config_values
+from kdcore.tiling import TilingConfig
 
 STUB_DEAD = "in ensemble 'm', Stub process 'm_scorer_0_0' is not healthy."
 BAD_SHAPE = "unexpected shape for input 'image' for model 'm'. Expected [-1,8,8,3], got [1,4,8,3]."

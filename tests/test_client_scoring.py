@@ -15,9 +15,9 @@ import pytest
 from client.client import main as client_main
 from client.heatmaps import legend_height
 from client.scoring import ScoreConfig, ScoringSetupError, score_images
-from client.tiling import TilingConfig
 from export.repository import ExportResult
 from kdcore.imageio import read_image
+from kdcore.tiling import TilingConfig
 from serving.embedded import TritonServer
 from training.train import TrainResult
 

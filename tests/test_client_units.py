@@ -16,8 +16,8 @@ from client.inputs import expand_inputs
 from client.reports import COLUMNS, ResultWriter, format_summary, write_json
 from client.results import ImageResult, RunSummary
 from client.scoring import ScoreConfig
-from client.tiling import MapStitcher, TilingConfig, cut_tiles, tile_boxes
 from kdcore.imageio import ImageDecodeError, binary_mask, decode_image, resize_to
+from kdcore.tiling import MapStitcher, TilingConfig, cut_tiles, tile_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 

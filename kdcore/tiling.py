@@ -1,9 +1,13 @@
-"""Sliding-window scoring of images much larger than the model's input (e.g. a 4000x3000 line-scan frame).
+"""Sliding windows over images much larger than the model's input (e.g. a 4000x3000 line-scan frame).
 
 Resizing a large frame to the model's input shrinks a small defect to a pixel or less, and the model never
 sees it. Tiling cuts the frame into overlapping windows, each resized to the model's input and scored, then
 stitches the window maps back into one full-resolution map (overlapping pixels averaged); the frame's score is
 the largest window score, since a defect in any window makes the part anomalous.
+
+One implementation for training (patch training cuts its images with it and its evaluation stitches with it) and
+the client (``client.py score`` tiles served frames with it), so a model trained on a grid is scored the same way
+it was evaluated. Numpy, OpenCV and pydantic only, like the rest of ``kdcore``.
 """
 
 from __future__ import annotations
