@@ -3,10 +3,12 @@
 
 Checks server and model readiness and metadata, sends the validation images that the exporter stored in the
 model repository, and checks shapes, dtypes, ranges, agreement with the stored reference outputs (within the
-tolerance stored beside them) and that anomalous images score above good ones. Prints ``PASS: <model>`` and
-exits 0, or ``FAIL: <what>`` and exits 1; a server that cannot be reached is a failure too.
+tolerance stored beside them), that served intervals and regions are exactly those of the served maps
+(:mod:`kdcore.intervals`, :mod:`kdcore.regions`) and that anomalous images score above good ones. Prints
+``PASS: <model>`` and exits 0, or ``FAIL: <what>`` and exits 1; a server that cannot be reached is a failure too.
 
-Needs only numpy and tritonclient (and OpenCV for the encoded-input check), so it runs in a slim client image.
+Needs only numpy, OpenCV (the regions' components, the encoded-input check) and tritonclient, so it runs in a
+slim client image.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 from client.transport import connect
 from kdcore.contract import (
     BOOL,
+    BYTES,
     CALIBRATED_ATOL,
     DECISION,
     FP32,
@@ -33,6 +36,7 @@ from kdcore.contract import (
     MAP,
     MAP_U8,
     RAW_SCORE,
+    REGIONS,
     SCORE,
     TensorSpec,
     encoded_input_spec,
@@ -41,6 +45,7 @@ from kdcore.contract import (
 )
 from kdcore.intervals import anomalous_intervals, intervals_from_json
 from kdcore.manifest import ManifestError, ValidationSamples, discover, validation_folder
+from kdcore.regions import anomalous_regions, regions_from_json
 
 
 class CheckFailed(Exception):
@@ -102,7 +107,8 @@ class Protocol:
         self.client.close()
 
 
-def _check_metadata(proto: Protocol, model: str, spec: TensorSpec, outputs: dict[str, str]) -> None:
+def _check_metadata(proto: Protocol, model: str, spec: TensorSpec, outputs: dict[str, str]) -> dict[str, str]:
+    """The model's input and the expected ``outputs`` (name -> datatype); returns every served output's datatype."""
     meta = proto.metadata(model)
     inputs = meta["inputs"]
     name, dtype, shape = spec.name, spec.datatype, [-1, *spec.dims]
@@ -113,6 +119,7 @@ def _check_metadata(proto: Protocol, model: str, spec: TensorSpec, outputs: dict
     served = {o["name"]: o["datatype"] for o in meta["outputs"]}
     for name, dtype in outputs.items():
         _check(served.get(name) == dtype, f"{model}: output '{name}' is {served.get(name)}, expected {dtype}")
+    return served
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -134,9 +141,11 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
     for m in [model, *manifest.served_models[1:]]:
         _check(proto.client.is_model_ready(m), f"{proto.kind}: model '{m}' is not ready")
     outputs = samples.outputs
-    _check_metadata(proto, model, spec, outputs)
+    served = _check_metadata(proto, model, spec, outputs)
+    # Image detectors exported with regions serve them beside the map (older repositories do not).
+    regions = samples.anomaly_map is not None and not manifest.is_series and served.get(REGIONS) == BYTES
 
-    out = proto.infer(model, spec, samples.inputs, list(outputs))
+    out = proto.infer(model, spec, samples.inputs, [*outputs, *([REGIONS] if regions else [])])
     n = len(samples.inputs)
     score, label, raw = out[SCORE], out[LABEL], out[RAW_SCORE]
     _check(score.shape == (n, 1) and score.dtype == np.float32, f"{model}: {SCORE} {score.shape} {score.dtype}")
@@ -153,6 +162,9 @@ def validate_protocol(proto: Protocol, model: str, samples: ValidationSamples, l
         diffs.append(f"map {_close(f'{model}.{MAP}', amap, samples.anomaly_map, atol):.1e}")
     if manifest.is_series:
         _check_intervals(model, out[MAP], out[INTERVALS])
+    if regions:
+        found = _check_regions(model, out[MAP], out[REGIONS])
+        log.append(f"{proto.kind}: {model}: {REGIONS} of {n} inputs ({found} in all) are those of the served maps")
     _check_labels(model, labels, samples)
     good, bad = score.ravel()[samples.labels == 0], score.ravel()[samples.labels == 1]
     if good.size and bad.size:
@@ -213,6 +225,23 @@ def _check_intervals(model: str, step_scores: np.ndarray, intervals: np.ndarray)
             raise CheckFailed(f"{model}: row {row}: {INTERVALS} is not the documented JSON ({e})") from e
         _check(served == anomalous_intervals(scores), f"{model}: row {row}: {INTERVALS} {served} do not match its "
                f"per-step scores (expected {anomalous_intervals(scores)})")
+
+
+def _check_regions(model: str, maps: np.ndarray, regions: np.ndarray) -> int:
+    """Each row's served regions are exactly the regions of its served calibrated map (:mod:`kdcore.regions`, the
+    scorer's own rule applied to what it sent); returns how many there are."""
+    _check(regions.shape == (len(maps), 1), f"{model}: {REGIONS} shape {regions.shape}")
+    found = 0
+    for row, (amap, text) in enumerate(zip(maps, regions[:, 0])):
+        try:
+            got = regions_from_json(text)
+        except ValueError as e:
+            raise CheckFailed(f"{model}: row {row}: {REGIONS} is not the documented JSON ({e})") from e
+        want = anomalous_regions(amap)
+        _check(got == want, f"{model}: row {row}: {len(got)} {REGIONS} {got[:3]} do not match its map "
+               f"(expected {len(want)}: {want[:3]})")
+        found += len(got)
+    return found
 
 
 def _check_labels(model: str, labels: np.ndarray, samples: ValidationSamples) -> None:

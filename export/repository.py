@@ -68,7 +68,7 @@ CORE_SOURCES = Path(kdcore.__file__).parent
 #: server calibrates and decodes with the very code training and the client use. A test proves they import only
 #: the standard library, numpy, OpenCV and pydantic.
 SHIPPED_CORE = {
-    "scorer": ("contract", "stats", "intervals", "scorer"),
+    "scorer": ("contract", "stats", "intervals", "regions", "scorer"),
     "decoder": ("contract", "imageio"),
     "renderer": ("contract", "series_plot"),
 }

@@ -25,6 +25,7 @@ from kdcore.contract import (
     RAW_MAP,
     RAW_PRED,
     RAW_SCORE,
+    REGIONS,
     SCORE,
     UINT8,
     PLOT_INPUT,
@@ -146,8 +147,8 @@ def _scorer_tensors(spec: NetworkSpec) -> dict[str, tuple[str, tuple[int, ...]]]
     tensors = {SCORE: (FP32, (1,))}
     if spec.is_series:  # per-step scores and the intervals they make; no UINT8 map (a row is only T floats)
         tensors.update({MAP: (FP32, spec.map_dims), INTERVALS: (BYTES, (1,))})
-    elif spec.has_map:
-        tensors.update({MAP: (FP32, spec.map_dims), MAP_U8: (UINT8, spec.map_dims)})
+    elif spec.has_map:  # the map, as FP32 and UINT8, and the regions it makes (JSON, one row per image)
+        tensors.update({MAP: (FP32, spec.map_dims), MAP_U8: (UINT8, spec.map_dims), REGIONS: (BYTES, (1,))})
     return {**tensors, LABEL: (BYTES, (1,)), RAW_SCORE: (FP32, (1,))}
 
 
@@ -202,7 +203,7 @@ def _ensemble(
     inp = spec.input
     outputs = _scorer_outputs(spec, PROFILES[profile])
     scorer_out = _scorer_output_names(spec, PROFILES[profile])
-    needs_map = spec.has_map and bool({MAP, MAP_U8, INTERVALS} & set(scorer_out))
+    needs_map = spec.has_map and bool({MAP, MAP_U8, INTERVALS, REGIONS} & set(scorer_out))
     # Ensemble-internal tensor names: the network's raw outputs on their way to the scorer.
     raw = {RAW_PRED: "raw_pred", RAW_MAP: "raw_map"}
     used = [o for o in spec.outputs if o.name == RAW_PRED or needs_map]

@@ -49,6 +49,11 @@ IS_ANOMALOUS = "is_anomalous"
 #: The anomalous intervals of a time-series window, ``BYTES (N, 1)``: one JSON list per row of objects
 #: ``{"start", "end", "peak", "score"}`` (steps, ``end`` inclusive; see :mod:`kdcore.intervals`).
 INTERVALS = "intervals"
+#: The anomalous regions of an image, ``BYTES (N, 1)``: one JSON list per row of objects ``{"x0", "y0", "x1", "y1",
+#: "area", "peak", "peak_x", "peak_y", "mean"}`` (8-connected components of the calibrated map at or above
+#: :data:`DECISION`, in pixels of the map, box end exclusive; see :mod:`kdcore.regions`). Image detectors only,
+#: computed only when asked for.
+REGIONS = "regions"
 
 #: Triton's datatype names as the configs and the KServe v2 protocol spell them.
 UINT8, FP32, BYTES, BOOL = "UINT8", "FP32", "BYTES", "BOOL"
@@ -71,7 +76,8 @@ FULL_PROFILE, SCORE_PROFILE, MAP8_PROFILE = "full", "score", "map8"
 Profile = Literal["full", "score", "map8"]
 #: Which scorer outputs each profile's ensemble returns.
 PROFILES: dict[str, tuple[str, ...]] = {
-    FULL_PROFILE: (SCORE, MAP, INTERVALS, LABEL, RAW_SCORE),  # intervals: time-series detectors only
+    # intervals: time-series detectors only; regions: image detectors only (the score-only profile stays map-free)
+    FULL_PROFILE: (SCORE, MAP, INTERVALS, REGIONS, LABEL, RAW_SCORE),
     SCORE_PROFILE: (SCORE, LABEL, RAW_SCORE),
     MAP8_PROFILE: (SCORE, MAP_U8, LABEL, RAW_SCORE),
 }

@@ -1,7 +1,7 @@
 """Turns a network's raw outputs into what operators read: a 0..1 score, a 0..1 map and a label.
 
 The exporter computes the validation references with it and ships it into the repository (with
-:mod:`kdcore.stats` and :mod:`kdcore.contract`) for the Triton adapter ``export/scorer/model.py``, so the
+:mod:`kdcore.stats`, :mod:`kdcore.contract`, :mod:`kdcore.intervals` and :mod:`kdcore.regions`) for the Triton adapter ``export/scorer/model.py``, so the
 server calibrates with the very code the references came from. It runs and is tested without Triton.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from kdcore.contract import ANOMALOUS, NORMAL, RAW_MAP, RAW_PRED
 from kdcore.intervals import anomalous_intervals, intervals_to_json
+from kdcore.regions import anomalous_regions, regions_to_json
 from kdcore.stats import Stats
 
 #: The label words as the scorer sends them (a Triton BYTES tensor).
@@ -100,3 +101,8 @@ class Scorer:
         """The anomalous intervals of calibrated per-step scores ``(N, T)`` as ``(N, 1)`` JSON bytes (time-series
         models; :mod:`kdcore.intervals`)."""
         return np.array([[intervals_to_json(anomalous_intervals(row)).encode()] for row in anomaly_map], dtype=object)
+
+    def regions(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The anomalous regions of calibrated maps ``(N, 1, H, W)`` as ``(N, 1)`` JSON bytes (image models;
+        :mod:`kdcore.regions`: boxes in pixels of the map, the model's input size)."""
+        return np.array([[regions_to_json(anomalous_regions(m)).encode()] for m in anomaly_map], dtype=object)

@@ -1,7 +1,7 @@
 """Triton Python-backend adapter for the scorer: raw network outputs in, calibrated outputs out.
 
-Shipped into ``<scorer model>/1/`` beside the core modules it imports (``kdcore/``: the contract, the stats schema
-and the scorer); the stats JSON sits in the model's own folder (``<scorer model>/stats.json``). A malformed stats JSON makes the model fail to load with a message that
+Shipped into ``<scorer model>/1/`` beside the core modules it imports (``kdcore/``: the contract, the stats schema,
+the scorer and the intervals and regions it reports); the stats JSON sits in the model's own folder (``<scorer model>/stats.json``). A malformed stats JSON makes the model fail to load with a message that
 names the field; a bad request gets its own error response and the others in the batch are still answered.
 """
 
@@ -25,6 +25,7 @@ from kdcore.contract import (  # noqa: E402
     RAW_MAP,
     RAW_PRED,
     RAW_SCORE,
+    REGIONS,
     SCORE,
     SCORER_STATS_FILE,
 )
@@ -54,7 +55,7 @@ class TritonPythonModel:
             raw_map = None
             map_tensor = pb_utils.get_input_tensor_by_name(request, RAW_MAP) if self.scorer.has_map else None
             # The map is optional: the score-only ensemble does not send it, and then none is computed.
-            if map_tensor is not None and wanted[i] & {MAP, MAP_U8, INTERVALS}:
+            if map_tensor is not None and wanted[i] & {MAP, MAP_U8, INTERVALS, REGIONS}:
                 raw_map = map_tensor.as_numpy()
                 if raw_score.shape[0] != raw_map.shape[0]:
                     responses[i] = _error(f"{RAW_PRED} has {raw_score.shape[0]} rows, {RAW_MAP} {raw_map.shape[0]}")
@@ -90,6 +91,8 @@ class TritonPythonModel:
                 values[MAP_U8] = map_to_uint8(scored.anomaly_map)
             if INTERVALS in wanted and INTERVALS in self.output_dtypes:
                 values[INTERVALS] = self.scorer.intervals(scored.anomaly_map)
+            if REGIONS in wanted and REGIONS in self.output_dtypes:  # connected components: only when asked
+                values[REGIONS] = self.scorer.regions(scored.anomaly_map)
         # raw_score is echoed so that every ensemble output comes from this step (see export/triton_config.py).
         tensors = [
             pb_utils.Tensor(name, value.astype(self.output_dtypes[name]))
