@@ -1,12 +1,12 @@
 """Anomaly heatmaps for the scoring client: overlays at the image's own resolution and contact sheets.
 
-Needs only numpy, OpenCV (``opencv-python-headless``) and the standard-library contract (:mod:`kdcore.contract`:
-the label words and the decision line), so it runs in the slim client image beside ``tritonclient``; it never
-imports torch, matplotlib or the training code.
+Needs only numpy, OpenCV (``opencv-python-headless``) and the core's contract and regions (:mod:`kdcore.contract`:
+the label words and the decision line; :mod:`kdcore.regions`: numpy and OpenCV), so it runs in the slim client
+image beside ``tritonclient``; it never imports torch, matplotlib or the training code.
 
 An overlay (:func:`render_heatmap`) is the image with the anomaly map blended over it, the outline of the region
-at or above the pixel threshold, a box with the image score and label, and a colour scale bar in a strip below
-the image. Colours use a fixed 0..1 range, so the same colour means the same calibrated score on every image.
+at or above the pixel threshold, the box of every anomalous region (:mod:`kdcore.regions`) with its peak score, a
+box with the image score and label, and a colour scale bar in a strip below the image. Colours use a fixed 0..1 range, so the same colour means the same calibrated score on every image.
 A contact sheet (:func:`contact_sheet`) tiles rendered overlays with captions, e.g. the most anomalous images.
 
 Example:
@@ -27,12 +27,14 @@ import cv2
 import numpy as np
 
 from kdcore.contract import ANOMALOUS, DECISION, LABELS
+from kdcore.regions import Region, anomalous_regions, regions_in_image
 
 __all__ = [
     "ANOMALOUS_RGB",
     "CONTOUR_RGB",
     "NORMAL_RGB",
     "PIXEL_THRESHOLD",
+    "REGION_RGB",
     "SheetLayout",
     "contact_sheet",
     "contact_sheet_layout",
@@ -48,6 +50,10 @@ PIXEL_THRESHOLD = DECISION
 # Turbo is perceptually smoother than Jet and, like it, never produces magenta, so the outline stays distinct.
 COLORMAP = cv2.COLORMAP_TURBO
 CONTOUR_RGB = (255, 0, 255)
+#: The regions' boxes and their score labels: white, which neither the colour map nor the label boxes use.
+REGION_RGB = (255, 255, 255)
+#: Regions whose peak score is written beside their box, strongest first (the others get the box alone).
+MAX_REGION_LABELS = 10
 ANOMALOUS_RGB = (200, 30, 30)
 NORMAL_RGB = (20, 130, 50)
 _TEXT_RGB = (255, 255, 255)
@@ -247,6 +253,34 @@ def _render_legend(width: int, strip_height: int, text_px: float, threshold: flo
     return strip
 
 
+def _draw_regions(canvas: np.ndarray, regions: Sequence[Region], thickness: int) -> None:
+    """Each region's box as a frame of ``thickness`` (t) pixels, t pixels outside its box (columns
+    ``x0 - 2t .. x0 - t - 1`` and ``x1 + t .. x1 + 2t - 1``, rows alike; clipped at the image's edges): the region
+    and the outline around it (t pixels, drawn later) stay in view inside. For the strongest
+    :data:`MAX_REGION_LABELS`, the peak score in a small white tab on the frame's top left corner (below the frame
+    when there is no room above)."""
+    height, width = canvas.shape[:2]
+    text_px = max(_FLOOR_TEXT_PX, 0.7 * _image_text_px(height, width))
+    pad = max(1, round(text_px / 4))
+    t = thickness
+    for rank, r in enumerate(sorted(regions, key=lambda r: -r.peak)):
+        x0, y0, x1, y1 = max(r.x0 - t, 0), max(r.y0 - t, 0), max(r.x1 + t, 0), max(r.y1 + t, 0)  # inside edges
+        top, bottom, left, right = max(y0 - t, 0), y1 + t, max(x0 - t, 0), x1 + t
+        canvas[top:y0, left:right] = REGION_RGB
+        canvas[y1:bottom, left:right] = REGION_RGB
+        canvas[top:bottom, left:x0] = REGION_RGB
+        canvas[top:bottom, x1:right] = REGION_RGB
+        if rank >= MAX_REGION_LABELS:
+            continue
+        text = f"{r.peak:.2f}"
+        text_w, text_h = _text_size(text, text_px)
+        tab_w, tab_h = text_w + 2 * pad, text_h + 2 * pad
+        left = min(left, max(0, width - tab_w))
+        top = top - tab_h if top - tab_h >= 0 else min(bottom, max(0, height - tab_h))
+        cv2.rectangle(canvas, (left, top), (left + tab_w - 1, top + tab_h - 1), REGION_RGB, cv2.FILLED)
+        _put_text(canvas, text, left + pad, top + pad + text_h, text_px, _STRIP_RGB)
+
+
 def _block_height(n_lines: int, text_px: float) -> int:
     return n_lines * round(text_px) + (n_lines - 1) * max(2, round(text_px * _LINE_GAP))
 
@@ -305,6 +339,7 @@ def render_heatmap(
     name: str = "",
     alpha: float = 0.5,
     threshold: float = PIXEL_THRESHOLD,
+    regions: Sequence[Region] | None = None,
 ) -> np.ndarray:
     """Renders the anomaly map over the image at the image's full resolution, with a colour scale strip below.
 
@@ -314,7 +349,9 @@ def render_heatmap(
     The outline of ``map >= threshold`` is drawn in magenta, 2 px on small images and thicker on large ones. A box
     shows ``name`` (if given and there is room), the score and the label, red for anomalous and green for normal,
     with text sized to the image so it reads on 64 px crops and 4000 px photos alike; it sits in the corner it
-    hides the least anomaly in, the top left when all are alike.
+    hides the least anomaly in, the top left when all are alike. Every anomalous region gets its box as a white
+    frame around it and its outline, the ten strongest their peak score in a small white tab on it; the outline is
+    drawn last and keeps its exact colour.
 
     Args:
         image: RGB uint8 ``(H, W, 3)`` or grayscale uint8 ``(H, W)`` (or ``(H, W, 1)``), any size.
@@ -326,6 +363,10 @@ def render_heatmap(
             for the score to keep full size.
         alpha: Weight of the colour map in the blend, 0 (image only) to 1 (map only).
         threshold: Map value at and above which a pixel is anomalous; outlined, and ticked on the scale.
+        regions: The boxes to draw, in pixels of the image; ``None``: the regions of ``anomaly_map`` at
+            ``threshold`` placed on the image (:func:`kdcore.regions.anomalous_regions`,
+            :func:`~kdcore.regions.regions_in_image`), the very boxes ``client.py score`` writes in its results;
+            ``[]``: none.
 
     Returns:
         RGB uint8 of shape ``(H + legend_height(H, W), W, 3)``: rows ``[:H]`` are the overlay and the rows below
@@ -346,6 +387,9 @@ def render_heatmap(
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     height, width = rgb.shape[:2]
+    if regions is None:  # found on the map as it came (clipped, as it is coloured), then placed on the image
+        found = anomalous_regions(np.clip(values, 0.0, 1.0), threshold)
+        regions = regions_in_image(found, values.shape, (height, width))
 
     if values.shape != (height, width):
         shrinking = values.shape[0] > height and values.shape[1] > width
@@ -360,6 +404,7 @@ def render_heatmap(
     del heat
 
     thickness = _contour_thickness(height, width)
+    _draw_regions(overlay, regions, thickness)
     mask = (values >= threshold).astype(np.uint8)
     if mask.any():
         # RETR_LIST outlines holes too: a normal island inside a defect is information.

@@ -27,6 +27,7 @@ from client.results import NOT_SCORED, ImageResult, RunSummary
 from client.transport import Pending, Reply, RequestFailed, ServerUnavailable, Transport
 from kdcore.contract import ANOMALOUS, MAP, MAP_U8, RAW_SCORE, SCORE, label_of
 from kdcore.imageio import ImageDecodeError, decode_image, resize_to
+from kdcore.regions import anomalous_regions, regions_in_image
 from kdcore.tiling import Box, MapStitcher, cut_tiles, tile_boxes
 
 if TYPE_CHECKING:  # the run's options and the served model: read here, made in client.scoring
@@ -146,7 +147,7 @@ def _finish(job: _Job, config: ScoreConfig) -> ImageResult:
     best = max(replies, key=lambda r: r.raw_score)
     # Any anomalous window makes the frame anomalous.
     label = ANOMALOUS if any(r.label == ANOMALOUS for r in replies) else best.label
-    amap = None
+    amap, regions = None, None
     if config.maps:
         if job.boxes is None:
             amap = replies[0].anomaly_map[0]
@@ -155,9 +156,13 @@ def _finish(job: _Job, config: ScoreConfig) -> ImageResult:
             for box, reply in zip(job.boxes, replies):
                 stitcher.add(box, reply.anomaly_map)
             amap = stitcher.result()
+        # The regions of the map it has (a tiled frame's at full resolution), placed on the image.
+        regions = anomalous_regions(amap)
+        if job.height is not None:
+            regions = regions_in_image(regions, amap.shape, (job.height, job.width))
     latency = (job.done_at - job.sent_at) * 1000.0
     return ImageResult(status="ok", score=best.score, raw_score=best.raw_score, label=label,
-                       latency_ms=latency, anomaly_map=amap, **common)
+                       latency_ms=latency, anomaly_map=amap, regions=regions, **common)
 
 
 # ---------------------------------------------------------------------------------------------- the run

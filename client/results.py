@@ -6,10 +6,12 @@ command line read them; the pipeline (:mod:`client.pipeline`) makes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+from kdcore.regions import Region
 
 #: How the error of a file that was never sent (the server stayed unreachable) begins.
 NOT_SCORED = "not scored"
@@ -33,6 +35,11 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     tiles: int = 1
+    regions: list[Region] | None = None
+    """The anomalous regions of the map (:mod:`kdcore.regions`), strongest first, in pixels of the image
+    (``width`` x ``height``: rescaled from a map at the model's input size, found at full resolution on a tiled
+    frame's stitched map); in pixels of the map when the image's size is unknown (encoded input without
+    heatmaps). ``None`` when the run fetched no maps. Written as :class:`RegionsColumn`."""
     error: str | None = None
     anomaly_map: np.ndarray | None = _array()
     """Calibrated map in [0, 1]: the model's resolution, or the frame's when tiled. Only with ``maps``."""
@@ -45,8 +52,24 @@ class ImageResult:
         return self.status == "ok"
 
     def record(self) -> dict[str, Any]:
-        """The row written to CSV / JSON lines (no arrays), keys in :data:`RECORD_FIELDS` order."""
-        return {name: getattr(self, name) for name in RECORD_FIELDS}
+        """The row written to CSV / JSON lines (no arrays), keys in :data:`RECORD_FIELDS` order; the regions as a
+        :class:`RegionsColumn`."""
+        row = {name: getattr(self, name) for name in RECORD_FIELDS}
+        if self.regions is not None:
+            row["regions"] = RegionsColumn(self.regions)
+        return row
+
+
+class RegionsColumn(list):
+    """An image's regions as a report column: ``results.jsonl`` holds the list of region objects (``{"x0", "y0",
+    "x1", "y1", "area", "peak", "peak_x", "peak_y", "mean"}``, box end exclusive, scores to 6 decimals like the
+    other columns) and ``results.csv``, which writes a value's text, their count."""
+
+    def __init__(self, regions: list[Region]) -> None:
+        super().__init__({**asdict(r), "peak": round(r.peak, 6), "mean": round(r.mean, 6)} for r in regions)
+
+    def __str__(self) -> str:
+        return str(len(self))
 
 
 #: The fields of :class:`ImageResult` that are written to the reports, in order.

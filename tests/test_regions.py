@@ -153,3 +153,46 @@ def test_the_full_profile_serves_regions_and_the_score_profile_stays_map_free() 
         assert f'key: "{RAW_MAP}"' not in config
     series = ensemble_config(names, signal_network_spec(256, 2))
     assert INTERVALS in series and REGIONS not in series
+
+
+def test_results_write_the_regions_list_in_jsonl_and_their_count_in_csv(tmp_path) -> None:
+    import csv
+    import json
+
+    from client.reports import ResultWriter
+    from client.results import ImageResult
+
+    _, values = _synthetic()
+    regions = anomalous_regions(values)
+    with ResultWriter(tmp_path / "r.csv", tmp_path / "r.jsonl") as writer:
+        writer.write(ImageResult(path="a.png", status="ok", score=0.9, label="anomalous", regions=regions))
+        writer.write(ImageResult(path="b.png", status="ok", score=0.1, label="normal", regions=[]))
+        writer.write(ImageResult(path="c.png", status="ok", score=0.1, label="normal"))  # no map fetched
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["regions"] for r in rows] == [str(len(regions)), "0", ""]
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert lines[1]["regions"] == [] and lines[2]["regions"] is None
+    written = lines[0]["regions"]
+    assert [(r["x0"], r["y0"], r["x1"], r["y1"], r["area"], r["peak_x"], r["peak_y"]) for r in written] == [
+        (r.x0, r.y0, r.x1, r.y1, r.area, r.peak_x, r.peak_y) for r in regions]
+    assert all(abs(w["peak"] - r.peak) < 1e-6 and abs(w["mean"] - r.mean) < 1e-6 for w, r in zip(written, regions))
+
+
+def test_heatmaps_draw_each_region_box_at_the_image_resolution() -> None:
+    from client.heatmaps import CONTOUR_RGB, REGION_RGB, render_heatmap
+
+    amap = np.zeros((50, 50), np.float32)
+    amap[20:30, 10:20] = 0.8   # on the 200x200 image: rows 80..119, columns 40..79
+    image = np.full((200, 200, 3), 90, np.uint8)
+    out = render_heatmap(image, amap, score=0.9, label="anomalous")[:200]
+    white = np.all(out == REGION_RGB, axis=-1)
+    # A 2-px frame 2 px outside the box (room for the 2-px outline): columns 36-37 and 82-83 (x1 = 80 is
+    # exclusive), rows 76-77 and 122-123; nothing inside is painted over.
+    assert white[100, 36:38].all() and white[100, 82:84].all() and white[122:124, 60].all() and white[76:78, 60].all()
+    assert not white[100, 35] and not white[100, 84] and not white[124, 60] and not white[78:122, 38:82].any()
+    # The score tab on the frame's top left, and the outline in its own colour.
+    assert white[60:76, 36:60].sum() > 50 and np.all(out == CONTOUR_RGB, axis=-1).any()
+    # No regions asked for: no boxes.
+    plain = render_heatmap(image, amap, score=0.9, label="anomalous", regions=[])[:200]
+    assert not np.all(plain == REGION_RGB, axis=-1)[60:125, 35:85].any()
