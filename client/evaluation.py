@@ -7,23 +7,57 @@ ranking metrics, served labels for the image F1, served 0..1 maps for the pixel 
 monotonic, so the ranking metrics are those of the raw maps; the pixel threshold is the contract's
 :data:`~kdcore.contract.DECISION`). The stats JSON's test metrics were measured on the same folder at training
 time, so the two agree to within the export tolerance.
+
+It also measures detection (:mod:`kdcore.detection`): the served regions (:mod:`kdcore.regions`, found on the
+served maps) against the components of the ground-truth masks, and with ``--compare-boxes FILE`` another
+detector's boxes by the same rule, side by side. Everything is measured in the frame of the served maps (the
+model's input size: masks resized nearest-neighbour as for the pixel metrics, the other detector's boxes scaled
+from image pixels by ``map width / image width`` and ``map height / image height``).
+
+**The boxes file** (:class:`BoxesFile`, COCO's results format with file names): a JSON list of predictions ::
+
+    [{"image": "test/crack/000.png", "bbox": [x, y, width, height], "score": 0.93}, ...]
+
+``image`` is the image's path relative to the category folder (``test/crack/000.png``), relative to its ``test``
+folder (``crack/000.png``), absolute, or its file name alone where that is unique in the split; ``bbox`` is COCO's
+``[x, y, width, height]`` in pixels of the image file (top left corner, width and height > 0); ``score`` is the
+detector's confidence (any scale, higher is surer). COCO's own results (``"image_id"`` instead of ``"image"``,
+``"category_id"`` accepted and ignored: the evaluation is class-agnostic) work when the file is an object that also
+carries COCO's ``images`` list: ``{"images": [{"id": 1, "file_name": "test/crack/000.png"}, ...], "predictions":
+[...]}``. Any other key, a missing or malformed field, an unknown image or an ambiguous file name refuses the
+file with a message naming the field (``predictions.3.bbox``). The predictions with ``score >= --boxes-threshold``
+count for precision, recall, F1 and the filled-box mask of the segmentation F1; AP ranks them all.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from client.results import ImageResult
 from kdcore.contract import ANOMALOUS, DECISION
+from kdcore.detection import (
+    DEFAULT_INTERPOLATION,
+    DEFAULT_RULE,
+    IOU_THRESHOLD,
+    Detection,
+    OverlapRule,
+    box_mask,
+    detection_figures,
+    region_detections,
+    segmentation_f1,
+)
 from kdcore.imageio import binary_mask, read_image
 from kdcore.layout import Sample, scan_split
 from kdcore.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
+from kdcore.regions import anomalous_regions
 
 #: The largest |served - recorded| difference of a metric accepted as agreement.
 AGREEMENT = 0.005
@@ -35,8 +69,8 @@ def evaluation_samples(category_dir: Path) -> list[Sample]:
     return scan_split(Path(category_dir), "test")
 
 
-def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> dict[str, float]:
-    """Metrics of the served outputs of ``samples`` (keyed by path in ``results``; all must be scored).
+def _served(samples: list[Sample], results: dict[str, ImageResult]) -> tuple[list[ImageResult], np.ndarray, np.ndarray]:
+    """The results of ``samples`` in order, their served maps ``(N, S, S)`` and the masks at the maps' size.
 
     Raises:
         ValueError: An image was not scored, or scored without a map.
@@ -47,11 +81,21 @@ def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> di
     ordered = [results[str(s.path)] for s in samples]
     if any(r.anomaly_map is None for r in ordered):
         raise ValueError("evaluation needs the served anomaly maps (maps=True)")
-    labels = np.array([s.label for s in samples], dtype=np.int64)
-    raw = np.array([r.raw_score for r in ordered], dtype=np.float64)
     maps = np.stack([np.asarray(r.anomaly_map, dtype=np.float32).reshape(r.anomaly_map.shape[-2:]) for r in ordered])
     size = maps.shape[-1]
     masks = np.stack([binary_mask(None if s.mask_path is None else read_image(s.mask_path), size) for s in samples])
+    return ordered, maps, masks
+
+
+def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> dict[str, float]:
+    """Metrics of the served outputs of ``samples`` (keyed by path in ``results``; all must be scored).
+
+    Raises:
+        ValueError: An image was not scored, or scored without a map.
+    """
+    ordered, maps, masks = _served(samples, results)
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    raw = np.array([r.raw_score for r in ordered], dtype=np.float64)
     served_labels = np.array([r.label == ANOMALOUS for r in ordered], dtype=np.float64)
     values = {
         "image_auroc": image_auroc(labels, raw),
@@ -105,3 +149,194 @@ def compare(served: dict[str, float], stats: dict[str, Any], samples: list[Sampl
 def load_stats(path: Path) -> dict[str, Any]:
     """The stats JSON as a dict (only its recorded metrics are read here)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- detection
+class BoxesFileError(ValueError):
+    """A ``--compare-boxes`` file that cannot be used; the message names the file and the field."""
+
+
+class BoxPrediction(BaseModel):
+    """One box of another detector (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = Field(None, min_length=1, description="the image: path relative to the category folder or "
+                              "to its test folder, absolute, or a file name that is unique in the split")
+    image_id: int | str | None = Field(None, description="COCO: the id of an entry of the file's 'images' list")
+    bbox: list[float] = Field(min_length=4, max_length=4, description="COCO's [x, y, width, height] in image pixels")
+    score: float = Field(allow_inf_nan=False, description="confidence, higher is surer")
+    category_id: int | str | None = Field(None, description="COCO's category (ignored: class-agnostic)")
+
+    @field_validator("bbox")
+    @classmethod
+    def _finite_box(cls, bbox: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in bbox):
+            raise ValueError("bbox values must be finite numbers")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise ValueError(f"bbox width and height must be > 0, got {list(bbox[2:])}")
+        return bbox
+
+    @model_validator(mode="after")
+    def _one_image(self) -> BoxPrediction:
+        if (self.image is None) == (self.image_id is None):
+            raise ValueError("give either 'image' (a path or file name) or 'image_id' (with an 'images' list)")
+        return self
+
+
+class BoxImage(BaseModel):
+    """An entry of COCO's ``images`` list (its other keys, such as width and height, are not needed)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int | str
+    file_name: str = Field(min_length=1)
+
+
+class BoxesFile(BaseModel):
+    """A ``--compare-boxes`` file: the predictions, and COCO's images list when they name images by id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    images: list[BoxImage] = Field(default_factory=list)
+    predictions: list[BoxPrediction]
+
+
+def load_boxes(path: Path) -> BoxesFile:
+    """Read and validate a boxes file (a list of predictions, or an object with ``predictions`` and ``images``).
+
+    Raises:
+        BoxesFileError: Unreadable, not JSON, or not the documented schema; the message names every bad field.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BoxesFileError(f"{path}: cannot read the boxes file ({e.strerror})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BoxesFileError(f"{path}: not a JSON file ({e})") from e
+    try:
+        return BoxesFile.model_validate({"predictions": raw} if isinstance(raw, list) else raw)
+    except ValidationError as e:
+        fields = "; ".join(f"field '{'.'.join(map(str, x['loc'])) or '<root>'}': {x['msg']}" for x in e.errors())
+        raise BoxesFileError(f"{path}: invalid boxes file: {fields}") from e
+
+
+def _name_key(name: str) -> str:
+    key = name.replace("\\", "/")
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def boxes_by_image(boxes: BoxesFile, samples: Sequence[Sample], category_dir: Path,
+                   source: str = "boxes file") -> dict[str, list[Detection]]:
+    """The predictions of ``boxes`` per image of ``samples`` (keyed by ``str(sample.path)``; every sample gets a
+    list, empty when the file has no box on it), boxes in pixels of the image file.
+
+    Raises:
+        BoxesFileError: A prediction names an unknown image id, an image outside the split, or a file name that
+            more than one image of the split has; the message names the field.
+    """
+    category_dir = Path(category_dir)
+    lookup: dict[str, Sample | None] = {}
+    for s in samples:
+        for key in (s.path.resolve().as_posix(), s.path.as_posix()):
+            lookup[key] = s
+        for base in (category_dir, category_dir / "test"):
+            try:
+                lookup[s.path.relative_to(base).as_posix()] = s
+            except ValueError:
+                pass
+    names: dict[str, list[Sample]] = {}
+    for s in samples:
+        names.setdefault(s.path.name, []).append(s)
+    ids: dict[str, str] = {}
+    for i, image in enumerate(boxes.images):
+        if str(image.id) in ids:
+            raise BoxesFileError(f"{source}: field 'images.{i}.id': {image.id!r} appears twice")
+        ids[str(image.id)] = image.file_name
+    out: dict[str, list[Detection]] = {str(s.path): [] for s in samples}
+    for i, p in enumerate(boxes.predictions):
+        field = "image"
+        name = p.image
+        if name is None:
+            field = "image_id"
+            if str(p.image_id) not in ids:
+                raise BoxesFileError(f"{source}: field 'predictions.{i}.image_id': {p.image_id!r} is not the id of an "
+                                     f"entry of 'images'")
+            name = ids[str(p.image_id)]
+        key = _name_key(name)
+        sample = lookup.get(key)
+        if sample is None and "/" not in key:
+            same = names.get(key, [])
+            if len(same) > 1:
+                raise BoxesFileError(f"{source}: field 'predictions.{i}.{field}': {name!r} names {len(same)} images of "
+                                     f"the split; give its path relative to {category_dir} (e.g. "
+                                     f"{same[0].path.relative_to(category_dir).as_posix()})")
+            sample = same[0] if same else None
+        if sample is None:
+            raise BoxesFileError(f"{source}: field 'predictions.{i}.{field}': {name!r} is not an image of "
+                                 f"{category_dir / 'test'}")
+        out[str(sample.path)].append(Detection.from_xywh(*p.bbox, p.score))
+    return out
+
+
+def _image_shape(sample: Sample, result: ImageResult) -> tuple[int, int]:
+    """The image file's ``(height, width)``: from the result, else read (encoded input does not decode)."""
+    if result.height and result.width:
+        return int(result.height), int(result.width)
+    return read_image(sample.path).shape[:2]
+
+
+def _figures(images: list[tuple[list[Detection], np.ndarray]], predicted: list[np.ndarray], masks: np.ndarray, *,
+             rule: OverlapRule, threshold: float | None) -> dict[str, Any]:
+    figures = detection_figures(images, rule=rule, threshold=threshold).to_dict()
+    seg = segmentation_f1(list(masks), predicted)
+    return {**figures, "segmentation_f1": None if not math.isfinite(seg) else seg}
+
+
+#: The figures of a detection report, as the score command prints them: (key, label).
+DETECTION_ROWS = (("precision", "region precision"), ("recall", "region recall"), ("f1", "region F1"),
+                  ("ap", "mAP"), ("segmentation_f1", "segmentation F1"))
+
+
+def detection_metrics(samples: list[Sample], results: dict[str, ImageResult], *,
+                      boxes: dict[str, list[Detection]] | None = None, rule: OverlapRule = DEFAULT_RULE,
+                      boxes_threshold: float = DECISION) -> dict[str, Any]:
+    """Region precision, recall, F1, mAP and segmentation F1 of the served regions against the masks, and of
+    another detector's ``boxes`` (from :func:`boxes_by_image`) by the same rule (:mod:`kdcore.detection`).
+
+    The served regions are those of the served maps ranked by peak score; all count (they reach 0.5 by definition)
+    and their segmentation F1 is that of the map >= 0.5 (the served pixel F1). The boxes are scaled from image
+    pixels to the map's frame; those scoring at least ``boxes_threshold`` count for precision, recall, F1 and the
+    filled mask of the segmentation F1, AP ranks them all.
+
+    Returns:
+        ``{"rule", "iou_threshold", "interpolation", "rank_by", "frame", "regions": {...}, "boxes": {...} or None,
+        "boxes_threshold"}`` where each detector's figures are ``precision``, ``recall``, ``f1``, ``ap``,
+        ``segmentation_f1``, ``true_positives``, ``predictions``, ``true_regions`` (NaN as ``None``).
+
+    Raises:
+        ValueError: An image was not scored, or scored without a map.
+    """
+    ordered, maps, masks = _served(samples, results)
+    ours = [region_detections(anomalous_regions(m)) for m in maps]
+    report: dict[str, Any] = {
+        "rule": rule, "iou_threshold": IOU_THRESHOLD if rule == "iou" else None,
+        "interpolation": DEFAULT_INTERPOLATION, "rank_by": "peak",
+        "frame": f"served map, {maps.shape[2]}x{maps.shape[1]} px",
+        "regions": _figures(list(zip(ours, masks)), list(maps), masks, rule=rule, threshold=None),
+        "boxes": None, "boxes_threshold": None,
+    }
+    if boxes is not None:
+        theirs = []
+        for sample, result in zip(samples, ordered):
+            height, width = _image_shape(sample, result)
+            sx, sy = maps.shape[2] / width, maps.shape[1] / height
+            theirs.append([d.scaled(sx, sy) for d in boxes.get(str(sample.path), [])])
+        filled = [box_mask(d, maps.shape[1:], boxes_threshold) for d in theirs]
+        report["boxes"] = _figures(list(zip(theirs, masks)), filled, masks, rule=rule, threshold=boxes_threshold)
+        report["boxes_threshold"] = boxes_threshold
+    return report
+

@@ -2,7 +2,8 @@
 
 Writes ``results.csv`` and ``results.jsonl`` (one row per image, streamed as results arrive) and
 ``summary.json`` into the output folder, prints the summary, and optionally writes heatmaps with a contact
-sheet of the most anomalous images, and an evaluation against ground truth (``--evaluate``).
+sheet of the most anomalous images, and an evaluation against ground truth (``--evaluate``: the stats JSON's
+metrics again, and region detection figures, side by side with another detector's boxes with ``--compare-boxes``).
 
 Exit status: 0 when the run completed (unreadable files are reported in the results and counted, not fatal);
 1 when ``--evaluate`` finds served and recorded metrics that disagree; 2 for bad arguments or an unreachable
@@ -25,14 +26,25 @@ import numpy as np
 from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
-from client.evaluation import compare, evaluation_samples, load_stats, served_metrics
+from client.evaluation import (
+    DETECTION_ROWS,
+    BoxesFileError,
+    boxes_by_image,
+    compare,
+    detection_metrics,
+    evaluation_samples,
+    load_boxes,
+    load_stats,
+    served_metrics,
+)
 from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
 from client.inputs import expand_inputs
 from client.reports import ResultWriter, format_summary, write_json
 from client.results import NOT_SCORED, ImageResult
 from client.scoring import ScoreConfig, ScoringSetupError, score_images
 from client.transport import error_text
-from kdcore.contract import ANOMALOUS, ModelNames
+from kdcore.contract import ANOMALOUS, DECISION, ModelNames
+from kdcore.detection import DEFAULT_RULE, Detection
 from kdcore.layout import DatasetError
 from kdcore.options import add_config_options, config_values
 from kdcore.probes import client_memory, server_memory
@@ -75,7 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = p.add_argument_group("evaluation against ground truth")
     ev.add_argument("--evaluate", type=Path, default=None, metavar="CATEGORY_DIR",
                     help="score <CATEGORY_DIR>/test (MVTec AD layout, masks in ground_truth/) and compare image "
-                         "AUROC, pixel AUROC, AUPRO and F1 with the stats JSON's test metrics")
+                         "AUROC, pixel AUROC, AUPRO and F1 with the stats JSON's test metrics; print region "
+                         "precision, recall, F1, mAP and segmentation F1 against the masks")
+    ev.add_argument("--compare-boxes", type=Path, default=None, metavar="FILE",
+                    help="another detector's boxes on the same images (JSON: a list of {\"image\": path relative to "
+                         "the category folder or file name, \"bbox\": [x, y, w, h] in image pixels, \"score\": s}; "
+                         "COCO results with \"image_id\" in an object with an \"images\" list also work): print "
+                         "region precision, recall, F1, mAP and segmentation F1 of both in one table")
+    ev.add_argument("--boxes-threshold", type=float, default=DECISION,
+                    help="--compare-boxes: boxes scoring at least this count for precision, recall, F1 and the "
+                         "segmentation F1 (mAP ranks them all)")
+    ev.add_argument("--match-rule", choices=["iou", "overlap"], default=DEFAULT_RULE,
+                    help="when a region or box finds a true region: 'iou' (box IoU >= 0.5 with its component's box) "
+                         "or 'overlap' (its box holds a pixel of it); one-to-one, greedy by score")
     ev.add_argument("--stats", type=Path, default=None,
                     help="stats JSON to compare with (default: <repository>/<model>_scorer/stats.json)")
     ev.add_argument("-r", "--repository", type=Path, default=Path("model_repository"),
@@ -168,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         if tiling is not None:
             parser.error("--evaluate scores whole images at the model's input (no tiling)")
         inputs += [str(s.path) for s in samples]
+    boxes = None
+    if args.compare_boxes is not None:  # refused before anything is scored
+        if not samples:
+            parser.error("--compare-boxes needs --evaluate CATEGORY_DIR (the masks both are measured against)")
+        try:
+            boxes = boxes_by_image(load_boxes(args.compare_boxes), samples, args.evaluate, str(args.compare_boxes))
+        except BoxesFileError as e:
+            parser.error(f"--compare-boxes: {e}")
     if not inputs:
         parser.error("give image files, folders or globs to score (or --evaluate CATEGORY_DIR)")
     try:
@@ -224,12 +256,32 @@ def main(argv: list[str] | None = None) -> int:
     if summary.interrupted:
         return 130
     if samples:
-        return _evaluate(args, config, samples, kept, summary.to_dict())
+        return _evaluate(args, config, samples, kept, summary.to_dict(), boxes)
     return 0
 
 
-def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], run: dict[str, Any]) -> int:
-    """Metrics of the served outputs, compared with the stats JSON; writes evaluation.json."""
+def _detection_table(detection: dict[str, Any], model: str, boxes_file: Path | None) -> str:
+    """The detection figures of the served regions (and of the other detector's boxes) as one table."""
+    rule = (f"IoU >= {detection['iou_threshold']:g}" if detection["rule"] == "iou" else "overlap with a true region")
+    columns = [(model, detection["regions"])]
+    if detection["boxes"] is not None:
+        columns.append((f"{boxes_file.name} (score >= {detection['boxes_threshold']:g})", detection["boxes"]))
+    width = max(14, *(len(name) for name, _ in columns))
+    lines = [f"detection against the ground-truth masks ({rule}, one-to-one by score; AP {detection['interpolation']}"
+             f"; {detection['frame']}):", f"  {'':18s}" + "".join(f"  {name:>{width}s}" for name, _ in columns)]
+    for key, label in DETECTION_ROWS:
+        lines.append(f"  {label:18s}" + "".join(
+            f"  {'-' if f[key] is None else format(f[key], '.4f'):>{width}s}" for _, f in columns))
+    for key, label in (("predictions", "regions / boxes"), ("true_positives", "true positives"),
+                       ("true_regions", "true regions")):
+        lines.append(f"  {label:18s}" + "".join(f"  {f[key]:>{width}d}" for _, f in columns))
+    return "\n".join(lines)
+
+
+def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], run: dict[str, Any],
+              boxes: dict[str, list[Detection]] | None = None) -> int:
+    """Metrics of the served outputs, compared with the stats JSON, and detection figures (of another detector's
+    ``boxes`` too); writes evaluation.json."""
     by_path = {str(s.path): kept.get(os.path.abspath(s.path)) for s in samples}
     by_path = {k: v for k, v in by_path.items() if v is not None}
     try:
@@ -259,6 +311,10 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
               f"{'agree with' if comparison.agree else 'differ from'} {stats_path} (tolerance 0.005)")
     else:
         print(f"EVALUATE: served metrics {served}; no stats JSON at {stats_path} to compare with (--stats)")
+    detection = detection_metrics(samples, by_path, boxes=boxes, rule=args.match_rule,
+                                  boxes_threshold=args.boxes_threshold)
+    report["detection"] = {**detection, "boxes_file": None if boxes is None else str(args.compare_boxes)}
+    print(_detection_table(detection, config.model, args.compare_boxes))
     write_json(args.output / "evaluation.json", report)
     return status
 

@@ -160,3 +160,146 @@ def test_regions_of_a_perfect_map_are_perfect_detections() -> None:
     assert (figures.precision, figures.recall, figures.f1, figures.ap) == (1.0, 1.0, 1.0, 1.0)
     by_mean = region_detections(anomalous_regions(amap), rank_by="mean")
     assert by_mean[0].score == pytest.approx((19 * 0.9 + 0.95) / 20)
+
+
+# ---------------------------------------------------------------------------------------------- the boxes file
+def _category(root) -> "Path":
+    """A tiny MVTec-layout category: 32x32 images, test/good/000.png, test/crack/000.png and 001.png with masks
+    (crack/000: rows 4-11, columns 8-15; crack/001: rows 20-23, columns 20-27)."""
+    import cv2
+
+    cat = root / "part"
+    for folder in ("test/good", "test/crack", "ground_truth/crack"):
+        (cat / folder).mkdir(parents=True)
+    image = np.full((32, 32, 3), 128, np.uint8)
+    for rel in ("test/good/000.png", "test/crack/000.png", "test/crack/001.png"):
+        cv2.imwrite(str(cat / rel), image)
+    for name, (rows, cols) in {"000": ((4, 12), (8, 16)), "001": ((20, 24), (20, 28))}.items():
+        mask = np.zeros((32, 32), np.uint8)
+        mask[rows[0]:rows[1], cols[0]:cols[1]] = 255
+        cv2.imwrite(str(cat / "ground_truth" / "crack" / f"{name}_mask.png"), mask)
+    return cat
+
+
+def _write(path, payload) -> "Path":
+    import json
+
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+BAD_BOXES = {
+    "no bbox": ([{"image": "a.png", "score": 0.5}], "field 'predictions.0.bbox': Field required"),
+    "three numbers": ([{"image": "a.png", "bbox": [1, 2, 3], "score": 0.5}],
+                      "field 'predictions.0.bbox': List should have at least 4 items"),
+    "negative width": ([{"image": "a.png", "bbox": [1, 2, -3, 4], "score": 0.5}], "predictions.0.bbox': Value error, "
+                       "bbox width and height must be > 0"),
+    "score NaN": ('[{"image": "a.png", "bbox": [1, 2, 3, 4], "score": NaN}]', "field 'predictions.0.score'"),
+    "score text": ([{"image": "a.png", "bbox": [1, 2, 3, 4], "score": "high"}], "field 'predictions.0.score'"),
+    "typo": ([{"image": "a.png", "bbx": [1, 2, 3, 4], "score": 0.5}], "field 'predictions.0.bbx': Extra inputs"),
+    "both names": ([{"image": "a.png", "image_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}],
+                   "field 'predictions.0': Value error, give either 'image'"),
+    "second entry": ([{"image": "a.png", "bbox": [1, 2, 3, 4], "score": 0.5}, {"image": "", "bbox": [0, 0, 1, 1],
+                      "score": 1}], "field 'predictions.1.image'"),
+    "not a list": ('"boxes"', "field '<root>'"),
+    "images without file names": ({"images": [{"id": 1}], "predictions": []}, "field 'images.0.file_name'"),
+    "not JSON": ("[{'image': 'a.png'}]", "not a JSON file"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BOXES))
+def test_a_boxes_file_with_a_bad_schema_is_refused_naming_the_field(name: str, tmp_path) -> None:
+    from client.evaluation import BoxesFileError, load_boxes
+
+    payload, message = BAD_BOXES[name]
+    with pytest.raises(BoxesFileError, match="boxes.json") as refused:
+        load_boxes(_write(tmp_path / "boxes.json", payload))
+    assert message in str(refused.value)
+
+
+def test_boxes_name_their_images_by_path_file_name_or_coco_id(tmp_path) -> None:
+    from client.evaluation import BoxesFileError, boxes_by_image, evaluation_samples, load_boxes
+
+    cat = _category(tmp_path)
+    samples = evaluation_samples(cat)
+    plain = _write(tmp_path / "plain.json", [
+        {"image": "test/crack/000.png", "bbox": [8, 4, 8, 8], "score": 0.9},
+        {"image": "crack/001.png", "bbox": [0, 0, 2, 2], "score": 0.4},
+        {"image": str((cat / "test" / "good" / "000.png").resolve()), "bbox": [1, 1, 1, 1], "score": 0.2},
+    ])
+    got = boxes_by_image(load_boxes(plain), samples, cat)
+    assert got[str(cat / "test/crack/000.png")] == [Detection(8, 4, 16, 12, 0.9)]
+    assert got[str(cat / "test/crack/001.png")] == [Detection(0, 0, 2, 2, 0.4)]
+    assert len(got[str(cat / "test/good/000.png")]) == 1
+    coco = _write(tmp_path / "coco.json", {
+        "images": [{"id": 7, "file_name": "test/crack/001.png", "width": 32, "height": 32}],
+        "predictions": [{"image_id": 7, "category_id": 1, "bbox": [20, 20, 8, 4], "score": 0.8}],
+    })
+    got = boxes_by_image(load_boxes(coco), samples, cat)
+    assert got[str(cat / "test/crack/001.png")] == [Detection(20, 20, 28, 24, 0.8)]
+    assert got[str(cat / "test/crack/000.png")] == []
+    # 000.png is in good/ and in crack/: a file name alone is ambiguous; an unknown image or id is refused too.
+    for payload, message in (
+        ([{"image": "000.png", "bbox": [0, 0, 1, 1], "score": 1}], "predictions.0.image': '000.png' names 2 images"),
+        ([{"image": "crack/009.png", "bbox": [0, 0, 1, 1], "score": 1}], "predictions.0.image': 'crack/009.png' is not"),
+        ({"images": [], "predictions": [{"image_id": 3, "bbox": [0, 0, 1, 1], "score": 1}]},
+         "predictions.0.image_id': 3 is not the id"),
+    ):
+        with pytest.raises(BoxesFileError, match="bad.json") as refused:
+            boxes_by_image(load_boxes(_write(tmp_path / "bad.json", payload)), samples, cat, "bad.json")
+        assert message in str(refused.value)
+
+
+def test_detection_metrics_of_regions_and_boxes_in_the_map_frame(tmp_path) -> None:
+    """Maps at 16x16 over 32x32 images (half the resolution). crack/000's defect is map rows 2-5, columns 4-7; the
+    map finds it exactly, crack/001's defect (map rows 10-11, columns 10-13) is missed and a false region sits on
+    good/000. The boxes (image pixels) find crack/000 exactly and crack/001 with a box twice too wide (IoU 0.5:
+    still a hit), and one low-scoring box sits on good/000.
+    Regions: 2 predictions, 1 TP, 2 true regions: precision 1/2, recall 1/2, F1 2/(2+1+1) = 1/2; AP: peak 0.9 (TP)
+    then 0.7 (FP): recall 1/2 at precision 1: 1/2. Segmentation F1: 16 true pixels found, 4 false, 8 missed:
+    32/(32+4+8) = 8/11.
+    Boxes at 0.5: the good image's 0.3 box does not count: precision 1, recall 1, F1 1; AP over all three: 1.
+    Filled boxes: crack/000 exact (16), crack/001 16 pixels for 8: 24 TP, 8 FP: 48/56 = 6/7."""
+    from client.evaluation import boxes_by_image, detection_metrics, evaluation_samples, load_boxes
+    from client.results import ImageResult
+
+    cat = _category(tmp_path)
+    samples = evaluation_samples(cat)
+    maps = {p: np.full((1, 16, 16), 0.1, np.float32) for p in ("test/good/000.png", "test/crack/000.png",
+                                                                 "test/crack/001.png")}
+    maps["test/crack/000.png"][0, 2:6, 4:8] = 0.9
+    maps["test/good/000.png"][0, 0:2, 0:2] = 0.7
+    results = {str(cat / p): ImageResult(path=str(cat / p), status="ok", score=0.5, raw_score=0.0, label="anomalous",
+                                         width=32, height=32, anomaly_map=m) for p, m in maps.items()}
+    boxes = boxes_by_image(load_boxes(_write(tmp_path / "b.json", [
+        {"image": "test/crack/000.png", "bbox": [8, 4, 8, 8], "score": 0.9},
+        {"image": "test/crack/001.png", "bbox": [16, 20, 16, 4], "score": 0.6},
+        {"image": "test/good/000.png", "bbox": [0, 0, 4, 4], "score": 0.3},
+    ])), samples, cat)
+    report = detection_metrics(samples, results, boxes=boxes)
+    ours, theirs = report["regions"], report["boxes"]
+    assert (ours["predictions"], ours["true_positives"], ours["true_regions"]) == (2, 1, 2)
+    assert (ours["precision"], ours["recall"], ours["f1"], ours["ap"]) == (0.5, 0.5, 0.5, 0.5)
+    assert ours["segmentation_f1"] == pytest.approx(8 / 11)
+    assert (theirs["predictions"], theirs["true_positives"]) == (2, 2)
+    assert (theirs["precision"], theirs["recall"], theirs["f1"], theirs["ap"]) == (1.0, 1.0, 1.0, 1.0)
+    assert theirs["segmentation_f1"] == pytest.approx(6 / 7)
+    assert report["rule"] == "iou" and report["frame"] == "served map, 16x16 px" and report["boxes_threshold"] == 0.5
+    # The overlap rule changes nothing here but the name; without boxes there is no second column.
+    assert detection_metrics(samples, results, rule="overlap")["boxes"] is None
+
+
+def test_compare_boxes_refuses_a_bad_file_before_scoring(tmp_path, capsys) -> None:
+    from client.client import main as client_main
+
+    cat = _category(tmp_path)
+    bad = _write(tmp_path / "boxes.json", [{"image": "test/crack/000.png", "bbox": [1, 2, 3], "score": 0.5}])
+    with pytest.raises(SystemExit) as leaving:  # the server address is never reached: the file is refused first
+        client_main(["score", "--evaluate", str(cat), "--compare-boxes", str(bad), "-u", "127.0.0.1:9",
+                     "-o", str(tmp_path / "out"), "--no-progress"])
+    assert leaving.value.code == 2
+    err = capsys.readouterr().err
+    assert "--compare-boxes" in err and "field 'predictions.0.bbox'" in err
+    with pytest.raises(SystemExit):
+        client_main(["score", str(cat), "--compare-boxes", str(bad), "-o", str(tmp_path / "out")])
+    assert "needs --evaluate" in capsys.readouterr().err
