@@ -101,19 +101,21 @@ def resize_to(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
 
 
-def binary_mask(mask: np.ndarray | None, size: int) -> np.ndarray:
-    """A ground-truth mask as uint8 ``{0, 1}`` at ``(size, size)``.
+def binary_mask(mask: np.ndarray | None, size: int | None) -> np.ndarray:
+    """A ground-truth mask as uint8 ``{0, 1}`` at ``(size, size)`` (``size`` None: at the mask's own resolution).
 
     Pixels above half the mask's maximum are anomalous, so 0/255 and 0/1 masks both work; resizing is nearest
-    neighbour so no pixel is half anomalous. ``None`` gives an all-zero mask.
+    neighbour so no pixel is half anomalous. ``None`` gives an all-zero mask (it needs a ``size``).
     """
     if mask is None:
+        if size is None:
+            raise ValueError("an absent mask needs a size")
         return np.zeros((size, size), dtype=np.uint8)
     if mask.ndim == 3:
         mask = mask.max(axis=2)
-    if mask.shape != (size, size):
+    if size is not None and mask.shape != (size, size):
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     peak = float(mask.max())
     if peak == 0:
-        return np.zeros((size, size), dtype=np.uint8)
+        return np.zeros(mask.shape, dtype=np.uint8)
     return (mask.astype(np.float32) > 0.5 * peak).astype(np.uint8)

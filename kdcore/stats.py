@@ -214,6 +214,16 @@ class Metrics(_Strict):
     msr: float | None = Field(default=None, description="time series: mean squeezed recall")
 
 
+class PatchGrid(_Strict):
+    """Patch training's grid: every image was cut into ``columns`` x ``rows`` overlapping windows at the model's input
+    size (:mod:`kdcore.tiling`), and whole images are scored by stitching their windows' maps (the image score is the
+    highest window score). The client tiles served frames by it."""
+
+    columns: int = Field(ge=1)
+    rows: int = Field(ge=1)
+    overlap: float = Field(ge=0, lt=0.9, description="fraction of a window shared with its neighbour")
+
+
 class TrainingFacts(_Strict):
     """How the weights were made, enough to reproduce them."""
 
@@ -243,6 +253,10 @@ class TrainingFacts(_Strict):
         "validation (0: no memory in the graph)"
     )
     tap_memory_vectors: int = Field(0, ge=0, description="good training tap vectors the memory holds (0: none)")
+    patch_grid: PatchGrid | None = Field(
+        None, description="patch training's grid (None: whole images resized to the input); the thresholds, "
+        "calibration and metrics are then for whole images scored through it"
+    )
     torch_version: str
 
 

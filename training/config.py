@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kdcore.stats import PatchGrid
 from training.backbones import BackboneName
 from training.methods import DEFAULT_EPOCHS, DEFAULT_LR, Method
 
@@ -95,11 +96,23 @@ class TrainConfig(BaseModel):
         "z-scores) that scores best on validation; 0 drops the memory (meadow's cut-paste grass: 4; stars and "
         "page: 0; README); off: never"
     )
+    patches_per_row: int = Field(1, ge=1, description="patch training: windows per row of every image, each at "
+                                 "--image-size (with --patches-per-column; 1 x 1 resizes whole images)")
+    patches_per_column: int = Field(1, ge=1, description="patch training: windows per column of every image")
+    patch_overlap: float = Field(0.25, ge=0, lt=0.9, description="patch training: fraction of a window shared with "
+                                 "its neighbour")
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="train/good share held out for good-score statistics")
     validation_fraction: float = Field(0.4, gt=0, lt=1, description="test/ share used for thresholds and model selection")
     eval_every: int = Field(5, ge=1, description="validate every N epochs (and after the last) to keep the best weights")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs and tests)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores (kdae_vector: one)")
+
+    @property
+    def patch_grid(self) -> PatchGrid | None:
+        """The patch-training grid, or ``None`` for whole images."""
+        if self.patches_per_row * self.patches_per_column == 1:
+            return None
+        return PatchGrid(columns=self.patches_per_row, rows=self.patches_per_column, overlap=self.patch_overlap)
 
     @property
     def learning_rate(self) -> float:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -34,6 +35,8 @@ from torch.utils.data import Dataset
 from kdcore import imageio
 from kdcore.imageio import IMAGE_EXTENSIONS
 from kdcore.layout import DatasetError, Sample, scan_category, scan_validation
+from kdcore.stats import PatchGrid
+from kdcore.tiling import Box, TilingConfig, tile_boxes
 from training.split_sizes import validation_count
 
 __all__ = [
@@ -172,6 +175,11 @@ def load_mask(path: Path | None, size: int) -> np.ndarray:
     return imageio.binary_mask(None if path is None else _read(path), size)
 
 
+def tiling_of(grid: PatchGrid) -> TilingConfig:
+    """The client's tiling (:mod:`kdcore.tiling`) for a patch-training grid: the same windows in both."""
+    return TilingConfig(columns=grid.columns, rows=grid.rows, overlap=grid.overlap)
+
+
 class ImageDataset(Dataset):
     """Torch dataset over :class:`Sample` objects with an in-memory cache.
 
@@ -189,20 +197,52 @@ class ImageDataset(Dataset):
         augment: If True, random horizontal/vertical flips (image and mask together,
             torch RNG).  Off by default: RD4AD trains on plain resized images, and
             flips are only label-preserving for textures and symmetric objects.
+        grid: Patch training: every image is cut into this grid of overlapping windows (:mod:`kdcore.tiling`,
+            the client's windows), each resized to ``image_size``; the items are the windows, labelled anomalous
+            where their part of the mask is. ``windows`` and ``frame_sizes`` say where each came from.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, *, augment: bool = False) -> None:
+    def __init__(self, samples: Sequence[Sample], image_size: int, *, augment: bool = False,
+                 grid: PatchGrid | None = None) -> None:
         self.samples = list(samples)
         self.image_size = int(image_size)
         self.augment = augment
+        self.grid = grid
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: Patch training: the (sample index, window) of every item, and each sample's full-resolution size.
+        self.windows: list[tuple[int, Box]] = []
+        self.frame_sizes: list[tuple[int, int]] = []
+        self._window_labels: list[int] = []
+        if grid is not None:
+            self._cut_windows(grid)
+
+    def _cut_windows(self, grid: PatchGrid) -> None:
+        """Every sample's windows, decoded and cut once (the frames are large; only the windows are kept)."""
+        tiling = tiling_of(grid)
+        for index, sample in enumerate(self.samples):
+            image = _read(sample.path)
+            raw_mask = None if sample.mask_path is None else _read(sample.mask_path)
+            mask = np.zeros(image.shape[:2], np.uint8) if raw_mask is None else imageio.binary_mask(raw_mask, None)
+            if mask.shape != image.shape[:2]:
+                mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            self.frame_sizes.append(image.shape[:2])
+            for box in tile_boxes(*image.shape[:2], tiling):
+                window_mask = imageio.binary_mask(mask[box.y0:box.y1, box.x0:box.x1], self.image_size)
+                self._cache[len(self.windows)] = (
+                    imageio.resize_to(image[box.y0:box.y1, box.x0:box.x1], self.image_size), window_mask)
+                # A window is anomalous where its part of the mask is (an anomalous image without a mask: all of it).
+                label = int(window_mask.any()) if sample.mask_path is not None else sample.label
+                self._window_labels.append(label)
+                self.windows.append((index, box))
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.windows) if self.grid is not None else len(self.samples)
 
     @property
     def labels(self) -> np.ndarray:
-        """Image labels (0 good, 1 anomalous) as an int64 array."""
+        """Item labels (0 good, 1 anomalous) as an int64 array: the images', or the windows' with a patch grid."""
+        if self.grid is not None:
+            return np.array(self._window_labels, dtype=np.int64)
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,9 +270,10 @@ class ImageDataset(Dataset):
                 image, mask = image[:, ::-1], mask[:, ::-1]
             if torch.rand(()) < 0.5:
                 image, mask = image[::-1], mask[::-1]
+        label = self._window_labels[index] if self.grid is not None else self.samples[index].label
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image).copy()),
-            "label": torch.tensor(self.samples[index].label, dtype=torch.int64),
+            "label": torch.tensor(label, dtype=torch.int64),
             "mask": torch.from_numpy(np.ascontiguousarray(mask).copy()),
             "index": index,
         }

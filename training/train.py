@@ -32,7 +32,7 @@ from training.anomaly_map import MAP_SCALES
 from training.checkpoint import build_detector, save_checkpoint, with_teacher_backbone
 from training.config import TrainConfig
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
-from training.evaluate import Predictions, predict, split_metrics
+from training.evaluate import Predictions, predict, predict_frames, split_metrics
 from training.inference import DeployableDetector
 from training.memory import MEMORY_WEIGHTS
 from training.methods import ADAM_BETAS, Method, backbone_label
@@ -95,7 +95,7 @@ def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, p
         detector.trainable_parameters(), lr=config.learning_rate, betas=ADAM_BETAS.get(config.method, (0.9, 0.999))
     )
     loader = DataLoader(
-        ImageDataset(splits.train, config.image_size),
+        ImageDataset(splits.train, config.image_size, grid=config.patch_grid),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=len(splits.train) > config.batch_size,
@@ -189,7 +189,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     )
     log.info("splits: train %d, holdout %d, validation %d, test %d",
              len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
-    validation = ImageDataset(splits.validation, config.image_size)  # decoded once, scored every eval
+    grid = config.patch_grid  # patch training: windows train and select; whole images calibrate and are measured
+    validation = ImageDataset(splits.validation, config.image_size, grid=grid)  # decoded once, scored every eval
     fits: list[_Fitted] = []
     for candidate in denoising_candidates(config):
         fits.append(_fit(candidate, splits, validation, progress))
@@ -199,9 +200,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     seconds = sum(f.seconds for f in fits)  # the choice is part of training: its time counts every candidate
     del fits  # the other candidate's weights are not needed any more
     config, model = best.config, best.model
-    holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
-    val = best.validation
-    test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
+    if grid is None:
+        holdout = predict(model, ImageDataset(splits.holdout, config.image_size), desc="holdout" if progress else None)
+        val = best.validation
+        test = predict(model, ImageDataset(splits.test, config.image_size), desc="test" if progress else None)
+    else:
+        holdout, val, test = (
+            predict_frames(model, ImageDataset(samples, config.image_size, grid=grid),
+                           desc=name if progress else None)
+            for name, samples in (("holdout", splits.holdout), ("validation", splits.validation), ("test", splits.test)))
     stats = _calibrate_and_evaluate(
         model, config, splits, (holdout, val, test), best.history, best.best_epoch, best.steps, seconds,
         best.composition,
@@ -459,6 +466,7 @@ def _calibrate_and_evaluate(
             tap_memory_weight=composition.memory_weight,
             tap_memory_vectors=composition.memory_vectors,
             denoising=config.denoising if config.method is Method.RD4AD else "off",
+            patch_grid=config.patch_grid,
             torch_version=torch.__version__,
         ),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

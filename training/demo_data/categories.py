@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from training.demo_data import benchmark, defects
+from training.demo_data import benchmark, defects, highres
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Category:
 
     name: str
     kind: str
-    """``"demo texture"``, ``"sparse texture"``, ``"stochastic texture"``, ``"periodic texture"``, ``"aligned object"``."""
+    """``"demo texture"``, ``"sparse texture"``, ``"stochastic texture"``, ``"periodic texture"``, ``"aligned object"``,
+    ``"high-resolution texture"``."""
     defects: tuple[str, ...]
     """Defect kinds, in the order their folders are written."""
     good: Callable[[np.random.Generator, int], np.ndarray]
@@ -42,10 +43,17 @@ def _benchmark(name: str) -> Category:
                     lambda rng, good, defect: benchmark.apply_defect(rng, good, name, defect))
 
 
+def _highres(name: str) -> Category:
+    kind, kinds = highres.HIGHRES_CATEGORIES[name]
+    return Category(name, kind, kinds, partial(highres.good_image, name),
+                    lambda rng, good, defect: highres.apply_defect(rng, good, name, defect))
+
+
 #: Demo categories first: their position seeds their images, so appending keeps every demo image as it was.
 CATEGORIES: dict[str, Category] = {
     **{name: _demo(name) for name in defects.DEMO_CATEGORIES},
     **{name: _benchmark(name) for name in benchmark.BENCHMARK_CATEGORIES},
+    **{name: _highres(name) for name in highres.HIGHRES_CATEGORIES},
 }
 #: The categories of the detection-quality benchmark (``kd-compare --categories``).
 BENCHMARK: tuple[str, ...] = tuple(benchmark.BENCHMARK_CATEGORIES)
