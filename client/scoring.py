@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from client.inputs import expand_inputs
 from client.pipeline import MAX_BACKOFF, ScoringPipeline, StopOnCtrlC, Stopped
 from client.results import ImageResult, RunSummary
 from client.transport import Transport, connect
-from kdcore.contract import IS_ANOMALOUS, LABEL, MAP, MAP_U8, RAW_SCORE, SCORE, ModelNames
+from kdcore.contract import IS_ANOMALOUS, LABEL, MAP, MAP_U8, PATCH_GRID_PARAMETER, RAW_SCORE, SCORE, ModelNames
 from kdcore.tiling import TilingConfig
 
 __all__ = ["DEFAULT_URLS", "ModelInfo", "ScoreConfig", "ScoringSetupError", "model_info", "score_images"]
@@ -120,6 +121,18 @@ class ModelInfo:
     size: int | None
     max_batch_size: int
     map_shape: tuple[int, ...] | None
+    patch_grid: TilingConfig | None = None
+    """The grid a patch-trained model was trained and calibrated on (from its ensemble config's
+    :data:`~kdcore.contract.PATCH_GRID_PARAMETER`): frames are tiled by it unless the options tile otherwise."""
+
+
+def patch_grid_of(model_config: dict) -> TilingConfig | None:
+    """The patch grid a model config carries, as the client's tiling (``None`` for whole-image models)."""
+    value = model_config.get("parameters", {}).get(PATCH_GRID_PARAMETER)
+    if not value:
+        return None
+    grid = json.loads(value.get("string_value") or value.get("stringValue"))
+    return TilingConfig(columns=grid["columns"], rows=grid["rows"], overlap=grid["overlap"])
 
 
 def model_info(config: ScoreConfig) -> ModelInfo:
@@ -133,8 +146,10 @@ def model_info(config: ScoreConfig) -> ModelInfo:
         meta = client.get_model_metadata(served, **kwargs)
         cfg = client.get_model_config(served, **kwargs)
         cfg = cfg.get("config", cfg)
-        # The pixel ensemble's input tells the model's image size (the encoded ensembles take bytes).
+        # The pixel ensemble's input tells the model's image size (the encoded ensembles take bytes), its config
+        # the patch grid of a patch-trained model.
         base = client.get_model_metadata(config.model, **kwargs) if served != config.model else meta
+        base_cfg = client.get_model_config(config.model, **kwargs) if served != config.model else {"config": cfg}
     finally:
         client.close()
     inp = meta["inputs"][0]
@@ -147,6 +162,7 @@ def model_info(config: ScoreConfig) -> ModelInfo:
         size=shape[1] if len(shape) == 4 else None,
         max_batch_size=int(cfg.get("max_batch_size", cfg.get("maxBatchSize", 1)) or 1),
         map_shape=next((tuple(outputs[n][1:]) for n in (MAP, MAP_U8) if n in outputs), None),
+        patch_grid=patch_grid_of(base_cfg.get("config", base_cfg)),
     )
 
 
@@ -186,6 +202,11 @@ def score_images(
     """
     paths = expand_inputs(inputs)
     info = model_info(config)
+    if info.patch_grid is not None and config.tiling is None:
+        if config.encoded:
+            raise ScoringSetupError(f"model '{config.model}' was trained on a patch grid: frames are tiled on the "
+                                    "client, which encoded input cannot do (drop --encoded)")
+        config = config.model_copy(update={"tiling": info.patch_grid})  # scored as it was trained and calibrated
     _check_fits(config, info)
     transport = Transport(
         config.protocol, config.endpoint, info.served,

@@ -42,6 +42,7 @@ from kdcore.contract import (
     LABEL,
     MAP,
     MAP8_PROFILE,
+    PATCH_GRID_PARAMETER,
     PLOT_INPUT,
     RAW_MAP,
     RAW_PRED,
@@ -157,7 +158,9 @@ def _stage_run(
     shutil.copy2(paths.stats, staging / names.scorer / SCORER_STATS_FILE)
     _copy_backend("scorer", staging / names.scorer / "1")
     signal = signal_input_spec(*samples["inputs"].shape[1:]) if plotted else None
-    _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec, signal))
+    grid = stats.training.patch_grid  # a patch-trained detector: clients tile frames by its grid
+    parameters = {PATCH_GRID_PARAMETER: grid.model_dump_json()} if grid is not None else None
+    _write(staging / names.ensemble / "config.pbtxt", ensemble_config(names, spec, signal, parameters))
     if plotted:
         _write(staging / names.renderer / "config.pbtxt", renderer_config(names, spec, signal))
         _copy_backend("renderer", staging / names.renderer / "1")

@@ -8,6 +8,7 @@ Triton where the model can run on either device (GPU when present, else CPU).
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -226,7 +227,14 @@ def _ensemble(
     )
 
 
-def ensemble_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec | None = None) -> str:
+def config_parameters(parameters: dict[str, str]) -> str:
+    """``parameters`` entries of a config (string values): what a client reads from the server about the model."""
+    return "".join(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n'
+                   for k, v in parameters.items())
+
+
+def ensemble_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec | None = None,
+                    parameters: dict[str, str] | None = None) -> str:
     """Config of the ensemble: input -> network (ONNX) -> scorer; for a plot-reading time-series network
     (``spec.input`` is the plot), ``signal`` is what clients send: signal -> renderer -> network -> scorer.
 
@@ -235,8 +243,9 @@ def ensemble_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec | N
     the scorer's input.
     """
     inp = spec.input
+    extra = config_parameters(parameters or {})
     if inp.name != PLOT_INPUT:
-        return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), [])
+        return _ensemble(names.ensemble, spec, names, _tensor(inp.name, inp.datatype, inp.dims), []) + extra
     if signal is None:
         raise ValueError("a plot-reading network's ensemble needs the signal it is drawn from")
     render = (
@@ -244,7 +253,7 @@ def ensemble_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec | N
         f'      input_map {{ key: "{signal.name}" value: "{signal.name}" }}\n'
         f'      output_map {{ key: "{PLOT_INPUT}" value: "{PLOT_INPUT}" }} }}'
     )
-    return _ensemble(names.ensemble, spec, names, _spec_tensor(signal), [render])
+    return _ensemble(names.ensemble, spec, names, _spec_tensor(signal), [render]) + extra
 
 
 def renderer_config(names: ModelNames, spec: NetworkSpec, signal: TensorSpec) -> str:

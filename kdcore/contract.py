@@ -68,6 +68,10 @@ DECISION = 0.5
 #: scores: the two run one formula (``kdcore.stats.Calibration.steps``), so only float32 rounding separates them.
 CALIBRATED_ATOL = 1e-6
 
+#: The ensemble config's parameter that carries a patch-trained detector's grid (JSON ``{"columns", "rows",
+#: "overlap"}``, :class:`kdcore.stats.PatchGrid`): the client reads it from the server and tiles frames by it.
+PATCH_GRID_PARAMETER = "patch_grid"
+
 #: ONNX opset: supported by the NGC 24.10 image's ONNX Runtime (1.19, up to opset 21) and by torch's exporter.
 OPSET = 17
 
