@@ -318,3 +318,53 @@ def test_output_profiles_score_only_and_uint8_maps(server: TritonServer, mixed_f
         assert score_only[path].label == want.label
         assert u8[path].label == want.label
         np.testing.assert_allclose(u8[path].anomaly_map, want.anomaly_map, atol=0.5 / 255 + 1e-6)
+
+
+def test_evaluate_compare_boxes_prints_both_detectors_in_one_table(
+    server: TritonServer, demo_root: Path, trained_run: TrainResult, tmp_path: Path, capsys
+) -> None:
+    """``--evaluate --compare-boxes``: a 'detector' whose boxes are the true regions' own boxes (score 0.9) plus one
+    false box on a good image (0.6) finds every region: recall 1, precision n / (n + 1), mAP 1 (the false box ranks
+    last). The served regions' segmentation F1 is the served pixel F1. results.jsonl holds each image's regions."""
+    from kdcore.imageio import binary_mask
+    from kdcore.layout import scan_split
+    from kdcore.regions import anomalous_regions
+
+    category = demo_root / "brick"
+    samples = scan_split(category, "test")
+    predictions = []
+    for s in samples:  # the demo images are 64 px, the model's input: map pixels are image pixels
+        if s.mask_path is not None:
+            for r in anomalous_regions(binary_mask(read_image(s.mask_path), 64).astype(np.float32)):
+                predictions.append({"image": s.path.relative_to(category).as_posix(), "bbox": list(r.xywh),
+                                    "score": 0.9})
+    good = next(s for s in samples if s.label == 0)
+    predictions.append({"image": good.path.relative_to(category / "test").as_posix(), "bbox": [0, 0, 8, 8],
+                        "score": 0.6})
+    boxes = tmp_path / "detector.json"
+    boxes.write_text(json.dumps(predictions))
+    out = tmp_path / "eval"
+    rc = client_main(["score", "--evaluate", str(category), "--stats", str(trained_run.paths.stats),
+                      "--compare-boxes", str(boxes), "-u", server.grpc_url, "-o", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    table = printed[printed.index("detection against the ground-truth masks (IoU >= 0.5"):]
+    print(table)
+    assert "ad_inference" in table.splitlines()[1] and "detector.json (score >= 0.5)" in table.splitlines()[1]
+    for label in ("region precision", "region recall", "region F1", "mAP", "segmentation F1", "true regions"):
+        assert label in table
+    report = json.loads((out / "evaluation.json").read_text())
+    detection = report["detection"]
+    theirs, ours = detection["boxes"], detection["regions"]
+    n = len(predictions) - 1
+    assert (theirs["true_regions"], theirs["predictions"], theirs["true_positives"]) == (n, n + 1, n)
+    assert theirs["recall"] == 1.0 and theirs["precision"] == pytest.approx(n / (n + 1)) and theirs["ap"] == 1.0
+    assert 0 < theirs["segmentation_f1"] <= 1 and detection["boxes_file"] == str(boxes)
+    assert ours["true_regions"] == n and ours["segmentation_f1"] == pytest.approx(report["served"]["pixel_f1"])
+    for k in ("precision", "recall", "f1", "ap"):
+        assert ours[k] is None or 0.0 <= ours[k] <= 1.0, k
+    rows = {r["path"]: r for r in _read_csv(out / "results.csv")}
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(isinstance(line["regions"], list) and rows[line["path"]]["regions"] == str(len(line["regions"]))
+               for line in lines)
+    assert sum(len(line["regions"]) for line in lines) == ours["predictions"]

@@ -162,3 +162,88 @@ def test_client_fails_when_no_server(exported: ExportResult) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1 and done.stdout.strip().splitlines()[-1].startswith("FAIL: ")
+
+
+# ---------------------------------------------------------------------------------------------- regions
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_served_regions_are_the_regions_of_the_served_map(kind: str, server: TritonServer, exported: ExportResult) -> None:
+    """The full ensembles (pixels, encoded files) serve ``regions`` with the map; a client may ask for them without
+    the map; the score-only and UINT8 ensembles do not list them; client.py checks them (its log says so)."""
+    from client.validate import encode_png
+    from kdcore.contract import MAP, REGIONS, SCORE
+    from kdcore.regions import anomalous_regions, regions_from_json
+
+    samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
+    images, n = samples["inputs"], len(samples["inputs"])
+    out = _infer(kind, server, "ad_inference", images, outputs=(MAP, REGIONS))
+    assert out[REGIONS].shape == (n, 1)
+    served = [regions_from_json(text) for text in out[REGIONS][:, 0]]
+    assert served == [anomalous_regions(m) for m in out[MAP]]
+    assert sum(map(len, served)) > 0, "the demo model finds regions on its anomalous validation images"
+    alone = _infer(kind, server, "ad_inference", images, outputs=(SCORE, REGIONS))  # boxes without the map
+    assert [regions_from_json(t) for t in alone[REGIONS][:, 0]] == served
+    module = PROTOCOLS[kind]
+    files = module.InferInput("image_bytes", [n, 1], "BYTES")
+    files.set_data_from_numpy(np.array([[encode_png(i)] for i in images], dtype=object))
+    with _client(kind, server) as client:
+        encoded = client.infer(exported.names.encoded, [files], outputs=[module.InferRequestedOutput(REGIONS)])
+        assert [regions_from_json(t) for t in encoded.as_numpy(REGIONS)[:, 0]] == served
+        for model in (exported.names.score_only, exported.names.map8, exported.names.encoded_score):
+            meta = client.get_model_metadata(model, **({"as_json": True} if kind == "grpc" else {}))
+            assert REGIONS not in {o["name"] for o in meta["outputs"]}, model
+    done = _run_client(server, exported, "-m", "ad_inference", "-i", kind)
+    assert done.returncode == 0, done.stdout
+    assert f"{kind}: ad_inference: {REGIONS} of {n} inputs" in done.stdout
+
+
+def test_the_scorer_computes_regions_only_when_asked(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exported scorer (its model.py and shipped kdcore) against a stand-in for Triton's Python-backend module:
+    regions only for requests that name them, and then those of the calibrated map it returns."""
+    import importlib.util
+    import json
+    import types
+
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from kdcore.contract import LABEL, MAP, RAW_MAP, RAW_PRED, RAW_SCORE, REGIONS, SCORE
+    from kdcore.regions import anomalous_regions, regions_from_json
+
+    class Request(dict):
+        def __init__(self, inputs: dict, wanted: tuple[str, ...]) -> None:
+            super().__init__(inputs)
+            self.wanted = wanted
+
+        def requested_output_names(self) -> set:
+            return set(self.wanted)
+
+    fake = types.SimpleNamespace(
+        Tensor=lambda name, array: (name, array),
+        InferenceResponse=lambda output_tensors=(), error=None: types.SimpleNamespace(outputs=dict(output_tensors),
+                                                                                      error=error),
+        TritonError=type("TritonError", (Exception,), {"INVALID_ARG": 3, "__init__": lambda self, m, c=0: None}),
+        get_input_tensor_by_name=lambda r, n: types.SimpleNamespace(as_numpy=lambda: r[n]) if n in r else None,
+        triton_string_to_numpy={"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8, "TYPE_STRING": np.object_}.get,
+    )
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = exported.repository / exported.names.scorer
+    spec = importlib.util.spec_from_file_location("exported_scorer", folder / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    scorer = module.TritonPythonModel()
+    scorer.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+                       "model_repository": str(folder)})
+    calls = []
+    regions = scorer.scorer.regions
+    monkeypatch.setattr(scorer.scorer, "regions", lambda m: calls.append(len(m)) or regions(m))
+
+    samples = np.load(exported.repository / "ad_inference" / "validation" / "samples.npz")
+    raw = {RAW_PRED: samples["raw_score"].astype(np.float32), RAW_MAP: samples["raw_map"].astype(np.float32)}
+    without, with_map, boxes = scorer.execute([Request(raw, (SCORE, LABEL, RAW_SCORE)), Request(raw, (SCORE, MAP)),
+                                               Request(raw, (SCORE, REGIONS))])
+    assert calls == [len(samples["raw_score"])], "regions computed for the one request that asked for them"
+    assert REGIONS not in without.outputs and REGIONS not in with_map.outputs
+    assert [regions_from_json(t) for t in boxes.outputs[REGIONS][:, 0]] == [
+        anomalous_regions(m) for m in with_map.outputs[MAP]]
