@@ -208,6 +208,13 @@ class Metrics(_Strict):
     aupro: float | None = Field(default=None, description="area under PRO up to FPR 0.3, normalised")
     image_f1: float | None = Field(default=None, description="F1 at the stored image threshold")
     pixel_f1: float | None = Field(default=None, description="F1 at the stored pixel threshold")
+    region_precision: float | None = Field(
+        default=None, description="anomalous regions (calibrated map >= 0.5) matching a true region (kdcore.detection)"
+    )
+    region_recall: float | None = Field(default=None, description="true regions matched by an anomalous region")
+    region_f1: float | None = Field(default=None, description="F1 of the region precision and recall")
+    detection_ap: float | None = Field(default=None, description="average precision of the regions ranked by peak")
+    segmentation_f1: float | None = Field(default=None, description="pixel F1 of the calibrated map >= 0.5")
     pixel_auc_pr: float | None = Field(default=None, description="time series: per-step average precision")
     vus_pr: float | None = Field(default=None, description="time series: volume under the range-PR surface")
     msp: float | None = Field(default=None, description="time series: mean squeezed precision (kdcore.series_metrics)")

@@ -87,6 +87,9 @@ def test_the_stats_json_is_for_whole_frames_and_records_the_grid(patch_run: Trai
     assert test.num_good + test.num_anomalous == len(splits.test)  # frames, not windows
     assert validation.num_good + validation.num_anomalous == len(splits.validation)
     assert stats.image_threshold.num_samples == len(splits.validation)
+    # Region-level figures of the whole frames' calibrated maps against their masks (kdcore.detection).
+    for value in (test.region_recall, test.region_f1, test.detection_ap, test.segmentation_f1):
+        assert value is not None and 0.0 <= value <= 1.0
 
 
 @pytest.fixture(scope="module")

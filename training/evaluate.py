@@ -11,8 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from kdcore.detection import detection_figures, region_detections, segmentation_f1
 from kdcore.metrics import evaluate
-from kdcore.stats import Metrics
+from kdcore.regions import anomalous_regions
+from kdcore.stats import Calibration, Metrics
 from kdcore.tiling import MapStitcher
 from training.data import ImageDataset, load_mask
 from training.inference import DeployableDetector
@@ -108,14 +110,30 @@ def _finite_or_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def region_metrics(pred: Predictions, pixel_calibration: Calibration) -> dict[str, float | None]:
+    """Region-level figures of a split (:mod:`kdcore.detection`, its default rule): the anomalous regions of each
+    calibrated map (:mod:`kdcore.regions`, what the client reports) against the mask's regions, and the pixel F1 of
+    the calibrated maps at 0.5."""
+    calibrated = [pixel_calibration.apply(m) for m in pred.maps]
+    figures = detection_figures([(region_detections(anomalous_regions(c)), mask)
+                                 for c, mask in zip(calibrated, pred.masks)])
+    values = {"region_precision": figures.precision, "region_recall": figures.recall, "region_f1": figures.f1,
+              "detection_ap": figures.ap, "segmentation_f1": segmentation_f1(list(pred.masks), calibrated)}
+    return {k: _finite_or_none(v) for k, v in values.items()}
+
+
 def split_metrics(
-    pred: Predictions, split: str, image_threshold: float, pixel_threshold: float
+    pred: Predictions, split: str, image_threshold: float, pixel_threshold: float,
+    pixel_calibration: Calibration | None = None,
 ) -> Metrics:
-    """Image AUROC, pixel AUROC, AUPRO and F1 at the given thresholds for one labelled split."""
+    """Image AUROC, pixel AUROC, AUPRO and F1 at the given thresholds for one labelled split; with the pixel
+    calibration, the region-level figures too (:func:`region_metrics`)."""
     values = evaluate(pred.labels, pred.scores, pred.masks, pred.maps, image_threshold, pixel_threshold)
+    regions = region_metrics(pred, pixel_calibration) if pixel_calibration is not None else {}
     return Metrics(
         split=split,
         num_good=int((pred.labels == 0).sum()),
         num_anomalous=int((pred.labels == 1).sum()),
         **{k: _finite_or_none(values[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")},
+        **regions,
     )

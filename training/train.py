@@ -428,6 +428,7 @@ def _calibrate_and_evaluate(
     pixel_good = ScoreStatistics.of(good_maps)
     image_threshold = choose_threshold(good_scores, val.labels, val.scores, good_quantile=IMAGE_GOOD_QUANTILE)
     pixel_threshold = choose_threshold(good_maps, val.masks, val.maps, good_quantile=PIXEL_GOOD_QUANTILE)
+    pixel_calibration = fit_calibration(pixel_threshold.value, pixel_good)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.detector.trainable_parameters())
     return Stats(
@@ -444,9 +445,10 @@ def _calibrate_and_evaluate(
         image_threshold=image_threshold,
         pixel_threshold=pixel_threshold,
         image_calibration=fit_calibration(image_threshold.value, image_good),
-        pixel_calibration=fit_calibration(pixel_threshold.value, pixel_good),
-        validation_metrics=split_metrics(val, "validation", image_threshold.value, pixel_threshold.value),
-        test_metrics=split_metrics(test, "test", image_threshold.value, pixel_threshold.value),
+        pixel_calibration=pixel_calibration,
+        validation_metrics=split_metrics(val, "validation", image_threshold.value, pixel_threshold.value,
+                                         pixel_calibration),
+        test_metrics=split_metrics(test, "test", image_threshold.value, pixel_threshold.value, pixel_calibration),
         training=TrainingFacts(
             epochs=config.training_epochs,
             best_epoch=best_epoch,
