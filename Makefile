@@ -16,7 +16,7 @@ SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 PEERS_VENV ?= .venv-peers
 
-.PHONY: install data train export serve stop validate demo score compare compare-signal bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
+.PHONY: install data train export serve stop validate demo score compare compare-signal highres bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -82,6 +82,9 @@ compare: install  ## train every method on the demo data, serve them, print the 
 
 compare-signal: install  ## the time-series family: teachers and students trained on synthetic ECG, served, compared (also into README)
 	$(VENV)/bin/kd-compare-signal --data-root data/ecg --runs runs/ecg
+
+highres: install  ## whole-image vs patch training on 1024 px frames with 20-60 px defects (also into README)
+	$(VENV)/bin/kd-highres
 
 test: install  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest
