@@ -10,9 +10,10 @@ time, so the two agree to within the export tolerance.
 
 It also measures detection (:mod:`kdcore.detection`): the served regions (:mod:`kdcore.regions`, found on the
 served maps) against the components of the ground-truth masks, and with ``--compare-boxes FILE`` another
-detector's boxes by the same rule, side by side. Everything is measured in the frame of the served maps (the
-model's input size: masks resized nearest-neighbour as for the pixel metrics, the other detector's boxes scaled
-from image pixels by ``map width / image width`` and ``map height / image height``).
+detector's boxes by the same rule, side by side. Everything is measured in the frame of each served map (the
+model's input size, or a tiled frame's full resolution): masks resized nearest-neighbour as for the pixel
+metrics, the other detector's boxes scaled from image pixels by ``map width / image width`` and ``map height /
+image height``. The stats JSON's own region figures are shown beside the served ones (:func:`recorded_detection`).
 
 **The boxes file** (:class:`BoxesFile`, COCO's results format with file names): a JSON list of predictions ::
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -69,8 +71,23 @@ def evaluation_samples(category_dir: Path) -> list[Sample]:
     return scan_split(Path(category_dir), "test")
 
 
-def _served(samples: list[Sample], results: dict[str, ImageResult]) -> tuple[list[ImageResult], np.ndarray, np.ndarray]:
-    """The results of ``samples`` in order, their served maps ``(N, S, S)`` and the masks at the maps' size.
+def _mask_at(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """``sample``'s ground truth as ``{0, 1}`` at a map's ``(height, width)`` (:func:`kdcore.imageio.binary_mask`:
+    nearest-neighbour resizing, pixels above half the mask's maximum)."""
+    if sample.mask_path is None:
+        return np.zeros(shape, dtype=np.uint8)
+    mask = read_image(sample.mask_path)
+    if shape[0] == shape[1]:
+        return binary_mask(mask, shape[0])
+    if mask.shape[:2] != shape:  # a tiled frame's map that is not square: resized the same way, to its shape
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return binary_mask(mask, None)
+
+
+def _served(samples: list[Sample], results: dict[str, ImageResult]) -> tuple[list[ImageResult], list[np.ndarray],
+                                                                             list[np.ndarray]]:
+    """The results of ``samples`` in order, their served maps (2-D: at the model's input size, or a tiled frame's
+    full resolution) and the masks at each map's size.
 
     Raises:
         ValueError: An image was not scored, or scored without a map.
@@ -81,9 +98,8 @@ def _served(samples: list[Sample], results: dict[str, ImageResult]) -> tuple[lis
     ordered = [results[str(s.path)] for s in samples]
     if any(r.anomaly_map is None for r in ordered):
         raise ValueError("evaluation needs the served anomaly maps (maps=True)")
-    maps = np.stack([np.asarray(r.anomaly_map, dtype=np.float32).reshape(r.anomaly_map.shape[-2:]) for r in ordered])
-    size = maps.shape[-1]
-    masks = np.stack([binary_mask(None if s.mask_path is None else read_image(s.mask_path), size) for s in samples])
+    maps = [np.asarray(r.anomaly_map, dtype=np.float32).reshape(r.anomaly_map.shape[-2:]) for r in ordered]
+    masks = [_mask_at(s, m.shape) for s, m in zip(samples, maps)]
     return ordered, maps, masks
 
 
@@ -94,6 +110,10 @@ def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> di
         ValueError: An image was not scored, or scored without a map.
     """
     ordered, maps, masks = _served(samples, results)
+    if len({m.shape for m in maps}) > 1:
+        raise ValueError(f"the evaluation images' maps differ in size ({sorted({m.shape for m in maps})}): the pixel "
+                         "metrics need one size")
+    maps, masks = np.stack(maps), np.stack(masks)
     labels = np.array([s.label for s in samples], dtype=np.int64)
     raw = np.array([r.raw_score for r in ordered], dtype=np.float64)
     served_labels = np.array([r.label == ANOMALOUS for r in ordered], dtype=np.float64)
@@ -289,16 +309,30 @@ def _image_shape(sample: Sample, result: ImageResult) -> tuple[int, int]:
     return read_image(sample.path).shape[:2]
 
 
-def _figures(images: list[tuple[list[Detection], np.ndarray]], predicted: list[np.ndarray], masks: np.ndarray, *,
-             rule: OverlapRule, threshold: float | None) -> dict[str, Any]:
+def _figures(images: list[tuple[list[Detection], np.ndarray]], predicted: list[np.ndarray], masks: list[np.ndarray],
+             *, rule: OverlapRule, threshold: float | None) -> dict[str, Any]:
     figures = detection_figures(images, rule=rule, threshold=threshold).to_dict()
-    seg = segmentation_f1(list(masks), predicted)
+    seg = segmentation_f1(masks, predicted)
     return {**figures, "segmentation_f1": None if not math.isfinite(seg) else seg}
 
 
 #: The figures of a detection report, as the score command prints them: (key, label).
 DETECTION_ROWS = (("precision", "region precision"), ("recall", "region recall"), ("f1", "region F1"),
                   ("ap", "mAP"), ("segmentation_f1", "segmentation F1"))
+#: Where the stats JSON's test metrics record the same figures (the training report's, by the default rule).
+RECORDED_DETECTION = {"precision": "region_precision", "recall": "region_recall", "f1": "region_f1",
+                      "ap": "detection_ap", "segmentation_f1": "segmentation_f1"}
+
+
+def recorded_detection(stats: dict[str, Any]) -> dict[str, float | None] | None:
+    """The region figures the stats JSON's test metrics recorded, keyed as a detection report's (``None`` for a stats
+    JSON from before they existed). Shown beside the served ones, not held to them: a region is a discrete thing,
+    one pixel crossing 0.5 by a rounding difference adds or removes one, and a patch-trained model's training
+    report measures its frames at a reduced size."""
+    recorded = stats.get("test_metrics", {})
+    if all(recorded.get(k) is None for k in RECORDED_DETECTION.values()):
+        return None
+    return {k: recorded.get(v) for k, v in RECORDED_DETECTION.items()}
 
 
 def detection_metrics(samples: list[Sample], results: dict[str, ImageResult], *,
@@ -322,20 +356,21 @@ def detection_metrics(samples: list[Sample], results: dict[str, ImageResult], *,
     """
     ordered, maps, masks = _served(samples, results)
     ours = [region_detections(anomalous_regions(m)) for m in maps]
+    sizes = {m.shape for m in maps}
     report: dict[str, Any] = {
         "rule": rule, "iou_threshold": IOU_THRESHOLD if rule == "iou" else None,
         "interpolation": DEFAULT_INTERPOLATION, "rank_by": "peak",
-        "frame": f"served map, {maps.shape[2]}x{maps.shape[1]} px",
-        "regions": _figures(list(zip(ours, masks)), list(maps), masks, rule=rule, threshold=None),
+        "frame": f"served map, {maps[0].shape[1]}x{maps[0].shape[0]} px" if len(sizes) == 1 else "served maps",
+        "regions": _figures(list(zip(ours, masks)), maps, masks, rule=rule, threshold=None),
         "boxes": None, "boxes_threshold": None,
     }
     if boxes is not None:
         theirs = []
-        for sample, result in zip(samples, ordered):
+        for sample, result, amap in zip(samples, ordered, maps):
             height, width = _image_shape(sample, result)
-            sx, sy = maps.shape[2] / width, maps.shape[1] / height
+            sx, sy = amap.shape[1] / width, amap.shape[0] / height
             theirs.append([d.scaled(sx, sy) for d in boxes.get(str(sample.path), [])])
-        filled = [box_mask(d, maps.shape[1:], boxes_threshold) for d in theirs]
+        filled = [box_mask(d, m.shape, boxes_threshold) for d, m in zip(theirs, maps)]
         report["boxes"] = _figures(list(zip(theirs, masks)), filled, masks, rule=rule, threshold=boxes_threshold)
         report["boxes_threshold"] = boxes_threshold
     return report

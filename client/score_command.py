@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from client.evaluation import (
     DETECTION_ROWS,
     BoxesFileError,
+    recorded_detection,
     boxes_by_image,
     compare,
     detection_metrics,
@@ -261,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _detection_table(detection: dict[str, Any], model: str, boxes_file: Path | None) -> str:
-    """The detection figures of the served regions (and of the other detector's boxes) as one table."""
+    """The detection figures of the served regions (beside the stats JSON's, when it has them), and of the other
+    detector's boxes, as one table."""
     rule = (f"IoU >= {detection['iou_threshold']:g}" if detection["rule"] == "iou" else "overlap with a true region")
     columns = [(model, detection["regions"])]
+    if detection.get("recorded") is not None:
+        columns.append(("stats JSON", {**{k: None for k in ("predictions", "true_positives", "true_regions")},
+                                       **detection["recorded"]}))
     if detection["boxes"] is not None:
         columns.append((f"{boxes_file.name} (score >= {detection['boxes_threshold']:g})", detection["boxes"]))
     width = max(14, *(len(name) for name, _ in columns))
@@ -274,7 +279,7 @@ def _detection_table(detection: dict[str, Any], model: str, boxes_file: Path | N
             f"  {'-' if f[key] is None else format(f[key], '.4f'):>{width}s}" for _, f in columns))
     for key, label in (("predictions", "regions / boxes"), ("true_positives", "true positives"),
                        ("true_regions", "true regions")):
-        lines.append(f"  {label:18s}" + "".join(f"  {f[key]:>{width}d}" for _, f in columns))
+        lines.append(f"  {label:18s}" + "".join(f"  {'-' if f[key] is None else f[key]:>{width}}" for _, f in columns))
     return "\n".join(lines)
 
 
@@ -297,8 +302,9 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
         "server_memory": server_memory(args.metrics_url or _default_metrics_url(config.endpoint), args.server_pid),
     }
     status = 0
-    if stats_path.is_file():
-        comparison = compare(served, load_stats(stats_path), samples)
+    stats = load_stats(stats_path) if stats_path.is_file() else None
+    if stats is not None:
+        comparison = compare(served, stats, samples)
         report.update(stats=str(stats_path), comparison=comparison.to_dict())
         status = 0 if comparison.agree else 1
         for k in comparison.served:
@@ -313,8 +319,9 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
         print(f"EVALUATE: served metrics {served}; no stats JSON at {stats_path} to compare with (--stats)")
     detection = detection_metrics(samples, by_path, boxes=boxes, rule=args.match_rule,
                                   boxes_threshold=args.boxes_threshold)
-    report["detection"] = {**detection, "boxes_file": None if boxes is None else str(args.compare_boxes)}
-    print(_detection_table(detection, config.model, args.compare_boxes))
+    report["detection"] = {**detection, "recorded": None if stats is None else recorded_detection(stats),
+                           "boxes_file": None if boxes is None else str(args.compare_boxes)}
+    print(_detection_table(report["detection"], config.model, args.compare_boxes))
     write_json(args.output / "evaluation.json", report)
     return status
 

@@ -325,7 +325,8 @@ def test_evaluate_compare_boxes_prints_both_detectors_in_one_table(
 ) -> None:
     """``--evaluate --compare-boxes``: a 'detector' whose boxes are the true regions' own boxes (score 0.9) plus one
     false box on a good image (0.6) finds every region: recall 1, precision n / (n + 1), mAP 1 (the false box ranks
-    last). The served regions' segmentation F1 is the served pixel F1. results.jsonl holds each image's regions."""
+    last). The served regions' segmentation F1 is the served pixel F1, and their figures are the training
+    report's. results.jsonl holds each image's regions."""
     from kdcore.imageio import binary_mask
     from kdcore.layout import scan_split
     from kdcore.regions import anomalous_regions
@@ -361,6 +362,11 @@ def test_evaluate_compare_boxes_prints_both_detectors_in_one_table(
     assert theirs["recall"] == 1.0 and theirs["precision"] == pytest.approx(n / (n + 1)) and theirs["ap"] == 1.0
     assert 0 < theirs["segmentation_f1"] <= 1 and detection["boxes_file"] == str(boxes)
     assert ours["true_regions"] == n and ours["segmentation_f1"] == pytest.approx(report["served"]["pixel_f1"])
+    # The training report's figures beside the served ones: same maps (within the export tolerance), same rule.
+    recorded = detection["recorded"]
+    assert "stats JSON" in table.splitlines()[1] and recorded is not None
+    for k, want in recorded.items():
+        assert want is not None and ours[k] == pytest.approx(want, abs=0.005), k
     for k in ("precision", "recall", "f1", "ap"):
         assert ours[k] is None or 0.0 <= ours[k] <= 1.0, k
     rows = {r["path"]: r for r in _read_csv(out / "results.csv")}

@@ -303,3 +303,29 @@ def test_compare_boxes_refuses_a_bad_file_before_scoring(tmp_path, capsys) -> No
     with pytest.raises(SystemExit):
         client_main(["score", str(cat), "--compare-boxes", str(bad), "-o", str(tmp_path / "out")])
     assert "needs --evaluate" in capsys.readouterr().err
+
+
+def test_detection_metrics_take_each_maps_own_frame(tmp_path) -> None:
+    """A map that is not square (a tiled frame's): the mask is resized to it, boxes scale per axis. 32x32 images,
+    16x32 maps (half the rows): crack/000's defect is map rows 2-5, columns 8-15; the box (image rows 4-11) lands on
+    it exactly."""
+    from client.evaluation import boxes_by_image, detection_metrics, evaluation_samples, load_boxes, served_metrics
+    from client.results import ImageResult
+
+    cat = _category(tmp_path)
+    samples = evaluation_samples(cat)
+    maps = {str(s.path): np.full((16, 32), 0.1, np.float32) for s in samples}
+    maps[str(cat / "test/crack/000.png")][2:6, 8:16] = 0.8
+    results = {p: ImageResult(path=p, status="ok", score=0.5, raw_score=0.0, label="anomalous", width=32, height=32,
+                              anomaly_map=m) for p, m in maps.items()}
+    boxes = boxes_by_image(load_boxes(_write(tmp_path / "b.json", [
+        {"image": "test/crack/000.png", "bbox": [8, 4, 8, 8], "score": 0.9}])), samples, cat)
+    report = detection_metrics(samples, results, boxes=boxes)
+    assert report["frame"] == "served map, 32x16 px"
+    for figures in (report["regions"], report["boxes"]):
+        assert (figures["true_positives"], figures["predictions"], figures["true_regions"]) == (1, 1, 2)
+        assert figures["segmentation_f1"] == pytest.approx(2 * 32 / (2 * 32 + 16))  # crack/001's 16 px missed
+    results[str(cat / "test/good/000.png")].anomaly_map = np.zeros((8, 8), np.float32)
+    assert detection_metrics(samples, results)["frame"] == "served maps"
+    with pytest.raises(ValueError, match="differ in size"):
+        served_metrics(samples, results)
