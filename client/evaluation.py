@@ -278,25 +278,23 @@ def boxes_by_image(boxes: BoxesFile, samples: Sequence[Sample], category_dir: Pa
         ids[str(image.id)] = image.file_name
     out: dict[str, list[Detection]] = {str(s.path): [] for s in samples}
     for i, p in enumerate(boxes.predictions):
-        field = "image"
+        field = f"predictions.{i}.image_id" if p.image is None else f"predictions.{i}.image"
         name = p.image
         if name is None:
-            field = "image_id"
             if str(p.image_id) not in ids:
-                raise BoxesFileError(f"{source}: field 'predictions.{i}.image_id': {p.image_id!r} is not the id of an "
-                                     f"entry of 'images'")
+                raise BoxesFileError(f"{source}: field '{field}': {p.image_id!r} is not the id of an entry of 'images'")
             name = ids[str(p.image_id)]
         key = _name_key(name)
         sample = lookup.get(key)
         if sample is None and "/" not in key:
             same = names.get(key, [])
             if len(same) > 1:
-                raise BoxesFileError(f"{source}: field 'predictions.{i}.{field}': {name!r} names {len(same)} images of "
+                raise BoxesFileError(f"{source}: field '{field}': {name!r} names {len(same)} images of "
                                      f"the split; give its path relative to {category_dir} (e.g. "
                                      f"{same[0].path.relative_to(category_dir).as_posix()})")
             sample = same[0] if same else None
         if sample is None:
-            raise BoxesFileError(f"{source}: field 'predictions.{i}.{field}': {name!r} is not an image of "
+            raise BoxesFileError(f"{source}: field '{field}': {name!r} is not an image of "
                                  f"{category_dir / 'test'}")
         out[str(sample.path)].append(Detection.from_xywh(*p.bbox, p.score))
     return out
