@@ -60,6 +60,7 @@ from kdcore.imageio import binary_mask, read_image
 from kdcore.layout import Sample, scan_split
 from kdcore.metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
 from kdcore.regions import anomalous_regions
+from kdcore.tiling import evaluation_side
 
 #: The largest |served - recorded| difference of a metric accepted as agreement.
 AGREEMENT = 0.005
@@ -103,13 +104,20 @@ def _served(samples: list[Sample], results: dict[str, ImageResult]) -> tuple[lis
     return ordered, maps, masks
 
 
-def served_metrics(samples: list[Sample], results: dict[str, ImageResult]) -> dict[str, float]:
+def served_metrics(samples: list[Sample], results: dict[str, ImageResult], side: int | None = None
+                   ) -> dict[str, float]:
     """Metrics of the served outputs of ``samples`` (keyed by path in ``results``; all must be scored).
+
+    ``side``: measure the maps resized (area) to ``side`` x ``side``, with the masks read at that side, as training
+    measured a patch-trained model (:func:`patch_evaluation_side`); ``None`` measures them as served.
 
     Raises:
         ValueError: An image was not scored, or scored without a map.
     """
     ordered, maps, masks = _served(samples, results)
+    if side is not None:
+        maps = [cv2.resize(m, (side, side), interpolation=cv2.INTER_AREA) for m in maps]
+        masks = [_mask_at(s, (side, side)) for s in samples]
     if len({m.shape for m in maps}) > 1:
         raise ValueError(f"the evaluation images' maps differ in size ({sorted({m.shape for m in maps})}): the pixel "
                          "metrics need one size")
@@ -169,6 +177,15 @@ def compare(served: dict[str, float], stats: dict[str, Any], samples: list[Sampl
 def load_stats(path: Path) -> dict[str, Any]:
     """The stats JSON as a dict (only its recorded metrics are read here)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def patch_evaluation_side(stats: dict[str, Any] | None) -> int | None:
+    """The side a patch-trained model's training report measured whole frames at (``None``: a whole-image model,
+    measured at its input size as served)."""
+    grid = (stats or {}).get("training", {}).get("patch_grid")
+    if not grid:
+        return None
+    return evaluation_side(int(stats["model"]["input_size"]), int(grid["columns"]), int(grid["rows"]))
 
 
 # ---------------------------------------------------------------------------------------------- detection

@@ -36,6 +36,7 @@ from client.evaluation import (
     evaluation_samples,
     load_boxes,
     load_stats,
+    patch_evaluation_side,
     served_metrics,
 )
 from client.heatmaps import render_heatmap, write_contact_sheet, write_rgb
@@ -289,12 +290,13 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
     ``boxes`` too); writes evaluation.json."""
     by_path = {str(s.path): kept.get(os.path.abspath(s.path)) for s in samples}
     by_path = {k: v for k, v in by_path.items() if v is not None}
-    try:
-        served = served_metrics(samples, by_path)
+    stats_path = args.stats or args.repository / ModelNames(config.model).scorer / "stats.json"
+    stats = load_stats(stats_path) if stats_path.is_file() else None
+    try:  # a patch-trained model is measured at the side its training report used
+        served = served_metrics(samples, by_path, patch_evaluation_side(stats))
     except ValueError as e:
         print(f"EVALUATE: FAIL: {e}")
         return 1
-    stats_path = args.stats or args.repository / ModelNames(config.model).scorer / "stats.json"
     report: dict[str, Any] = {
         "model": config.model, "dataset": str(args.evaluate), "images": len(samples), "served": served,
         "throughput_images_per_second": run["images_per_second"], "latency_ms": run["latency_ms"],
@@ -302,7 +304,6 @@ def _evaluate(args, config: ScoreConfig, samples, kept: dict[str, ImageResult], 
         "server_memory": server_memory(args.metrics_url or _default_metrics_url(config.endpoint), args.server_pid),
     }
     status = 0
-    stats = load_stats(stats_path) if stats_path.is_file() else None
     if stats is not None:
         comparison = compare(served, stats, samples)
         report.update(stats=str(stats_path), comparison=comparison.to_dict())

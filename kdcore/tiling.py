@@ -113,3 +113,15 @@ class MapStitcher:
         if not self.count.all():
             raise RuntimeError("tile maps do not cover the whole frame")
         return self.total / self.count
+
+
+#: Largest side of the whole-frame maps a patch-trained model is measured on (training report and ``--evaluate``).
+EVAL_SIDE_MAX = 512
+
+
+def evaluation_side(image_size: int, columns: int, rows: int) -> int:
+    """Side of the square whole-frame maps a patch-trained model's pixel metrics are measured on: the windows' own
+    resolution laid side by side, at most :data:`EVAL_SIDE_MAX` (a 1024 px frame cut 4 x 4 is measured at 512 px,
+    where a 20 px defect keeps 10 px). Training resizes its stitched maps to it and ``--evaluate`` the served ones,
+    so the two measure the same thing."""
+    return min(EVAL_SIDE_MAX, image_size * max(columns, rows))

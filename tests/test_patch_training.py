@@ -3,6 +3,7 @@ server and used by the client, and the served full-frame score equal to the trai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,18 @@ def test_the_client_tiles_by_the_served_grid_and_reproduces_the_training_score(
         assert served.ok and served.tiles == len(tile_boxes(256, 256, tiling_of(GRID)))
         assert served.raw_score == pytest.approx(float(raw), abs=1e-3)  # the export tolerance
         assert served.anomaly_map.shape[-2:] == (256, 256)  # stitched at the frame's resolution
+
+
+def test_evaluate_reproduces_the_patch_models_whole_frame_metrics(
+        patch_server: TritonServer, patch_run: TrainResult, panel: Path, tmp_path: Path, capsys) -> None:
+    """``client.py score --evaluate`` tiles the frames by the served grid and measures them as the training report
+    did (stitched maps at kdcore.tiling.evaluation_side): the served metrics agree with the stats JSON."""
+    from client.client import main as client_main
+
+    out = tmp_path / "eval"
+    rc = client_main(["score", "--evaluate", str(panel / "panel"), "--stats", str(patch_run.paths.stats),
+                      "--model", "panel_patch", "-u", patch_server.grpc_url, "-o", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["comparison"]["agree"] and report["comparison"]["counts_match"], report["comparison"]

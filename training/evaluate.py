@@ -16,6 +16,7 @@ from kdcore.metrics import evaluate
 from kdcore.regions import anomalous_regions
 from kdcore.stats import Calibration, Metrics
 from kdcore.tiling import MapStitcher
+from kdcore.tiling import evaluation_side as tiling_evaluation_side
 from training.data import ImageDataset, load_mask
 from training.inference import DeployableDetector
 
@@ -73,15 +74,9 @@ def predict(
     return Predictions(np.concatenate(scores), np.concatenate(maps), np.concatenate(labels), np.concatenate(masks))
 
 
-#: Largest side of the stitched maps a patch-trained model's pixel metrics and pixel threshold are measured on.
-EVAL_SIDE_MAX = 512
-
-
 def evaluation_side(dataset: ImageDataset) -> int:
-    """Side of a patch-grid dataset's whole-image maps: the windows' own resolution laid side by side, at most
-    :data:`EVAL_SIDE_MAX` (a 1024 px frame cut 4 x 4 is measured at 512 px: a 20 px defect keeps 10 px)."""
-    grid = dataset.grid
-    return min(EVAL_SIDE_MAX, dataset.image_size * max(grid.columns, grid.rows))
+    """Side of a patch-grid dataset's whole-frame maps (:func:`kdcore.tiling.evaluation_side`)."""
+    return tiling_evaluation_side(dataset.image_size, dataset.grid.columns, dataset.grid.rows)
 
 
 @torch.no_grad()
