@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs of the patch run (each sees grid^2 windows per frame: about as many steps)")
     parser.add_argument("--n-train", type=int, default=40, help="good training frames")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
+    parser.add_argument("--denoising", default="auto", choices=["off", "structural", "broad", "auto"],
+                        help="kd-train's --denoising for both runs ('auto' trains two candidates each)")
+    parser.add_argument("--tap-memory", default="auto", choices=["auto", "off"], help="kd-train's --tap-memory")
     parser.add_argument("--readme", type=Path, default=Path("README.md"),
                         help="README to write the table into ('' to skip)")
     return parser
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.train import train
 
     write_demo_dataset(args.data_root, CATEGORY, image_size=args.frame, n_train=args.n_train, seed=args.seed)
-    common = {"data_root": args.data_root, "category": CATEGORY, "image_size": args.image_size, "seed": args.seed}
+    common = {"data_root": args.data_root, "category": CATEGORY, "image_size": args.image_size, "seed": args.seed,
+              "denoising": args.denoising, "tap_memory": args.tap_memory}
     configs = {
         "whole image": TrainConfig(output=args.runs / "whole", epochs=args.epochs, **common),
         f"patch {args.grid}x{args.grid}": TrainConfig(output=args.runs / "patch", epochs=args.patch_epochs,
