@@ -6,6 +6,7 @@ teacher, the real exporter, and the real tritonserver binary on free loopback po
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import venv
 from collections.abc import Iterator
@@ -92,12 +93,11 @@ def exported(exported_all: list[ExportResult]) -> ExportResult:
     return exported_all[0]
 
 
-@pytest.fixture(scope="session")
-def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """The real tritonserver serving the exported repository on free loopback ports."""
-    workdir = tmp_path_factory.mktemp("triton")
+@contextlib.contextmanager
+def serving(repository: Path, workdir: Path) -> Iterator[TritonServer]:
+    """The real tritonserver serving ``repository`` on free loopback ports for the block; a clean stop is asserted."""
     srv = TritonServer(
-        exported.repository,
+        repository,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
@@ -111,6 +111,13 @@ def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         code = srv.stop()
         assert code == 0, f"tritonserver did not shut down cleanly (exit {code}):\n{srv.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def server(exported: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The real tritonserver serving the exported repository on free loopback ports."""
+    with serving(exported.repository, tmp_path_factory.mktemp("triton")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from export.repository import export_runs
 from kdcore.contract import PATCH_GRID_PARAMETER
 from kdcore.stats import PatchGrid, load_stats
 from kdcore.tiling import MapStitcher, tile_boxes
-from serving.embedded import TritonServer, free_port
+from serving.embedded import TritonServer
+from tests.conftest import serving
 from training.config import TrainConfig
 from training.data import ImageDataset, make_splits, tiling_of
 from training.demo_data import write_demo_dataset
@@ -97,15 +98,8 @@ def test_the_stats_json_is_for_whole_frames_and_records_the_grid(patch_run: Trai
 def patch_server(patch_run: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repo = tmp_path_factory.mktemp("patch_repo") / "model_repository"
     export_runs([(patch_run.paths.root, "panel_patch")], repo)
-    workdir = tmp_path_factory.mktemp("patch_triton")
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          workdir=workdir, log_path=workdir / "server.log")
-    server.start()
-    try:
-        server.wait_ready(timeout=120)
+    with serving(repo, tmp_path_factory.mktemp("patch_triton")) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.log_tail()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -20,7 +20,8 @@ from export.repository import export_runs
 from kdcore.contract import INTERVALS, MAP, PLOT_INPUT, SCORE, SIGNAL_INPUT, ModelNames
 from kdcore.intervals import anomalous_intervals, intervals_from_json
 from kdcore.stats import load_stats
-from serving.embedded import TritonServer, free_port
+from serving.embedded import TritonServer
+from tests.conftest import serving
 from training.runs import RunPaths
 from training.signals.dataset import SignalDataConfig, load_split, write_signal_dataset
 from training.signals.train import (
@@ -57,15 +58,8 @@ def series_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def series_server(series_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repo = tmp_path_factory.mktemp("series_repo") / "model_repository"
     export_runs([(series_runs[TEACHER], TEACHER), (series_runs[STUDENT], STUDENT)], repo)
-    workdir = tmp_path_factory.mktemp("series_triton")
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          workdir=workdir, log_path=workdir / "server.log")
-    server.start()
-    try:
-        server.wait_ready(timeout=120)
+    with serving(repo, tmp_path_factory.mktemp("series_triton")) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.log_tail()
 
 
 def test_both_runs_write_the_projects_stats_json(series_runs: dict[str, Path]) -> None:
