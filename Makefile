@@ -84,7 +84,7 @@ compare-signal: install  ## the time-series family: teachers and students traine
 	$(VENV)/bin/kd-compare-signal --data-root data/ecg --runs runs/ecg
 
 highres: install  ## whole-image vs patch training on 1024 px frames with 20-60 px defects (also into README)
-	$(VENV)/bin/kd-highres
+	$(VENV)/bin/kd-highres --denoising off --tap-memory off
 
 test: install  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest
