@@ -16,7 +16,7 @@ SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 PEERS_VENV ?= .venv-peers
 
-.PHONY: install data train export serve stop validate demo score compare compare-signal highres bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
+.PHONY: install data train export serve stop validate demo score compare compare-signal highres console bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -85,6 +85,9 @@ compare-signal: install  ## the time-series family: teachers and students traine
 
 highres: install  ## whole-image vs patch training on 1024 px frames with 20-60 px defects (also into README)
 	$(VENV)/bin/kd-highres --denoising off --tap-memory off
+
+console: install  ## the inspection console on 127.0.0.1:8501 over the server started by `make serve`
+	$(VENV)/bin/kd-console --repository $(REPO)
 
 test: install  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest

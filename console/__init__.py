@@ -1,0 +1,1 @@
+"""The inspection console: a web page over the served models (``kd-console``), a thin layer over ``client/``."""
