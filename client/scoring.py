@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from client.pipeline import MAX_BACKOFF, ScoringPipeline, StopOnCtrlC, Stopped
 from client.results import ImageResult, RunSummary
 from client.transport import Transport, connect
 from kdcore.contract import IS_ANOMALOUS, LABEL, MAP, MAP_U8, PATCH_GRID_PARAMETER, RAW_SCORE, SCORE, ModelNames
-from kdcore.tiling import TilingConfig
+from kdcore.stats import PatchGrid
+from kdcore.tiling import TilingConfig, tiling_of
 
 __all__ = ["DEFAULT_URLS", "ModelInfo", "ScoreConfig", "ScoringSetupError", "model_info", "score_images"]
 
@@ -131,8 +131,7 @@ def patch_grid_of(model_config: dict) -> TilingConfig | None:
     value = model_config.get("parameters", {}).get(PATCH_GRID_PARAMETER)
     if not value:
         return None
-    grid = json.loads(value.get("string_value") or value.get("stringValue"))
-    return TilingConfig(columns=grid["columns"], rows=grid["rows"], overlap=grid["overlap"])
+    return tiling_of(PatchGrid.model_validate_json(value.get("string_value") or value.get("stringValue")))
 
 
 def model_info(config: ScoreConfig) -> ModelInfo:

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from kdcore.stats import PatchGrid
+
 
 class TilingConfig(BaseModel):
     """How to cut a frame into windows: a grid (``columns`` x ``rows``) or a window size, plus overlap."""
@@ -125,3 +127,9 @@ def evaluation_side(image_size: int, columns: int, rows: int) -> int:
     where a 20 px defect keeps 10 px). Training resizes its stitched maps to it and ``--evaluate`` the served ones,
     so the two measure the same thing."""
     return min(EVAL_SIDE_MAX, image_size * max(columns, rows))
+
+
+def tiling_of(grid: PatchGrid) -> TilingConfig:
+    """The tiling of a patch-training grid (the stats JSON's ``training.patch_grid``): the windows training cut are
+    the windows the client cuts."""
+    return TilingConfig(columns=grid.columns, rows=grid.rows, overlap=grid.overlap)

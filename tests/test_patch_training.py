@@ -16,11 +16,11 @@ from client.scoring import ScoreConfig, score_images
 from export.repository import export_runs
 from kdcore.contract import PATCH_GRID_PARAMETER
 from kdcore.stats import PatchGrid, load_stats
-from kdcore.tiling import MapStitcher, tile_boxes
+from kdcore.tiling import MapStitcher, tile_boxes, tiling_of
 from serving.embedded import TritonServer
 from tests.conftest import serving
 from training.config import TrainConfig
-from training.data import ImageDataset, make_splits, tiling_of
+from training.data import ImageDataset, make_splits
 from training.demo_data import write_demo_dataset
 from training.evaluate import evaluation_side, predict, predict_frames
 from training.train import TrainResult, train

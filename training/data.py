@@ -36,7 +36,7 @@ from kdcore import imageio
 from kdcore.imageio import IMAGE_EXTENSIONS
 from kdcore.layout import DatasetError, Sample, scan_category, scan_validation
 from kdcore.stats import PatchGrid
-from kdcore.tiling import Box, TilingConfig, tile_boxes
+from kdcore.tiling import Box, tile_boxes, tiling_of
 from training.split_sizes import validation_count
 
 __all__ = [
@@ -173,11 +173,6 @@ def load_mask(path: Path | None, size: int) -> np.ndarray:
         DatasetError: The file is missing or not a decodable image.
     """
     return imageio.binary_mask(None if path is None else _read(path), size)
-
-
-def tiling_of(grid: PatchGrid) -> TilingConfig:
-    """The client's tiling (:mod:`kdcore.tiling`) for a patch-training grid: the same windows in both."""
-    return TilingConfig(columns=grid.columns, rows=grid.rows, overlap=grid.overlap)
 
 
 class ImageDataset(Dataset):

@@ -211,10 +211,11 @@ def _threshold_and_calibration(good: np.ndarray, labels: np.ndarray, scores: np.
     return statistics, threshold, fit_calibration(threshold.value, statistics)
 
 
-def _metrics(split: str, logits: np.ndarray, windows: Windows, window_threshold: float, step_threshold: float) -> Metrics:
+def _metrics(split: str, logits: np.ndarray, windows: Windows, m: SplitMetrics, window_threshold: float,
+             step_threshold: float) -> Metrics:
+    """The stats JSON's metrics of a split: ``m`` (:func:`evaluate`'s) and F1 at the thresholds."""
     from kdcore.metrics import f1_at_threshold
 
-    m = evaluate(logits, windows)
     window_labels = windows.labels.any(1).astype(np.int64)
     both = 0 < window_labels.sum() < len(window_labels)
     steps_both = 0 < windows.labels.sum() < windows.labels.size
@@ -228,11 +229,12 @@ def _metrics(split: str, logits: np.ndarray, windows: Windows, window_threshold:
 
 
 def series_stats(info: ModelInfo, validation_logits: np.ndarray, validation: Windows, test_logits: np.ndarray,
-                 test: Windows, facts: TrainingFacts) -> Stats:
+                 test: Windows, facts: TrainingFacts, evaluated: dict[str, SplitMetrics]) -> Stats:
     """The stats JSON of a time-series run: thresholds and calibrations from the validation split only.
 
     The window score is the highest step's logit; the good populations are the validation windows without an
-    anomalous step (window score) and the validation steps labelled normal (per-step score).
+    anomalous step (window score) and the validation steps labelled normal (per-step score). ``evaluated``: each
+    split's :func:`evaluate`, computed once by the caller.
     """
     window_labels = validation.labels.any(1)
     window_scores = validation_logits.max(1)
@@ -247,8 +249,9 @@ def series_stats(info: ModelInfo, validation_logits: np.ndarray, validation: Win
         model=info, normalization=None,
         image_scores=image[0], pixel_scores=step[0], image_threshold=image[1], pixel_threshold=step[1],
         image_calibration=image[2], pixel_calibration=step[2],
-        validation_metrics=_metrics("validation", validation_logits, validation, image[1].value, step[1].value),
-        test_metrics=_metrics("test", test_logits, test, image[1].value, step[1].value),
+        validation_metrics=_metrics("validation", validation_logits, validation, evaluated["validation"],
+                                    image[1].value, step[1].value),
+        test_metrics=_metrics("test", test_logits, test, evaluated["test"], image[1].value, step[1].value),
         training=facts, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -264,24 +267,25 @@ def save_series_samples(validation: Windows, path: Path, per_class: int = SAMPLE
 
 
 def _write_run(out: Path, state: dict, config: BaseModel, info: ModelInfo, fitted: Fit, logits: dict[str, np.ndarray],
-               splits: dict[str, Windows], *, config_fields: dict, data_root: Path) -> dict:
+               splits: dict[str, Windows], *, config_fields: dict, data_root: Path, data_fingerprint: str) -> dict:
     paths = RunPaths(Path(out))
     paths.root.mkdir(parents=True, exist_ok=True)
     facts = TrainingFacts(
         epochs=config_fields["epochs"], best_epoch=fitted.best_epoch, steps=fitted.steps, seconds=fitted.seconds,
         seed=config_fields["seed"], batch_size=config_fields["batch_size"], learning_rate=config_fields["lr"],
-        final_loss=fitted.history[-1]["loss"], dataset=str(data_root), dataset_fingerprint=fingerprint(data_root),
+        final_loss=fitted.history[-1]["loss"], dataset=str(data_root), dataset_fingerprint=data_fingerprint,
         num_train=len(splits["train"].labels), torch_version=torch.__version__,
     )
-    stats = series_stats(info, logits["validation"], splits["validation"], logits["test"], splits["test"], facts)
+    evaluated = {s: evaluate(logits[s], splits[s]) for s in ("validation", "test")}
+    stats = series_stats(info, logits["validation"], splits["validation"], logits["test"], splits["test"], facts,
+                         evaluated)
     save_file({k: v.contiguous() for k, v in state.items()}, str(paths.weights))
     paths.config.write_text(config.model_dump_json(indent=2) + "\n")
     save_stats(stats, paths.stats)
     paths.history.write_text(json.dumps(fitted.history, indent=2) + "\n")
     save_series_samples(splits["validation"], paths.samples)
     report = {
-        "validation": asdict(evaluate(logits["validation"], splits["validation"])),
-        "test": asdict(evaluate(logits["test"], splits["test"])),
+        "validation": asdict(evaluated["validation"]), "test": asdict(evaluated["test"]),
         "best_epoch": fitted.best_epoch, "seconds": fitted.seconds, "parameters": info.parameters,
         "trainable_parameters": info.trainable_parameters, "history": fitted.history,
     }
@@ -293,7 +297,7 @@ def _splits(root: Path) -> dict[str, Windows]:
     return {s: load_split(root, s) for s in ("train", "validation", "test")}
 
 
-def _teacher_logits(config: SignalTrainConfig, train: Windows) -> Tensor | None:
+def _teacher_logits(config: SignalTrainConfig, train: Windows, data_fingerprint: str) -> Tensor | None:
     if config.lam == 0:
         return None
     path = Path(config.teacher) / TEACHER_LOGITS_FILE
@@ -301,7 +305,7 @@ def _teacher_logits(config: SignalTrainConfig, train: Windows) -> Tensor | None:
         raise FileNotFoundError(f"{path} is missing: train the teacher with kd-train-signal-teacher first")
     with np.load(path) as z:
         logits, source = z["train"], str(z["fingerprint"])
-    if source != fingerprint(config.data_root) or logits.shape != train.labels.shape:
+    if source != data_fingerprint or logits.shape != train.labels.shape:
         raise ValueError(f"the teacher in {config.teacher} was trained on other data than {config.data_root}")
     return torch.from_numpy(logits.astype(np.float32))
 
@@ -311,7 +315,8 @@ def train_student(config: SignalTrainConfig, *, progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
     splits = _splits(config.data_root)
     train = splits["train"]
-    teacher = _teacher_logits(config, train)
+    data_fingerprint = fingerprint(config.data_root)
+    teacher = _teacher_logits(config, train, data_fingerprint)
     model = RecurrentStudent(train.signals.shape[2], config.hidden, config.layers, config.dropout)
     y = torch.from_numpy(train.labels)
     inputs = {s: torch.from_numpy(w.signals) for s, w in splits.items()}
@@ -329,7 +334,8 @@ def train_student(config: SignalTrainConfig, *, progress: bool = True) -> dict:
                      input_size=train.signals.shape[1], channels=train.signals.shape[2], parameters=n,
                      trainable_parameters=n)
     report = _write_run(config.output, model.state_dict(), config, info, fitted, logits, splits,
-                        config_fields=config.model_dump(), data_root=config.data_root)
+                        config_fields=config.model_dump(), data_root=config.data_root,
+                        data_fingerprint=data_fingerprint)
     log.info("student: test %s (best epoch %d, %.0f s)", report["test"], report["best_epoch"], fitted.seconds)
     return report
 
@@ -375,10 +381,12 @@ def train_teacher(config: TeacherTrainConfig, *, progress: bool = True) -> dict:
     # The PlotTeacher's whole state (the encoder's weights ship with it); a VLM's head only (it is GBs of frozen
     # weights the user keeps in their folder).
     state = teacher.head.state_dict() if method == VLM_TEACHER_METHOD else teacher.state_dict()
+    data_fingerprint = fingerprint(config.data_root)
     report = _write_run(config.output, state, config, info, fitted, logits, splits,
-                        config_fields=config.model_dump(), data_root=config.data_root)
+                        config_fields=config.model_dump(), data_root=config.data_root,
+                        data_fingerprint=data_fingerprint)
     np.savez_compressed(Path(config.output) / TEACHER_LOGITS_FILE, train=logits["train"].astype(np.float32),
-                        fingerprint=np.array(fingerprint(config.data_root)))
+                        fingerprint=np.array(data_fingerprint))
     log.info("teacher: test %s (best epoch %d, %.0f s)", report["test"], report["best_epoch"], fitted.seconds)
     return report
 
