@@ -4,6 +4,9 @@ Every option is a field of :class:`~training.config.TrainConfig`; the parser is 
 help text, the defaults and the validation cannot disagree. The image methods (rd4ad, student, multiteacher,
 mkd) share :func:`training.train.train`; ``--method kdae_vector`` runs the KD-AE trainer
 (:func:`training.kdae.train_kdae`) with the options given here translated by :func:`kdae_config`.
+
+Under ``torchrun --nproc-per-node N`` the image methods train data-parallel (:mod:`training.distributed`): the same
+options, ``--batch-size`` the global batch, rank 0 writing the same run folder one process would.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pydantic import ValidationError
 
 from kdcore.options import add_config_options
 from training.config import TrainConfig
+from training.distributed import check_batch_size, from_environment, process_group
 from training.methods import Method
 
 if TYPE_CHECKING:
@@ -64,8 +68,21 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Run the CLI; returns the process exit code.
+
+    Under ``torchrun`` (``WORLD_SIZE`` above 1) every process runs this with the same arguments and trains its
+    share of each batch (:mod:`training.distributed`); rank 0 alone logs at INFO, shows progress, writes the run
+    folder and prints the summary.
+    """
+    try:
+        group = from_environment()
+    except ValueError as e:
+        print(f"kd-train: {e}", file=sys.stderr)
+        return 2
+    main_process = group is None or group.is_main
+    # The other processes would repeat rank 0's every line; their warnings and errors still show.
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     args = given_options(build_parser(), argv)
     quiet = bool(args.pop("quiet", False))
     try:
@@ -74,11 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         for err in e.errors():
             print(f"kd-train: --{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}", file=sys.stderr)
         return 2
+    if group is not None:
+        # Refused before any process joins the group: every process decides the same, so none is left waiting.
+        try:
+            data_parallel_method(config.method)
+            check_batch_size(config.batch_size, group)
+        except ValueError as e:
+            if main_process:
+                print(f"kd-train: {e}", file=sys.stderr)
+            return 2
     if config.method is Method.KDAE_VECTOR:
         return _train_kdae(config)
-    from training.train import train  # heavy imports only once the arguments are valid
+    from training.train import train, train_data_parallel  # heavy imports only once the arguments are valid
 
-    result = train(config, progress=not quiet)
+    if group is None:
+        result = train(config, progress=not quiet)
+    else:
+        with process_group(group):
+            result = train_data_parallel(config, group, progress=not quiet)
+        if result is None:  # not rank 0: trained its share, writes and prints nothing
+            return 0
     m = result.stats.test_metrics
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"run folder: {result.paths.root}")
@@ -88,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         f"pixel AUROC {fmt(m.pixel_auroc)}, AUPRO {fmt(m.aupro)}, image F1 {fmt(m.image_f1)}"
     )
     return 0
+
+
+def data_parallel_method(method: Method) -> None:
+    """Refuse a method that cannot train under torchrun.
+
+    Raises:
+        ValueError: For ``kdae_vector``, which has its own trainer (:mod:`training.kdae`) outside the common
+            training loop that data-parallel training goes through; the message says to run it in one process.
+    """
+    if method is Method.KDAE_VECTOR:
+        raise ValueError("--method kdae_vector trains in one process (its own trainer, not the image methods' "
+                         "data-parallel loop); run it without torchrun")
 
 
 def kdae_config(config: TrainConfig) -> KDAEConfig:

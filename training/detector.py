@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from training.distributed import take_rows
+
 
 class DistillationDetector(nn.Module):
     """Base class of the image detectors (RD4AD, the score-regressing student, multi-teacher, MKD).
@@ -53,6 +55,24 @@ class DistillationDetector(nn.Module):
         """The scalar loss on one item of :meth:`epoch_batches`: by default a normalised batch ``(N, 3, S, S)`` of
         good training images."""
         raise NotImplementedError
+
+    def shard_loss(self, item: Any, rows: slice) -> Tensor:
+        """The training loss of ``rows`` of one :meth:`epoch_batches` item, for data-parallel training
+        (:mod:`training.distributed`): each process computes its rows' loss, and their average must be one
+        process's gradient of the whole item.
+
+        That holds when :meth:`training_loss` is a mean over the item's rows (plus terms that do not depend on
+        them), which every method's is. By default the loss of the rows alone; a method that draws randomness
+        per row in order overrides this to draw the whole item's, as one process would, and keep its rows' draws.
+
+        Args:
+            item: One whole item of :meth:`epoch_batches`, the same on every process.
+            rows: This process's rows of it.
+
+        Returns:
+            The scalar loss over ``rows``.
+        """
+        return self.training_loss(take_rows(item, rows))
 
     def use_map_scales(self, which: str) -> bool:
         """Make the map sum only some of the teacher's scales (``"all"``, ``"without_finest"``, ``"coarsest"``).

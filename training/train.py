@@ -31,6 +31,7 @@ from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_
 from training.anomaly_map import MAP_SCALES
 from training.checkpoint import build_detector, save_checkpoint, with_teacher_backbone
 from training.config import TrainConfig
+from training.distributed import DataParallel, check_batch_size, loss_function
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, predict_frames, split_metrics
 from training.inference import DeployableDetector
@@ -70,6 +71,20 @@ def _selection_score(val: Predictions) -> float:
 
 
 @dataclass
+class _Trained:
+    """One trained candidate as rank 0 keeps it: the weights of its best epoch on validation loaded, in eval mode."""
+
+    config: TrainConfig
+    model: DeployableDetector
+    train_images: ImageDataset
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    steps: int
+    seconds: float
+
+
+@dataclass
 class _Fitted:
     """One trained candidate, before calibration: the weights kept on validation and how they were reached."""
 
@@ -86,14 +101,21 @@ class _Fitted:
     """The validation criterion of ``validation`` (``-inf`` where validation has no anomalies)."""
 
 
-def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool) -> _Fitted:
-    """Train one detector from a fresh seed, keep its best epoch on validation and choose its map composition."""
+def _train_candidate(
+    config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool, group: DataParallel | None
+) -> _Trained | None:
+    """Train one detector from a fresh seed, validating every ``eval_every`` epochs to keep the best.
+
+    Under torchrun (``group``) every process trains (:func:`training.distributed.loss_function`) and only rank 0
+    validates and keeps weights; the others return ``None``.
+    """
     generator = seed_everything(config.seed)
     model = build_detector(config)
     detector = model.detector
     optimizer = torch.optim.Adam(
         detector.trainable_parameters(), lr=config.learning_rate, betas=ADAM_BETAS.get(config.method, (0.9, 0.999))
     )
+    # Every process iterates the same global batches (one process's order); a data-parallel loss takes its rows.
     loader = DataLoader(
         ImageDataset(splits.train, config.image_size, grid=config.patch_grid),
         batch_size=config.batch_size,
@@ -101,6 +123,7 @@ def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, p
         drop_last=len(splits.train) > config.batch_size,
         generator=generator,
     )
+    main = group is None or group.is_main
     # Timed from here: what a method prepares from the training images (statistics, the student's pool of
     # teacher targets) is part of its training time.
     started = time.perf_counter()
@@ -112,45 +135,55 @@ def _fit(config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, p
     best_score, best_epoch, best_state = -np.inf, 0, None
     step = 0
     bar = tqdm(total=config.training_epochs * steps_per_epoch, desc="train", unit="step", disable=not progress)
-    for epoch in range(1, config.training_epochs + 1):
-        model.train()
-        losses = []
-        for i, batch in enumerate(detector.epoch_batches(model.normalize(b["image"]) for b in loader)):
-            if i >= steps_per_epoch:
-                break
-            loss = detector.training_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        record = {"epoch": epoch, "loss": float(np.mean(losses))}
-        if epoch % config.eval_every == 0 or epoch == config.training_epochs:
-            val = predict(model, validation)
-            score = _selection_score(val)
-            if not np.isfinite(score):  # no anomalies to validate against: fall back to the training loss
-                score = -record["loss"]
-            record["val_selection"] = float(score)
-            if score >= best_score:
-                best_score, best_epoch = score, epoch
-                best_state = copy.deepcopy(model.state_dict())
-        history.append(record)
+    with loss_function(detector, group) as loss_of:
+        for epoch in range(1, config.training_epochs + 1):
+            model.train()
+            losses = []
+            for i, batch in enumerate(detector.epoch_batches(model.normalize(b["image"]) for b in loader)):
+                if i >= steps_per_epoch:
+                    break
+                loss, value = loss_of(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(value)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            record = {"epoch": epoch, "loss": float(np.mean(losses))}
+            if main and (epoch % config.eval_every == 0 or epoch == config.training_epochs):
+                val = predict(model, validation)
+                score = _selection_score(val)
+                if not np.isfinite(score):  # no anomalies to validate against: fall back to the training loss
+                    score = -record["loss"]
+                record["val_selection"] = float(score)
+                if score >= best_score:
+                    best_score, best_epoch = score, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            history.append(record)
     bar.close()
     seconds = time.perf_counter() - started
+    if not main:
+        return None
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
-    composition = fit_map_composition(model, loader.dataset, validation, config, progress=progress)
+    return _Trained(config, model, loader.dataset, history, best_epoch, best_score, step, seconds)
+
+
+def _finish_candidate(trained: _Trained, validation: ImageDataset, progress: bool) -> _Fitted:
+    """Choose a trained candidate's map composition and tap memory on validation, and score validation with them."""
+    config, model = trained.config, trained.model
+    composition = fit_map_composition(model, trained.train_images, validation, config, progress=progress)
     memory_started = time.perf_counter()  # the memory's bank and weight are fitted like PatchCore's: training time
-    composition = fit_tap_memory(model, loader.dataset, validation, config, composition)
-    seconds += time.perf_counter() - memory_started
+    composition = fit_tap_memory(model, trained.train_images, validation, config, composition)
+    seconds = trained.seconds + time.perf_counter() - memory_started
     val = predict(model, validation, desc="validation" if progress else None)
     criterion = _selection_score(val)
     criterion = criterion if np.isfinite(criterion) else -np.inf
-    return _Fitted(config, model, history, best_epoch, step, seconds, composition, val, criterion)
+    return _Fitted(config, model, trained.history, trained.best_epoch, trained.steps, seconds, composition, val,
+                   criterion)
 
 
 def denoising_candidates(config: TrainConfig) -> list[TrainConfig]:
@@ -176,6 +209,35 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     Returns:
         The run's paths, stats and the trained (best-on-validation) model.
     """
+    result = _train(config, progress, None)
+    assert result is not None  # one process is its own rank 0
+    return result
+
+
+def train_data_parallel(config: TrainConfig, group: DataParallel, *, progress: bool = True) -> TrainResult | None:
+    """:func:`train` as one of ``torchrun``'s processes, in the process group already joined.
+
+    Every process trains its rows of each global batch of ``config.batch_size`` (:mod:`training.distributed`);
+    rank 0 alone validates, keeps the best epoch, calibrates, measures and writes the run folder, with the same
+    numbers one process would write; progress bars show on rank 0 only.
+
+    Args:
+        config: The run's configuration, the same on every process.
+        group: This process's place.
+        progress: Show progress bars (rank 0).
+
+    Returns:
+        Rank 0: what :func:`train` returns; the other processes: ``None``, having written nothing.
+
+    Raises:
+        ValueError: ``config.batch_size`` is not a multiple of the process count.
+    """
+    check_batch_size(config.batch_size, group)
+    return _train(config, progress and group.is_main, group)
+
+
+def _train(config: TrainConfig, progress: bool, group: DataParallel | None) -> TrainResult | None:
+    """:func:`train`'s work, on one process (``group`` ``None``) or as one of several; ``None`` on ranks above 0."""
     config = with_teacher_backbone(config)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -191,11 +253,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
              len(splits.train), len(splits.holdout), len(splits.validation), len(splits.test))
     grid = config.patch_grid  # patch training: windows train and select; whole images calibrate and are measured
     validation = ImageDataset(splits.validation, config.image_size, grid=grid)  # decoded once, scored every eval
+    # Every candidate trains before any is finished: under torchrun the other processes take part in training
+    # only, so they are not kept waiting while rank 0 fits maps and memories.
+    trained = [_train_candidate(candidate, splits, validation, progress, group)
+               for candidate in denoising_candidates(config)]
+    if group is not None and not group.is_main:
+        return None
     fits: list[_Fitted] = []
-    for candidate in denoising_candidates(config):
-        fits.append(_fit(candidate, splits, validation, progress))
+    for candidate in trained:
+        assert candidate is not None
+        fits.append(_finish_candidate(candidate, validation, progress))
         if config.denoising == "auto":
-            log.info("denoising %s: validation criterion %.4f", candidate.denoising, fits[-1].criterion)
+            log.info("denoising %s: validation criterion %.4f", candidate.config.denoising, fits[-1].criterion)
     best = max(fits, key=lambda f: f.criterion)  # max keeps the first of equals
     seconds = sum(f.seconds for f in fits)  # the choice is part of training: its time counts every candidate
     del fits  # the other candidate's weights are not needed any more

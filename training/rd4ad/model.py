@@ -160,10 +160,25 @@ class RD4AD(DistillationDetector):
         """
         if self.denoising == "off":
             return reverse_distillation_loss(*self(x))
+        return self._denoising_loss(x, perturb(x, self.generator, self.denoising))
+
+    def shard_loss(self, item: Tensor, rows: slice) -> Tensor:
+        """:meth:`training_loss` of ``rows`` of a batch, for data-parallel training.
+
+        With ``denoising`` the perturbations of the whole batch are drawn, in order from the one generator, as
+        one process draws them; the rows keep theirs, and every process's generator stays in step with the
+        others' and with a single process's.
+        """
+        if self.denoising == "off":
+            return super().shard_loss(item, rows)
+        return self._denoising_loss(item[rows], perturb(item, self.generator, self.denoising)[rows])
+
+    def _denoising_loss(self, x: Tensor, changed: Tensor) -> Tensor:
+        """Denoising training's loss: the student reads the features of ``changed`` and is asked for ``x``'s."""
         teacher = self.teacher_features(x)
         with torch.no_grad():
-            changed = self.teacher_features(perturb(x, self.generator, self.denoising))
-        return reverse_distillation_loss(teacher, self.student_features(changed), pixelwise=True)
+            changed_features = self.teacher_features(changed)
+        return reverse_distillation_loss(teacher, self.student_features(changed_features), pixelwise=True)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Image scores ``(N, 1)`` and smoothed anomaly maps ``(N, 1, S, S)`` for a normalised batch."""
