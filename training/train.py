@@ -31,7 +31,7 @@ from training.calibrate import IMAGE_GOOD_QUANTILE, PIXEL_GOOD_QUANTILE, choose_
 from training.anomaly_map import MAP_SCALES
 from training.checkpoint import build_detector, save_checkpoint, with_teacher_backbone
 from training.config import TrainConfig
-from training.distributed import DataParallel, check_batch_size, loss_function
+from training.distributed import DistributedRank, check_batch_size, loss_function
 from training.data import DatasetSplits, ImageDataset, Sample, dataset_fingerprint, load_image, make_splits
 from training.evaluate import Predictions, predict, predict_frames, split_metrics
 from training.inference import DeployableDetector
@@ -102,7 +102,7 @@ class _Fitted:
 
 
 def _train_candidate(
-    config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool, group: DataParallel | None
+    config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool, group: DistributedRank | None
 ) -> _Trained | None:
     """Train one detector from a fresh seed, validating every ``eval_every`` epochs to keep the best.
 
@@ -214,7 +214,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     return result
 
 
-def train_data_parallel(config: TrainConfig, group: DataParallel, *, progress: bool = True) -> TrainResult | None:
+def train_data_parallel(config: TrainConfig, group: DistributedRank, *, progress: bool = True) -> TrainResult | None:
     """:func:`train` as one of ``torchrun``'s processes, in the process group already joined.
 
     Every process trains its rows of each global batch of ``config.batch_size`` (:mod:`training.distributed`);
@@ -236,7 +236,7 @@ def train_data_parallel(config: TrainConfig, group: DataParallel, *, progress: b
     return _train(config, progress and group.is_main, group)
 
 
-def _train(config: TrainConfig, progress: bool, group: DataParallel | None) -> TrainResult | None:
+def _train(config: TrainConfig, progress: bool, group: DistributedRank | None) -> TrainResult | None:
     """:func:`train`'s work, on one process (``group`` ``None``) or as one of several; ``None`` on ranks above 0."""
     config = with_teacher_backbone(config)
     if config.threads:
