@@ -15,8 +15,13 @@ EPOCHS ?= 40
 SEED ?= 0
 BENCH_REPO ?= runs/compare/model_repository
 PEERS_VENV ?= .venv-peers
+DEPLOY_OUT ?= deploy/out
+# Optional sizing for `make deploy`: kd-bench's JSON, the line's images/s and p99 budget (ms).
+BENCH_JSON ?=
+LINE_RATE ?=
+LATENCY_BUDGET_MS ?=
 
-.PHONY: install data train export serve stop validate demo score compare compare-signal highres console bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
+.PHONY: install data train export serve stop validate demo score compare compare-signal highres console deploy bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -89,7 +94,21 @@ highres: install  ## whole-image vs patch training on 1024 px frames with 20-60 
 console: install  ## the inspection console on 127.0.0.1:8501 over the server started by `make serve`
 	$(VENV)/bin/kd-console --repository $(REPO)
 
-test: install  ## run the test suite (starts real tritonserver instances on free ports)
+deploy: install  ## write Kubernetes manifests for $(REPO) into $(DEPLOY_OUT) (Kustomize base + cpu/gpu overlays, HPA, KServe; deploy/README.md)
+	$(VENV)/bin/kd-deploy --repository $(REPO) --output $(DEPLOY_OUT) \
+		$(if $(BENCH_JSON),--bench $(BENCH_JSON)) $(if $(LINE_RATE),--line-rate $(LINE_RATE)) \
+		$(if $(LATENCY_BUDGET_MS),--latency-budget-ms $(LATENCY_BUDGET_MS))
+
+browser:  ## Debian's chromium + chromium-driver for the console's browser test (needs root or sudo, and apt)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	sudo=""; [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }; \
+	if command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || [ -n "$$sudo" ]; }; then \
+		echo "installing chromium and chromium-driver (apt) for the console's browser test ..."; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no apt-get with root here: the console's browser test will be skipped (it says why)"; fi
+
+test: install browser  ## run the test suite (starts real tritonserver instances on free ports)
 	$(PY) -m pytest
 
 clean:  ## remove outputs (data, runs, exported models), keep .venv
