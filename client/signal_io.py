@@ -325,6 +325,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK, _GRID, _SHADE = (30, 30, 30), (205, 205, 205), (255, 214, 214)
 _LEAD_RGB = ((0, 0, 0), (30, 30, 200), (20, 120, 40))
 _SCORE_RGB = (215, 95, 0)
+_TRUTH_RGB = (0, 150, 80)
 _LEFT, _RIGHT, _TOP, _LEAD_H, _SCORE_H, _AXIS_H, _GAP = 72, 16, 34, 110, 90, 26, 8
 
 
@@ -370,9 +371,11 @@ def _tick_seconds(duration: float, width: int) -> float:
 
 def render_signal_plot(values: np.ndarray, step_scores: np.ndarray, intervals: Sequence[Interval], *,
                        title: str, leads: Sequence[str], score: float, label: str,
-                       rate: float = SAMPLING_RATE, max_width: int = 3200) -> np.ndarray:
+                       rate: float = SAMPLING_RATE, max_width: int = 3200,
+                       truth: Sequence[Interval] = ()) -> np.ndarray:
     """A record's plot as RGB uint8: the title line, one band per lead, the stitched per-step score (0..1, the
-    decision line dashed) beneath, the anomalous intervals shaded across every band, and a time axis in seconds.
+    decision line dashed) beneath, the anomalous intervals shaded across every band, the true intervals (when
+    known) as green bars above the first band, and a time axis in seconds.
 
     Args:
         values: ``(steps, leads)`` at ``rate``.
@@ -383,6 +386,7 @@ def render_signal_plot(values: np.ndarray, step_scores: np.ndarray, intervals: S
         score, label: The record's score and label.
         rate: Steps per second.
         max_width: Widest plot area in pixels (longer records are drawn as per-column minimum and maximum).
+        truth: The labelled anomalous intervals (steps, ``end`` inclusive), e.g. from a test split.
     """
     steps, n_leads = values.shape
     width = int(min(max(steps, 800), max_width))
@@ -396,6 +400,11 @@ def render_signal_plot(values: np.ndarray, step_scores: np.ndarray, intervals: S
     for interval in intervals:  # shading first: the lines are drawn over it
         left = column(interval.start)
         cv2.rectangle(canvas, (left, _TOP), (max(column(interval.end + 1) - 1, left), bottom - 1), _SHADE, -1)
+    for interval in truth:
+        left = column(interval.start)
+        cv2.rectangle(canvas, (left, _TOP - 6), (max(column(interval.end + 1) - 1, left), _TOP - 3), _TRUTH_RGB, -1)
+    if truth:
+        _text(canvas, "true", 6, _TOP - 2, _TRUTH_RGB, 0.38)
     colour = ANOMALOUS_RGB if label == ANOMALOUS else NORMAL_RGB
     _text(canvas, title, 8, 22, _INK, 0.5)
     summary = f"score {score:.3f}  {label}  {len(intervals)} interval{'s' if len(intervals) != 1 else ''}"

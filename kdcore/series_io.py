@@ -1,4 +1,5 @@
-"""The time-series family's sampling rate and its one resampling rule, shared by training and the client.
+"""The time-series family's sampling rate, its one resampling rule and its dataset folder's layout, shared by
+training, the client and the console.
 
 Training reads WFDB records at any rate (MIT-BIH: 360 Hz) and brings them to :data:`SAMPLING_RATE`
 (``training/signals/records.py``); the client's ``score-signal`` reads records the same way before it sends their
@@ -13,12 +14,39 @@ numpy and the standard library only.
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
 #: Samples per second of every time-series detector's input (the source's 128 Hz).
 SAMPLING_RATE = 128
+
+#: A time-series dataset folder (written by ``kd-signal-data``): ``<root>/meta.json`` and, per split,
+#: ``<root>/<split>/<array>.npy`` with signals ``(N, T, C)`` float32 (mV), labels ``(N, T)`` uint8 (1 on anomalous
+#: steps) and kinds ``(N, T)`` uint8 (the index into meta.json's "kinds"; 0 normal).
+SPLITS = ("train", "validation", "test")
+SPLIT_ARRAYS = ("signals", "labels", "kinds")
+DATASET_META = "meta.json"
+
+
+def read_split(root: Path | str, split: str) -> dict[str, np.ndarray]:
+    """One split of a time-series dataset folder: ``{"signals": ..., "labels": ..., "kinds": ...}``.
+
+    Raises:
+        FileNotFoundError: The dataset or the split is not there (write it with ``kd-signal-data``).
+    """
+    folder = Path(root) / split
+    if not (folder / "signals.npy").is_file():
+        raise FileNotFoundError(f"no '{split}' split in {root} (write one with kd-signal-data --root {root})")
+    return {name: np.load(folder / f"{name}.npy") for name in SPLIT_ARRAYS}
+
+
+def read_dataset_meta(root: Path | str) -> dict:
+    """The dataset folder's ``meta.json`` (sampling rate, window, leads, kind names, counts); ``{}`` if absent."""
+    path = Path(root) / DATASET_META
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def resample_ratio(rate: float, target: int = SAMPLING_RATE) -> Fraction:

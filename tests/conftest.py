@@ -21,6 +21,8 @@ from training.config import TrainConfig
 from training.demo_data import write_demo_dataset
 from training.kdae import KDAEConfig, train_kdae
 from training.methods import Method
+from training.signals.dataset import SignalDataConfig, write_signal_dataset
+from training.signals.train import SignalTrainConfig, TeacherTrainConfig, train_student, train_teacher
 from training.train import TrainResult, train
 
 IMAGE_SIZE = 64
@@ -158,3 +160,31 @@ def pytest_terminal_summary(terminalreporter) -> None:
                                     + (f"   {more}" if more else ""))
     totals = {k: sum(f.get(k, 0) for f in RELIABILITY.values()) for k in keys}
     terminalreporter.write_line(f"{'total':72s} " + " ".join(f"{totals[k]:9d}" for k in keys))
+
+
+# ---------------------------------------------------------------------------------------------- time series
+TEACHER, STUDENT = "ecg_teacher", "ecg_student"
+#: Small, with the two kinds a small model learns in seconds (the served checks want a model that separates).
+SERIES_SMALL = SignalDataConfig(records={"train": 4, "validation": 1, "test": 1}, windows_per_record=20, anomaly_fraction=0.5,
+                         seed=2, plots=False, kinds=("flatline", "amplitude_drop"))
+
+
+@pytest.fixture(scope="session")
+def series_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The time-series family: a teacher (4 epochs of its head) and a student distilled from it (lam 0.5), on a small set."""
+    root = tmp_path_factory.mktemp("series")
+    write_signal_dataset(root / "ecg", SERIES_SMALL)
+    teacher = root / "teacher"
+    train_teacher(TeacherTrainConfig(data_root=root / "ecg", output=teacher, epochs=4, batch_size=16), progress=False)
+    student = root / "student"
+    train_student(SignalTrainConfig(data_root=root / "ecg", output=student, epochs=15, batch_size=16, hidden=32,
+                                    lr=1e-2, lam=0.5, teacher=teacher), progress=False)
+    return {"data": root / "ecg", TEACHER: teacher, STUDENT: student}
+
+
+@pytest.fixture(scope="session")
+def series_server(series_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repo = tmp_path_factory.mktemp("series_repo") / "model_repository"
+    export_runs([(series_runs[TEACHER], TEACHER), (series_runs[STUDENT], STUDENT)], repo)
+    with serving(repo, tmp_path_factory.mktemp("series_triton")) as server:
+        yield server

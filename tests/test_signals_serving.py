@@ -16,52 +16,23 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.repository import export_runs
 from kdcore.contract import INTERVALS, MAP, PLOT_INPUT, SCORE, SIGNAL_INPUT, ModelNames
 from kdcore.intervals import anomalous_intervals, intervals_from_json
 from kdcore.stats import load_stats
 from serving.embedded import TritonServer
-from tests.conftest import serving
+from tests.conftest import SERIES_SMALL as SMALL
+from tests.conftest import STUDENT, TEACHER
 from training.runs import RunPaths
-from training.signals.dataset import SignalDataConfig, load_split, write_signal_dataset
+from training.signals.dataset import load_split, write_signal_dataset
 from training.signals.train import (
     TEACHER_LOGITS_FILE,
     SignalTrainConfig,
-    TeacherTrainConfig,
     train_student,
-    train_teacher,
 )
 
 pytestmark = pytest.mark.server
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "client.py"
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
-TEACHER, STUDENT = "ecg_teacher", "ecg_student"
-#: Small, with the two kinds a small model learns in seconds (the served checks want a model that separates).
-SMALL = SignalDataConfig(records={"train": 4, "validation": 1, "test": 1}, windows_per_record=20, anomaly_fraction=0.5,
-                         seed=2, plots=False, kinds=("flatline", "amplitude_drop"))
-
-
-@pytest.fixture(scope="module")
-def series_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A teacher (4 epochs of its head) and a student distilled from it (lam 0.5), on a small set."""
-    root = tmp_path_factory.mktemp("series")
-    write_signal_dataset(root / "ecg", SMALL)
-    teacher = root / "teacher"
-    train_teacher(TeacherTrainConfig(data_root=root / "ecg", output=teacher, epochs=4, batch_size=16), progress=False)
-    student = root / "student"
-    train_student(SignalTrainConfig(data_root=root / "ecg", output=student, epochs=15, batch_size=16, hidden=32,
-                                    lr=1e-2, lam=0.5, teacher=teacher), progress=False)
-    return {"data": root / "ecg", TEACHER: teacher, STUDENT: student}
-
-
-@pytest.fixture(scope="module")
-def series_server(series_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    repo = tmp_path_factory.mktemp("series_repo") / "model_repository"
-    export_runs([(series_runs[TEACHER], TEACHER), (series_runs[STUDENT], STUDENT)], repo)
-    with serving(repo, tmp_path_factory.mktemp("series_triton")) as server:
-        yield server
-
-
 def test_both_runs_write_the_projects_stats_json(series_runs: dict[str, Path]) -> None:
     for name, plotted in ((TEACHER, True), (STUDENT, False)):
         stats = load_stats(RunPaths(series_runs[name]).stats)

@@ -1,6 +1,6 @@
 """The synthetic ECG dataset on disk: train / validation / test windows, each split from records of its own.
 
-Layout (``<root>/``)::
+Layout (``<root>/``; the names live in :mod:`kdcore.series_io`, which the console reads them with)::
 
     meta.json                   sampling rate, window, leads, anomaly kinds (label index -> name), seed, counts
     train/signals.npy           (N, T, C) float32, mV
@@ -25,14 +25,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore.contract import NORMAL
+from kdcore.series_io import DATASET_META as META_FILE
+from kdcore.series_io import SPLIT_ARRAYS as ARRAYS
+from kdcore.series_io import SPLITS, read_split
 from kdcore.series_plot import render_plot
 from training.demo_data.dataset import write_png
 from training.signals.ecg import KINDS, LEADS, SAMPLING_RATE, WINDOW, Windows, make_windows
 
-SPLITS = ("train", "validation", "test")
-META_FILE = "meta.json"
 PLOTS_DIR = "plots"
-ARRAYS = ("signals", "labels", "kinds")
 
 
 class SignalDataConfig(BaseModel):
@@ -95,10 +95,7 @@ def load_split(root: Path, split: str) -> Windows:
     Raises:
         FileNotFoundError: The dataset or the split is not there (write it with ``kd-signal-data``).
     """
-    folder = Path(root) / split
-    if not (folder / "signals.npy").is_file():
-        raise FileNotFoundError(f"no '{split}' split in {root} (write one with kd-signal-data --root {root})")
-    return Windows(*(np.load(folder / f"{name}.npy") for name in ARRAYS))
+    return Windows(**read_split(root, split))
 
 
 def fingerprint(root: Path) -> str:
