@@ -21,7 +21,7 @@ BENCH_JSON ?=
 LINE_RATE ?=
 LATENCY_BUDGET_MS ?=
 
-.PHONY: install data train export serve stop validate demo score compare compare-signal highres console deploy bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
+.PHONY: install data train export serve stop validate demo score compare compare-signal highres console deploy browser bench bench-client bench-metrics bench-faults bench-quality peers-venv test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
