@@ -102,7 +102,8 @@ class _Fitted:
 
 
 def _train_candidate(
-    config: TrainConfig, splits: DatasetSplits, validation: ImageDataset, progress: bool, group: DistributedRank | None
+    config: TrainConfig, train_images: ImageDataset, validation: ImageDataset, progress: bool,
+    group: DistributedRank | None,
 ) -> _Trained | None:
     """Train one detector from a fresh seed, validating every ``eval_every`` epochs to keep the best.
 
@@ -117,10 +118,10 @@ def _train_candidate(
     )
     # Every process iterates the same global batches (one process's order); a data-parallel loss takes its rows.
     loader = DataLoader(
-        ImageDataset(splits.train, config.image_size, grid=config.patch_grid),
+        train_images,
         batch_size=config.batch_size,
         shuffle=True,
-        drop_last=len(splits.train) > config.batch_size,
+        drop_last=len(train_images.samples) > config.batch_size,
         generator=generator,
     )
     main = group is None or group.is_main
@@ -169,7 +170,7 @@ def _train_candidate(
     model.load_state_dict(best_state)
     model.eval()
     log.info("kept epoch %d of %d (validation criterion %.4f)", best_epoch, config.training_epochs, best_score)
-    return _Trained(config, model, loader.dataset, history, best_epoch, best_score, step, seconds)
+    return _Trained(config, model, train_images, history, best_epoch, best_score, step, seconds)
 
 
 def _finish_candidate(trained: _Trained, validation: ImageDataset, progress: bool) -> _Fitted:
@@ -255,7 +256,9 @@ def _train(config: TrainConfig, progress: bool, group: DistributedRank | None) -
     validation = ImageDataset(splits.validation, config.image_size, grid=grid)  # decoded once, scored every eval
     # Every candidate trains before any is finished: under torchrun the other processes take part in training
     # only, so they are not kept waiting while rank 0 fits maps and memories.
-    trained = [_train_candidate(candidate, splits, validation, progress, group)
+    # One training set for every candidate: the same images, decoded once.
+    train_images = ImageDataset(splits.train, config.image_size, grid=grid)
+    trained = [_train_candidate(candidate, train_images, validation, progress, group)
                for candidate in denoising_candidates(config)]
     if group is not None and not group.is_main:
         return None
