@@ -332,6 +332,8 @@ def test_the_page_scores_uploads_and_folders_and_shows_health_in_a_real_browser(
         browser.get(url)
         path = _defect_image(demo_root)
         upload = WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+        upload.send_keys(str(folder / "broken.png"))  # refused with a message; the page goes on
+        _wait_for_text(browser, "broken.png: not an image", tmp_path)
         upload.send_keys(str(path))
         _wait_for_text(browser, f"{path.name}: score", tmp_path)
         text = browser.find_element(By.CSS_SELECTOR, "[data-testid=stMain]").text
