@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,8 @@ def test_model_names_and_repository_path_are_the_export_s(tree: tuple, repositor
     triton = next(c for c in pod["containers"] if c["name"] == m.CONTAINER)
     probe = health_parser().parse_args(triton["livenessProbe"]["exec"]["command"][1:])
     assert probe.model == detectors
-    for annotations in (deployment["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
-        assert annotations[m.DETECTORS_ANNOTATION].split(",") == detectors
+    for notes in (deployment["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
+        assert notes[m.DETECTORS_ANNOTATION].split(",") == detectors
     flags = dict(a.split("=", 1) for a in triton["args"] if a.startswith("--model-repository"))
     init = pod["initContainers"][0]["command"][-1]
     if config.storage.repository_url:
@@ -406,7 +407,8 @@ def test_service_pdb_and_network_policy(tree: tuple) -> None:
     assert service["selector"] == selector
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["ports"]} == {
         ("http", 8000, "http"), ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")}
-    ports = {p["name"]: p["containerPort"] for p in objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     pdb = objects["PodDisruptionBudget"]["spec"]
     assert pdb["selector"]["matchLabels"] == selector and pdb["maxUnavailable"] == 1
@@ -595,3 +597,21 @@ def test_render_is_pure_and_deterministic(repository: Path, tmp_path: Path) -> N
     config = _config(repository, tmp_path / "never")
     first, second = render(config), render(config)
     assert first.files == second.files and not (tmp_path / "never").exists()
+
+
+def test_deploy_imports_only_the_core_and_serving_flags() -> None:
+    """deploy/ needs the torch-free core, serving/flags.py (standard library only), pydantic and PyYAML: a machine
+    that writes manifests installs the base and the ``deploy`` extra, nothing of training or the server."""
+    project = {"kdcore", "training", "export", "serving", "client", "console", "bench", "deploy"}
+    wrong = []
+    for path in sorted((ROOT / "deploy").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                allowed = (top in {"kdcore", "deploy"} or name == "serving.flags" or top in {"pydantic", "yaml"}
+                           or top in sys.stdlib_module_names)
+                if not allowed or (top in project and top not in {"kdcore", "deploy", "serving"}):
+                    wrong.append(f"{path.name}: {name}")
+    assert not wrong, wrong
