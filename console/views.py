@@ -26,7 +26,7 @@ from client.scoring import ScoreConfig, score_images
 from client.signal_io import SIGNAL_SUFFIXES, Signal, SignalReadError, read_signal, render_signal_plot
 from client.signal_scoring import RecordResult, SignalScoreConfig, score_signals
 from client.transport import connect
-from kdcore.contract import ANOMALOUS, DECISION, SCORER_STATS_FILE
+from kdcore.contract import ANOMALOUS, DECISION, NORMAL, SCORER_STATS_FILE
 from kdcore.imageio import ImageDecodeError, decode_image
 from kdcore.intervals import Interval, anomalous_intervals
 from kdcore.manifest import MANIFEST_FILE, Manifest, discover, validation_folder
@@ -215,7 +215,7 @@ def score_histogram(scores: Sequence[float], *, bins: int = 20) -> bytes:
     figure, axes = plt.subplots(figsize=(6.4, 2.6), dpi=100)
     try:
         axes.hist([values[values < DECISION], values[values >= DECISION]], bins=edges, stacked=True,
-                  color=["#2a9d4a", "#d62828"], label=["normal", ANOMALOUS])
+                  color=["#2a9d4a", "#d62828"], label=[NORMAL, ANOMALOUS])
         axes.axvline(DECISION, color="#333333", linestyle="--", linewidth=1.2)
         axes.text(DECISION, axes.get_ylim()[1] * 0.95, f" decision {DECISION:g}", va="top", fontsize=8)
         axes.set_xlim(0, 1)
@@ -264,7 +264,7 @@ class SplitWindows:
         """``"#12 anomalous (flatline)"`` / ``"#3 normal"``: the window's number, label and anomaly kinds."""
         kinds = sorted({self.kind_names[k] if k < len(self.kind_names) else str(k)
                         for k in np.unique(self.kinds[index]) if k})
-        return f"#{index} " + (f"{ANOMALOUS} ({', '.join(kinds)})" if self.labels[index].any() else "normal")
+        return f"#{index} " + (f"{ANOMALOUS} ({', '.join(kinds)})" if self.labels[index].any() else NORMAL)
 
     def window(self, index: int) -> SignalWindow:
         """Window ``index`` with its labels."""
