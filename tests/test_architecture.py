@@ -15,7 +15,7 @@ import pytest
 from kdcore import contract
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kdcore", "training", "export", "serving", "client", "console", "bench")
+PACKAGES = ("kdcore", "training", "export", "serving", "client", "console", "deploy", "bench")
 
 #: Which project packages each package may import (data -> training -> export -> repository -> server -> client;
 #: bench measures all of them). The supervisor in serving/ runs the client's liveness check against its own server.
@@ -26,6 +26,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "serving": {"kdcore", "client"},
     "client": {"kdcore"},
     "console": {"kdcore", "client"},  # a client of the server: the page over client/
+    "deploy": {"kdcore", "serving"},  # manifests from the repository's manifests and the server's flags
     "bench": {"kdcore", "training", "export", "serving", "client"},
 }
 #: Modules held to a narrower rule than their package: they only write text and files from the contract.
