@@ -17,9 +17,11 @@ import copy
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from deploy.render import KUSTOMIZATION, MARKER, PATCH_FILE, deploy, render
 from deploy.repository import DeployError, read_repository
 from export.repository import ExportResult
 from kdcore.manifest import discover
+from serving.embedded import TritonServer
 from serving.flags import HARDENED_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,6 +288,34 @@ def test_the_probe_command_is_installed_by_the_image_the_manifests_name(tree: tu
     args = health_parser().parse_args(command[1:])
     assert command[0] == m.HEALTH_COMMAND and isvc["image"] == config.image
     assert str(args.repository) == m.KSERVE_MOUNT and args.url == f"127.0.0.1:{m.KSERVE_HTTP_PORT}"
+
+
+def test_the_rendered_probes_pass_against_the_real_server(repository: Path, server: TritonServer,
+                                                          tmp_path: Path) -> None:
+    """The Deployment's probes run as written against the real tritonserver serving the exported repository: the
+    readiness path answers 200 and the liveness command (only its URL and mount path mapped to this machine) does a
+    real inference through every detector and says HEALTHY; pointed at a port nothing serves, it fails."""
+    output = tmp_path / "out"
+    deploy(_config(repository, output))
+    pod = _by_kind(build(output / "overlays" / "cpu"))["Deployment"]["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == m.CONTAINER)
+    ready = triton["readinessProbe"]["httpGet"]
+    with urllib.request.urlopen(f"http://{server.http_url}{ready['path']}", timeout=10) as reply:  # noqa: S310
+        assert reply.status == 200
+    local = {f"127.0.0.1:{m.HTTP_PORT}": server.http_url, m.MODELS_MOUNT: str(repository)}
+    command = [local.get(a, a) for a in triton["livenessProbe"]["exec"]["command"]]
+    assert command[0] == m.HEALTH_COMMAND and server.http_url in command and str(repository) in command
+    probe = [sys.executable, "-m", "client.health", *command[1:]]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and "HEALTHY" in done.stdout, done.stdout + done.stderr
+    named = [command[i + 1] for i, a in enumerate(command) if a == "--model"]
+    assert sorted(named) == sorted(discover(repository))  # every detector is probed
+    with socket.socket() as s:  # a port nothing listens on: the probe fails, so the pod would be restarted
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    down = subprocess.run([dead if a == server.http_url else a for a in probe], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert down.returncode == 1 and "UNHEALTHY" in down.stdout + down.stderr
 
 
 def test_nvidia_s_own_image_is_refused_for_lack_of_the_probe(repository: Path, tmp_path: Path,
