@@ -79,7 +79,8 @@ def test_an_uploaded_image_is_scored_by_the_server_with_its_heatmap(server: Trit
         "server live": True, "server ready": True, exported.names.name: True}
 
 
-def test_bad_uploads_and_a_missing_server_get_messages(server: TritonServer, exported: ExportResult) -> None:
+def test_bad_uploads_and_a_missing_server_get_messages(server: TritonServer, exported: ExportResult,
+                                                      demo_root: Path) -> None:
     model = exported.names.name
     with pytest.raises(ConsoleError, match="not an image"):
         score_upload("notes.png", b"this is text, not a picture", model, server.grpc_url)
@@ -90,6 +91,13 @@ def test_bad_uploads_and_a_missing_server_get_messages(server: TritonServer, exp
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(ConsoleError, match="reach|could not score|answer"):
         server_health(dead, "grpc", [model])
+    good = _defect_image(demo_root).read_bytes()
+    with pytest.raises(ConsoleError, match=f"server at {dead} could not score"):
+        score_upload("good.png", good, model, dead)
+    with pytest.raises(ConsoleError, match="could not score with 'not_served'"):
+        score_upload("good.png", good, "not_served", server.grpc_url)
+    assert not server_health(server.grpc_url, "grpc", ["not_served"])["not_served"]
+    assert score_upload("good.png", good, model, server.grpc_url).label in LABELS  # and it goes on
 
 
 # ---------------------------------------------------------------------------------------------- images: folders
