@@ -124,9 +124,12 @@ def test_kd_train_refuses_under_torchrun_before_joining_the_group(
 
 
 # ---------------------------------------------------------------------------------------------------- exactness
-def test_two_processes_take_one_process_steps_in_float64(demo_root: Path, tmp_path: Path, one_thread: None) -> None:
-    target = tmp_path / "two_processes.pt"
-    done = _run(_torchrun(str(ROOT / "tests" / "distributed_steps.py"), str(demo_root), str(target)))
+@pytest.mark.parametrize("processes", [2, 3])  # 3: batches of 7 and 8 split 3+2+2 and 3+3+2
+def test_several_processes_take_one_process_steps_in_float64(processes: int, demo_root: Path, tmp_path: Path,
+                                                             one_thread: None) -> None:
+    target = tmp_path / f"{processes}_processes.pt"
+    done = _run(_torchrun(str(ROOT / "tests" / "distributed_steps.py"), str(demo_root), str(target),
+                          processes=processes))
     assert done.returncode == 0, done.stderr[-3000:]
     two = torch.load(target)
     one = train_steps(demo_root, None)
