@@ -26,6 +26,8 @@ from client.scoring import ScoreConfig, score_images
 from client.signal_io import SIGNAL_SUFFIXES, Signal, SignalReadError, read_signal, render_signal_plot
 from client.signal_scoring import RecordResult, SignalScoreConfig, score_signals
 from client.transport import connect
+from kdcore.bench_figures import BenchFigures
+from kdcore.bench_figures import BenchFormatError, load_bench
 from kdcore.contract import ANOMALOUS, DECISION, NORMAL, SCORER_STATS_FILE
 from kdcore.imageio import ImageDecodeError, decode_image
 from kdcore.intervals import Interval, anomalous_intervals
@@ -406,14 +408,15 @@ def server_health(url: str, protocol: str, models: list[str]) -> dict[str, bool]
 
 
 @dataclass(frozen=True)
-class BenchFigures:
-    """The figures of the newest benchmark JSON in a folder."""
+class BenchmarkView:
+    """The figures of the newest benchmark JSON in a folder, as the health view shows them."""
 
     path: str
     written: str
     """When the file was written (UTC, from its modification time)."""
     lines: list[str]
-    """Markdown lines: a table for ``kd-bench``'s serving.json, otherwise the file's numbers by key."""
+    """Markdown lines: a table of the operating points for ``kd-bench``'s JSON (:mod:`kdcore.bench_figures`),
+    otherwise the file's numbers by key."""
     plot: str | None = None
     """The PNG the benchmark drew beside the JSON, if any."""
 
@@ -430,21 +433,21 @@ def _numbers(value: object, prefix: str = "") -> list[str]:
     return []
 
 
-def _serving_table(data: dict) -> list[str]:
-    """``kd-bench``'s results as one row per detector, protocol and concurrency: images/s and latency."""
-    lines = ["| detector | protocol | in flight | images/s | p50 ms | p99 ms | failures |", "|---|---|---|---|---|---|---|"]
-    for result in data["results"]:
-        for protocol, runs in result.get("served", {}).items():
-            for concurrency, run in runs.items():
-                lines.append(f"| {result.get('model')} | {protocol} | {concurrency} | {run['images_per_second']:.1f} | "
-                             f"{run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {run.get('failures', 0)} |")
-    machine = data.get("machine", {})
+def _serving_table(figures: BenchFigures) -> list[str]:
+    """``kd-bench``'s operating points as one row per detector, protocol and load: images/s and latency."""
+    lines = ["| detector | protocol | in flight | images per request | images/s | p50 ms | p99 ms | failures |",
+             "|---|---|---|---|---|---|---|---|"]
+    for detector, points in figures.points.items():
+        for pt in points:
+            lines.append(f"| {detector} | {pt.protocol} | {pt.concurrency} | {pt.batch} | {pt.images_per_second:.1f} | "
+                         f"{pt.p50_ms:.1f} | {pt.p99_ms:.1f} | {pt.failures} |")
+    machine = ", ".join(f"{k} {v}" for k, v in (("cpus", figures.cpus), ("arch", figures.arch)) if v is not None)
     if machine:
-        lines.append(f"\nmachine: {', '.join(f'{k} {v}' for k, v in machine.items())}")
+        lines.append(f"\nmachine: {machine}")
     return lines
 
 
-def benchmark_figures(folder: str | Path, *, limit: int = 60) -> BenchFigures | None:
+def benchmark_figures(folder: str | Path, *, limit: int = 60) -> BenchmarkView | None:
     """The newest ``*.json`` of a benchmark folder (``kd-bench`` writes runs/bench/serving.json), as lines the page
     shows; ``None`` when there is none.
 
@@ -460,11 +463,11 @@ def benchmark_figures(folder: str | Path, *, limit: int = 60) -> BenchFigures | 
     except (OSError, ValueError) as e:
         raise ConsoleError(f"{path}: not a readable benchmark JSON ({e})") from e
     try:
-        lines = _serving_table(data)
-    except (KeyError, TypeError, AttributeError):
+        lines = _serving_table(load_bench(path))
+    except BenchFormatError:  # another benchmark's JSON (kd-bench-faults, kd-bench-client): its numbers
         lines = _numbers(data)
         if len(lines) > limit:
             lines = lines[:limit] + [f"- ... {len(lines) - limit} more in the file"]
     written = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plot = path.with_suffix(".png")
-    return BenchFigures(str(path), written, lines, str(plot) if plot.is_file() else None)
+    return BenchmarkView(str(path), written, lines, str(plot) if plot.is_file() else None)

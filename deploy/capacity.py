@@ -1,17 +1,16 @@
 """Capacity from ``kd-bench``'s figures: images/s per replica, replicas for a line rate, and the pod's resources.
 
 ``kd-bench`` (bench/serving.py) writes JSON with, per detector, the served score path's throughput and latency at
-several operating points: single-image requests at concurrency 1, 2, 4 and 8 (key ``"<c>"``) and the client's own
-way of working, ``batch`` images per request at ``batched_concurrency`` in flight (key ``"b<batch>"``), over gRPC
+several operating points (read by :mod:`kdcore.bench_figures`: single-image requests at concurrency 1, 2, 4 and 8,
+and the client's own way of working, ``batch`` images per request at ``batched_concurrency`` in flight), over gRPC
 and HTTP, on a machine of ``machine.cpus`` cores, with the server's resident memory (``server_rss_bytes``). One
 replica is one such server, so the best operating point whose p99 fits the latency budget is what one replica
-serves. Points through system shared memory (``"b8_shm"``) are left out: they need the client on the server's
-host, which a pod behind a Service is not.
+serves. Points through system shared memory are left out (they need the client on the server's host, which a pod
+behind a Service is not), and so are runs in which a request failed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from deploy.config import (
     DeployConfig,
 )
 from deploy.repository import DeployError, RepositoryInfo
+from kdcore.bench_figures import BenchFigures, BenchFormatError, OperatingPoint
+from kdcore.bench_figures import load_bench as read_bench
 
 _MI = 2**20
 #: Memory request over the measured resident memory, and limit over request.
@@ -35,72 +36,16 @@ MEMORY_HEADROOM, MEMORY_LIMIT_FACTOR = 1.25, 1.5
 SPARE_REPLICAS = 1
 
 
-@dataclass(frozen=True)
-class OperatingPoint:
-    """One measured way of loading one server: ``concurrency`` requests of ``batch`` images in flight."""
-
-    detector: str
-    served_model: str
-    protocol: str
-    concurrency: int
-    batch: int
-    images_per_second: float
-    p99_ms: float
-
-    def describe(self) -> str:
-        """One line: what was sent and what came back."""
-        how = f"{self.concurrency} in flight" + (f", {self.batch} images per request" if self.batch > 1 else "")
-        return (f"{self.images_per_second:.0f} images/s at {how} over {self.protocol} "
-                f"(p99 {self.p99_ms:.1f} ms, {self.served_model})")
-
-
-@dataclass(frozen=True)
-class BenchFigures:
-    """What one kd-bench JSON says, by detector."""
-
-    path: Path
-    cpus: int | None
-    server_rss_bytes: int | None
-    points: dict[str, list[OperatingPoint]]
-
-
 def load_bench(path: Path | str) -> BenchFigures:
-    """Read kd-bench's JSON.
+    """Read kd-bench's JSON (:func:`kdcore.bench_figures.load_bench`).
 
     Raises:
         DeployError: Missing, not JSON, or without the figures kd-bench writes.
     """
-    path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        results = data["results"]
-        points: dict[str, list[OperatingPoint]] = {}
-        for result in results:
-            points[result["model"]] = [
-                point for protocol, runs in result["served"].items() for key, timing in runs.items()
-                if (point := _point(result, protocol, key, timing)) is not None
-            ]
-    except OSError as e:
-        raise DeployError(f"cannot read kd-bench figures {path}: {e.strerror}") from e
-    except (ValueError, KeyError, TypeError) as e:
-        raise DeployError(f"{path} is not kd-bench's JSON (bench/serving.py --output): {e!r}") from e
-    return BenchFigures(path=path, cpus=(data.get("machine") or {}).get("cpus"),
-                        server_rss_bytes=data.get("server_rss_bytes"), points=points)
-
-
-def _point(result: dict, protocol: str, key: str, timing: dict) -> OperatingPoint | None:
-    """The operating point of one results key, or ``None`` for keys that are not the score path over a socket."""
-    if key.isdigit():
-        concurrency, batch = int(key), 1
-    elif match := re.fullmatch(r"b(\d+)", key):
-        concurrency, batch = int(result["batched_concurrency"]), int(match.group(1))
-    else:  # "b8_shm" (same host only), "c4_ensemble"/"batched_ensemble" (another model path)
-        return None
-    if timing.get("failures") or not timing.get("requests"):
-        return None
-    return OperatingPoint(detector=result["model"], served_model=result["score_model"], protocol=protocol,
-                          concurrency=concurrency, batch=batch, images_per_second=float(timing["images_per_second"]),
-                          p99_ms=float(timing["p99_ms"]))
+        return read_bench(path)
+    except BenchFormatError as e:
+        raise DeployError(str(e)) from e
 
 
 def best_point(points: list[OperatingPoint], protocol: str, latency_budget_ms: float | None) -> OperatingPoint:
@@ -109,7 +54,7 @@ def best_point(points: list[OperatingPoint], protocol: str, latency_budget_ms: f
     Raises:
         DeployError: No point over that protocol, or none within the budget (the message gives the fastest p99).
     """
-    over = [p for p in points if p.protocol == protocol]
+    over = [p for p in points if p.protocol == protocol and p.clean]
     if not over:
         raise DeployError(f"kd-bench measured no {protocol} operating point")
     within = [p for p in over if latency_budget_ms is None or p.p99_ms <= latency_budget_ms]

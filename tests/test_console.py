@@ -199,10 +199,13 @@ def test_a_record_file_is_windowed_and_bad_files_are_refused(series_server: Trit
 
 # ---------------------------------------------------------------------------------------------- health
 def _bench_json(path: Path, model: str) -> None:
-    """A file in kd-bench's serving.json format (bench/serving.py writes it)."""
+    """A file in kd-bench's serving.json format (bench/serving.py writes it; kdcore.bench_figures reads it)."""
     run = {"images_per_second": 50.4, "p50_ms": 19.4, "p95_ms": 21.0, "p99_ms": 22.6, "requests": 489, "failures": 0}
+    batched = {**run, "images_per_second": 65.2, "p50_ms": 487.6, "p99_ms": 499.5, "requests": 70}
     path.write_text(json.dumps({"machine": {"cpus": 2, "arch": "x86_64"}, "seconds": 3.0, "rounds": 3,
-                                "results": [{"model": model, "served": {"grpc": {"1": run}}}]}))
+                                "results": [{"model": model, "score_model": f"{model}_fast", "batch": 8,
+                                             "batched_concurrency": 4,
+                                             "served": {"grpc": {"1": run, "b8": batched, "b8_shm": batched}}}]}))
 
 
 def test_health_shows_readiness_and_the_newest_benchmark(server: TritonServer, exported: ExportResult,
@@ -218,7 +221,10 @@ def test_health_shows_readiness_and_the_newest_benchmark(server: TritonServer, e
     _bench_json(tmp_path / "serving.json", exported.names.name)
     figures = benchmark_figures(tmp_path)
     assert figures.path.endswith("serving.json") and figures.plot is None
-    assert f"| {exported.names.name} | grpc | 1 | 50.4 | 19.4 | 22.6 | 0 |" in figures.lines
+    rows = [line for line in figures.lines if line.startswith(f"| {exported.names.name} ")]
+    assert rows == [f"| {exported.names.name} | grpc | 1 | 1 | 50.4 | 19.4 | 22.6 | 0 |",
+                    f"| {exported.names.name} | grpc | 4 | 8 | 65.2 | 487.6 | 499.5 | 0 |"]  # no shared memory
+    assert figures.lines[-1] == "\nmachine: cpus 2, arch x86_64"
     (tmp_path / "serving.json").write_text("{ not json")
     with pytest.raises(ConsoleError, match="not a readable benchmark JSON"):
         benchmark_figures(tmp_path)
