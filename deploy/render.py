@@ -19,10 +19,8 @@ output by renames: a failure leaves the previous tree (or nothing) in place, nev
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from deploy import manifests as m
 from deploy.capacity import Resolved, resolve
 from deploy.config import DeployConfig
 from deploy.repository import DeployError, RepositoryInfo, read_repository
+from kdcore.atomic import swap_in
 
 #: The file that marks a folder as written by kd-deploy (a folder without it is never replaced).
 MARKER = "kd-deploy.json"
@@ -177,17 +176,7 @@ def write_tree(files: dict[str, str], output: Path) -> Path:
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        if output.exists():
-            old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(output, old)
-            try:
-                os.replace(staging, output)
-            except BaseException:
-                os.replace(old, output)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, output)
+        swap_in(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
     return output

@@ -55,6 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kdcore.atomic import swap_in
 from training.demo_data.categories import CATEGORIES, get_category
 from training.demo_data.defects import DEFECT_TYPES
 from training.split_sizes import validation_count
@@ -294,10 +295,7 @@ def write_or_keep_demo_dataset(
         os.chmod(tmp, 0o755)
         _generate(tmp, params)
         if replace and target.exists():  # overwrite or stale: move the old one aside, swap in, delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{category}.old-", dir=root))
-            os.replace(target, old / category)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, target)
         else:
             try:
                 os.replace(tmp, target)

@@ -16,7 +16,6 @@ each split's records come from their own seed, so the test split is the same wha
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdcore.atomic import swap_in
 from kdcore.contract import NORMAL
 from kdcore.series_io import DATASET_META as META_FILE
 from kdcore.series_io import SPLIT_ARRAYS as ARRAYS
@@ -81,9 +81,7 @@ def write_signal_dataset(root: Path, config: SignalDataConfig | None = None) -> 
         meta = {"sampling_rate": SAMPLING_RATE, "window": WINDOW, "leads": list(LEADS),
                 "kinds": [NORMAL, *KINDS], "config": config.model_dump(mode="json"), "splits": counts}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
+        swap_in(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return meta

@@ -10,8 +10,6 @@ interpolated to one logit per step. The loss is the source's (:func:`teacher_los
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
