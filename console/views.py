@@ -29,7 +29,6 @@ from client.transport import connect
 from kdcore.bench_figures import BenchFigures
 from kdcore.bench_figures import BenchFormatError, load_bench
 from kdcore.contract import ANOMALOUS, DECISION, NORMAL, SCORER_STATS_FILE
-from kdcore.imageio import ImageDecodeError, decode_image
 from kdcore.intervals import Interval, anomalous_intervals
 from kdcore.manifest import MANIFEST_FILE, Manifest, discover, validation_folder
 from kdcore.regions import Region
@@ -120,14 +119,11 @@ class Gallery:
     """Images beyond :data:`MAX_FOLDER`, not scored."""
 
 
-def check_upload(name: str, data: bytes) -> np.ndarray:
-    """The uploaded file decoded as RGB, or :class:`ConsoleError` saying why it is refused."""
+def check_upload(name: str, data: bytes) -> None:
+    """Refuse an upload over :data:`MAX_UPLOAD` with :class:`ConsoleError` (one that is not an image is refused by
+    the client's decoder, with its reason, when it is scored)."""
     if len(data) > MAX_UPLOAD:
         raise ConsoleError(f"{name}: {len(data) / 1e6:.1f} MB is over the console's limit of {MAX_UPLOAD / 1e6:.0f} MB")
-    try:
-        return decode_image(data)
-    except ImageDecodeError as e:
-        raise ConsoleError(f"{name}: not an image the console can read ({e})") from e
 
 
 def _score_files(paths: Sequence[Path], names: Sequence[str], model: str, url: str, protocol: str,
@@ -164,7 +160,7 @@ def score_upload(name: str, data: bytes, model: str, url: str, protocol: str = "
     Raises:
         ConsoleError: The upload is not an image, too large, or the server or model cannot be reached.
     """
-    check_upload(name, data)
+    check_upload(name, data)  # the client decodes it once, with the pixels kept for the overlay
     suffix = Path(name).suffix or ".png"
     with tempfile.TemporaryDirectory(prefix="kd-console-") as folder:
         path = Path(folder) / f"upload{suffix}"
